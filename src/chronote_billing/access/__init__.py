@@ -1,0 +1,1 @@
+"""Who may see or manage which billing account (D11)."""

@@ -1,0 +1,85 @@
+"""Request dependencies: the container, the calling principal and the idempotency key."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from chronote_billing.access.service import Principal
+from chronote_billing.accounts.service import check_snowflake
+from chronote_billing.container import Container
+from chronote_billing.core.errors import Unauthenticated, ValidationFailed
+
+bearer = HTTPBearer(auto_error=False, description="A Chronote Billing API key: `Bearer cbk_...`.")
+
+
+def get_container(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+def get_principal(
+    container: ContainerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    acting_user: Annotated[
+        str | None,
+        Header(
+            alias="Chronote-Acting-User",
+            description="Discord user id the service client acts for.",
+        ),
+    ] = None,
+    manage_guilds: Annotated[
+        str | None,
+        Header(
+            alias="Chronote-Manage-Guilds",
+            description="Comma-separated guild ids on which the acting user has Manage Server, as checked with Discord by the client.",
+        ),
+    ] = None,
+) -> Principal:
+    if credentials is None:
+        raise Unauthenticated("Send an API key as 'Authorization: Bearer cbk_...'.")
+    key = container.db.read(lambda s: _authenticate(container, s, credentials.credentials))
+    user = check_snowflake(acting_user, "Chronote-Acting-User") if acting_user else None
+    guilds = frozenset(
+        check_snowflake(g, "Chronote-Manage-Guilds") for g in (manage_guilds or "").split(",") if g.strip()
+    )
+    if guilds and user is None:
+        raise ValidationFailed(
+            "Chronote-Manage-Guilds needs Chronote-Acting-User.", field="Chronote-Manage-Guilds"
+        )
+    return Principal(
+        kind="service", scopes=frozenset(key[1]), user_id=user, managed_guilds=guilds, key_id=key[0]
+    )
+
+
+def _authenticate(container: Container, session: Session, raw: str) -> tuple[str, list[str]]:
+    key = container.api_keys.authenticate(session, raw)
+    return key.id, list(key.scopes)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Required on every write; a retry with the same key returns the first result.",
+        ),
+    ] = None,
+) -> str:
+    if key is None or not key.strip():
+        raise ValidationFailed("Send an Idempotency-Key header with every write.", field="Idempotency-Key")
+    if len(key) > 255:
+        raise ValidationFailed("Idempotency-Key is at most 255 characters.", field="Idempotency-Key")
+    return key.strip()
+
+
+IdempotencyKeyDep = Annotated[str, Depends(idempotency_key)]

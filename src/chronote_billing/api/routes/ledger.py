@@ -1,0 +1,302 @@
+"""Accounts, balances, statements, grants and raw holds (the ledger's HTTP edge)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from chronote_billing.access.service import require_view
+from chronote_billing.accounts.schemas import AccountView
+from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.core.errors import ValidationFailed
+from chronote_billing.ledger.schemas import BalanceView, GrantView, HoldView, StatementPage
+
+router = APIRouter(prefix="/v1", tags=["ledger"])
+
+Millicredits = Annotated[int, Field(gt=0, le=10**15, description="Millicredits (1 credit = 1,000).")]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccountLookup(StrictModel):
+    kind: Literal["personal", "server", "organization"]
+    owner_ref: str = Field(
+        description="Discord user id, guild id or organization id.", min_length=1, max_length=64
+    )
+    display_name: str | None = Field(default=None, max_length=200)
+
+
+class GrantCreate(StrictModel):
+    amount: Millicredits
+    source: Literal["promotional", "comp", "adjustment", "migration"] = "promotional"
+    expires_at: datetime | None = None
+    effective_at: datetime | None = None
+    priority: int = Field(default=50, ge=0, le=100)
+    description: str = Field(default="", max_length=500)
+
+
+class HoldCreate(StrictModel):
+    amount: Millicredits
+    expires_at: datetime | None = Field(default=None, description="When the hold lapses if not settled.")
+    ttl_seconds: int | None = Field(
+        default=None, gt=0, le=7 * 24 * 3600, description="Alternative to expires_at."
+    )
+    allow_partial: bool = Field(default=False, description="Approve what is available instead of declining.")
+    reason: str = Field(default="", max_length=500)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> HoldCreate:
+        if (self.expires_at is None) == (self.ttl_seconds is None):
+            raise ValueError("give exactly one of expires_at or ttl_seconds")
+        return self
+
+
+class HoldExtend(StrictModel):
+    amount: int = Field(default=0, ge=0, le=10**15, description="Additional millicredits to reserve.")
+    expires_at: datetime | None = None
+    ttl_seconds: int | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    allow_partial: bool = False
+
+
+class HoldCapture(StrictModel):
+    amount: int = Field(ge=0, le=10**15, description="Millicredits to charge; at most what is held.")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class HoldRelease(StrictModel):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+def _expiry(container: ContainerDep, expires_at: datetime | None, ttl: int | None) -> datetime | None:
+    if ttl is not None:
+        return container.clock.now() + timedelta(seconds=ttl)
+    return expires_at
+
+
+@router.post("/accounts", response_model=AccountView, summary="Find or create the billing account of a payer")
+def resolve_account(body: AccountLookup, container: ContainerDep, principal: PrincipalDep) -> AccountView:
+    principal.require_scope("accounts:read")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        account = container.accounts.get_or_create(session, body.kind, body.owner_ref, body.display_name)
+        require_view(session, principal, account)
+        return container.accounts.view(account)
+
+    return container.db.write(work)
+
+
+@router.get("/accounts/{account_id}", response_model=AccountView, summary="A billing account")
+def get_account(account_id: str, container: ContainerDep, principal: PrincipalDep) -> AccountView:
+    principal.require_scope("accounts:read")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        account = container.accounts.get(session, account_id)
+        require_view(session, principal, account)
+        return container.accounts.view(account)
+
+    return container.db.read(work)
+
+
+@router.get(
+    "/accounts/{account_id}/balance",
+    response_model=BalanceView,
+    summary="Available, held and per-grant balance",
+)
+def get_balance(account_id: str, container: ContainerDep, principal: PrincipalDep) -> BalanceView:
+    principal.require_scope("accounts:read")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        require_view(session, principal, container.accounts.get(session, account_id))
+        return container.ledger.balance(session, account_id)
+
+    return container.db.read(work)
+
+
+@router.get(
+    "/accounts/{account_id}/ledger",
+    response_model=StatementPage,
+    summary="Statement: every movement with its reason",
+)
+def get_statement(
+    account_id: str,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    starting_after: Annotated[
+        int | None, Query(ge=0, description="Cursor: the last line id of the previous page.")
+    ] = None,
+) -> StatementPage:
+    principal.require_scope("accounts:read")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        require_view(session, principal, container.accounts.get(session, account_id))
+        return container.ledger.statement(session, account_id, limit, starting_after)
+
+    return container.db.read(work)
+
+
+@router.get("/accounts/{account_id}/grants", response_model=list[GrantView], summary="Grants, newest first")
+def list_grants(account_id: str, container: ContainerDep, principal: PrincipalDep) -> list[GrantView]:
+    principal.require_scope("accounts:read")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        require_view(session, principal, container.accounts.get(session, account_id))
+        return container.ledger.list_grants(session, account_id)
+
+    return container.db.read(work)
+
+
+@router.post(
+    "/accounts/{account_id}/grants",
+    response_model=GrantView,
+    status_code=201,
+    summary="Issue a promotional grant (operators only)",
+)
+def create_grant(
+    account_id: str,
+    body: GrantCreate,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> GrantView:
+    principal.require_scope("grants:write")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        container.accounts.get(session, account_id)
+        return container.ledger.issue_grant(
+            session,
+            account_id=account_id,
+            amount=body.amount,
+            source=body.source,
+            idempotency_key=key,
+            cause_type="admin",
+            cause_id=principal.key_id,
+            priority=body.priority,
+            effective_at=body.effective_at,
+            expires_at=body.expires_at,
+            description=body.description,
+        )
+
+    return container.db.write(work)
+
+
+@router.post("/accounts/{account_id}/holds", response_model=HoldView, status_code=201, summary="Place a hold")
+def place_hold(
+    account_id: str,
+    body: HoldCreate,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> HoldView:
+    principal.require_scope("holds:write")
+    expires = _expiry(container, body.expires_at, body.ttl_seconds)
+    assert expires is not None
+
+    def work(session):  # type: ignore[no-untyped-def]
+        require_view(session, principal, container.accounts.get(session, account_id))
+        return container.ledger.place_hold(
+            session,
+            account_id=account_id,
+            amount=body.amount,
+            expires_at=expires,
+            idempotency_key=key,
+            allow_partial=body.allow_partial,
+            reason=body.reason,
+            metadata=body.metadata,
+        )
+
+    return container.db.write(work)
+
+
+def _hold_access(container: ContainerDep, principal: PrincipalDep, session, hold_id: str) -> None:  # type: ignore[no-untyped-def]
+    hold = container.ledger.get_hold(session, hold_id)
+    if hold.cap_id is not None and not principal.is_operator:
+        # Holds under an authorization belong to the usage API, which keeps their attribution.
+        raise ValidationFailed(
+            "This hold was placed through the usage API; settle it there.", field="hold_id"
+        )
+    require_view(session, principal, container.accounts.get(session, hold.account_id))
+
+
+@router.get("/holds/{hold_id}", response_model=HoldView, summary="A hold")
+def get_hold(hold_id: str, container: ContainerDep, principal: PrincipalDep) -> HoldView:
+    principal.require_scope("accounts:read")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        hold = container.ledger.get_hold(session, hold_id)
+        require_view(session, principal, container.accounts.get(session, hold.account_id))
+        return hold
+
+    return container.db.read(work)
+
+
+@router.post(
+    "/holds/{hold_id}/extend", response_model=HoldView, summary="Reserve more and/or keep a hold longer"
+)
+def extend_hold(
+    hold_id: str, body: HoldExtend, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> HoldView:
+    principal.require_scope("holds:write")
+    expires = _expiry(container, body.expires_at, body.ttl_seconds)
+
+    def work(session):  # type: ignore[no-untyped-def]
+        _hold_access(container, principal, session, hold_id)
+        return container.ledger.extend_hold(
+            session,
+            hold_id=hold_id,
+            idempotency_key=key,
+            amount=body.amount,
+            expires_at=expires,
+            allow_partial=body.allow_partial,
+        )
+
+    return container.db.write(work)
+
+
+@router.post(
+    "/holds/{hold_id}/capture",
+    response_model=HoldView,
+    summary="Capture at most the held amount; the rest is released",
+)
+def capture_hold(
+    hold_id: str, body: HoldCapture, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> HoldView:
+    principal.require_scope("holds:write")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        _hold_access(container, principal, session, hold_id)
+        return container.ledger.capture_hold(
+            session, hold_id=hold_id, amount=body.amount, idempotency_key=key, reason=body.reason
+        )
+
+    return container.db.write(work)
+
+
+@router.post(
+    "/holds/{hold_id}/release", response_model=HoldView, summary="Release a hold: nothing is charged"
+)
+def release_hold(
+    hold_id: str,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+    body: HoldRelease | None = None,
+) -> HoldView:
+    principal.require_scope("holds:write")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        _hold_access(container, principal, session, hold_id)
+        return container.ledger.release_hold(
+            session, hold_id=hold_id, idempotency_key=key, reason=body.reason if body else None
+        )
+
+    return container.db.write(work)
+
+
+__all__ = ["router"]

@@ -1,0 +1,1 @@
+"""Scoped API keys for Chronote's services (the bot, the desktop backend, the web app)."""

@@ -1,0 +1,1 @@
+"""Plans, credit packs and the rate card: versioned product data shipped with the package."""

@@ -1,0 +1,197 @@
+"""Operator commands on the ledger: balance, statement, grant, verify, sweep."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.cli.output import (
+    console,
+    container,
+    fail,
+    handle_errors,
+    millicredits_to_credits,
+    parse_credits,
+)
+from chronote_billing.core.errors import NotFound
+from chronote_billing.ledger.verify import CHECKS
+
+KIND_ALIASES = {
+    "personal": "personal",
+    "user": "personal",
+    "server": "server",
+    "guild": "server",
+    "org": "organization",
+    "organization": "organization",
+}
+
+
+def resolve_account(session, ref: str) -> BillingAccount:  # type: ignore[no-untyped-def]
+    """`acct_...`, or `personal:<discord user id>`, `server:<guild id>`, `org:<organization id>`."""
+    c = container()
+    if ref.startswith("acct_"):
+        return c.accounts.get(session, ref)
+    kind, sep, owner = ref.partition(":")
+    if not sep or kind not in KIND_ALIASES or not owner:
+        raise NotFound(
+            f"'{ref}' is not an account: use acct_..., personal:<user id>, server:<guild id> or org:<id>"
+        )
+    account = c.accounts.find(session, KIND_ALIASES[kind], owner)
+    if account is None:
+        raise NotFound(f"No {KIND_ALIASES[kind]} billing account for '{owner}'.")
+    return account
+
+
+def _sweep_one(account_id: str, session) -> int:  # type: ignore[no-untyped-def]
+    return container().ledger.sweep(session, account_id)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def balance(
+        account: Annotated[str, typer.Argument(help="acct_..., personal:<id>, server:<id> or org:<id>")],
+    ) -> None:
+        """Show an account's available and held credits, grant by grant."""
+        c = container()
+
+        def work(session):  # type: ignore[no-untyped-def]
+            acct = resolve_account(session, account)
+            return acct, c.ledger.balance(session, acct.id)
+
+        acct, bal = c.db.read(work)
+        console.print(f"[bold]{acct.display_name}[/bold] ({acct.kind}, {acct.id})")
+        console.print(
+            f"available {millicredits_to_credits(bal.available)} credits · held {millicredits_to_credits(bal.held)}"
+            f" · frozen {millicredits_to_credits(bal.frozen)} · in wallet {millicredits_to_credits(bal.posted)}"
+        )
+        table = Table("grant", "source", "remaining", "held", "available", "expires", "priority")
+        for g in bal.grants:
+            table.add_row(
+                g.id,
+                g.source,
+                millicredits_to_credits(g.remaining),
+                millicredits_to_credits(g.held),
+                millicredits_to_credits(g.available),
+                g.expires_at.strftime("%Y-%m-%d %H:%M") if g.expires_at else "never",
+                str(g.priority),
+            )
+        console.print(table)
+
+    @app.command()
+    @handle_errors
+    def statement(
+        account: Annotated[str, typer.Argument(help="acct_..., personal:<id>, server:<id> or org:<id>")],
+        limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+        starting_after: Annotated[
+            int | None, typer.Option(help="Line id cursor from the previous page.")
+        ] = None,
+    ) -> None:
+        """Every movement on an account, newest first, with its reason."""
+        c = container()
+
+        def work(session):  # type: ignore[no-untyped-def]
+            acct = resolve_account(session, account)
+            return c.ledger.statement(session, acct.id, limit, starting_after)
+
+        page = c.db.read(work)
+        table = Table("id", "when (UTC)", "kind", "amount", "balance", "reason")
+        for line in page.data:
+            amount = millicredits_to_credits(line.amount)
+            if line.phase in ("pending", "void"):
+                amount = f"({amount} {'held' if line.phase == 'pending' else 'released'})"
+            table.add_row(
+                str(line.id),
+                line.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                line.kind,
+                amount,
+                millicredits_to_credits(line.balance_after),
+                line.reason,
+            )
+        console.print(table)
+        if page.has_more:
+            console.print(f"more: --starting-after {page.next_cursor}")
+
+    @app.command()
+    @handle_errors
+    def grant(
+        account: Annotated[str, typer.Argument(help="acct_..., personal:<id>, server:<id> or org:<id>")],
+        credits: Annotated[str, typer.Argument(help="Credits to grant, e.g. 100 or 12.5")],
+        idempotency_key: Annotated[
+            str, typer.Option("--idempotency-key", "-k", help="Retrying with the same key grants once.")
+        ],
+        expires_in_days: Annotated[
+            int | None, typer.Option(min=1, help="Expire this many days from now.")
+        ] = None,
+        source: Annotated[
+            str, typer.Option(help="promotional, comp, adjustment or migration")
+        ] = "promotional",
+        priority: Annotated[int, typer.Option(min=0, max=100)] = 50,
+        description: Annotated[str, typer.Option()] = "",
+    ) -> None:
+        """Grant credits to an account (promotional by default)."""
+        c = container()
+        if source not in ("promotional", "comp", "adjustment", "migration"):
+            fail(f"source must be promotional, comp, adjustment or migration, not '{source}'")
+        amount = parse_credits(credits)
+        expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+
+        def work(session):  # type: ignore[no-untyped-def]
+            acct = resolve_account(session, account)
+            return c.ledger.issue_grant(
+                session,
+                account_id=acct.id,
+                amount=amount,
+                source=source,
+                idempotency_key=idempotency_key,
+                cause_type="admin",
+                cause_id="cli",
+                priority=priority,
+                expires_at=expires,
+                description=description or f"{source} grant",
+            )
+
+        g = c.db.write(work)
+        console.print(
+            f"granted {millicredits_to_credits(g.amount)} credits as {g.id}"
+            + (f", expiring {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else "")
+        )
+
+    @app.command()
+    @handle_errors
+    def verify() -> None:
+        """Check every ledger invariant; exits non-zero on the first violation."""
+        c = container()
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("verifying", total=len(CHECKS))
+            with c.db.session(readonly=True) as session:
+                for name, check in CHECKS:
+                    progress.update(task, description=f"checking {name}")
+                    for violation in check(session):
+                        progress.stop()
+                        fail(f"ledger invariant violated: {violation}", code=2)
+                    progress.advance(task)
+        console.print("ledger ok: " + ", ".join(name for name, _ in CHECKS))
+
+    @app.command()
+    @handle_errors
+    def sweep() -> None:
+        """Settle expired holds and grant remainders on every wallet that has something due."""
+        c = container()
+        total = 0
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("sweeping", total=None)
+            while True:
+                due = c.db.read(lambda s: c.ledger.wallets_due(s))
+                if not due:
+                    break
+                for account_id in due:
+                    total += c.db.write(functools.partial(_sweep_one, account_id))
+                    progress.advance(task)
+        console.print(f"settled {total} expired holds and grants")

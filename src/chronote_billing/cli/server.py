@@ -1,0 +1,60 @@
+"""Commands that run the service: migrate, serve, and the demo that `make run` starts."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from chronote_billing.cli.output import console, container, handle_errors
+from chronote_billing.core import migrate as migrations
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def migrate() -> None:
+        """Bring the database schema up to date."""
+        c = container()
+        migrations.upgrade(c.db.engine)
+        console.print(f"database migrated ({c.db.dialect})")
+
+    @app.command()
+    @handle_errors
+    def serve(
+        host: Annotated[str, typer.Option()] = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    ) -> None:
+        """Serve the API and the portal."""
+        import uvicorn
+
+        from chronote_billing.api.app import create_app
+
+        uvicorn.run(create_app(container()), host=host, port=port, log_level="info")
+
+    @app.command()
+    @handle_errors
+    def demo(
+        host: Annotated[str, typer.Option()] = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+        stripe_port: Annotated[int, typer.Option(min=1, max=65535)] = 12111,
+    ) -> None:
+        """Migrate, load demo data, start the local Stripe stand-in and serve (what `make run` does)."""
+        import uvicorn
+
+        from chronote_billing import demo as demo_data
+        from chronote_billing.api.app import create_app
+
+        os.environ.setdefault("CHRONOTE_DEMO_MODE", "1")
+        os.environ.setdefault("CHRONOTE_STRIPE_API_BASE", f"http://{host}:{stripe_port}")
+        from chronote_billing.cli import output
+
+        output.set_container(None)  # settings are read again with the demo environment
+        c = container()
+        migrations.upgrade(c.db.engine)
+        summary = demo_data.load(c)
+        console.print(summary)
+        demo_data.start_side_services(c, host=host, port=port, stripe_port=stripe_port)
+        console.print(f"portal: http://{host}:{port}/portal   API docs: http://{host}:{port}/docs")
+        uvicorn.run(create_app(c), host=host, port=port, log_level="info")

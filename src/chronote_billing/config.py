@@ -1,0 +1,64 @@
+"""Settings read from the environment, one place for every knob the service has."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SQLITE_PATH = Path("var") / "chronote.db"
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URL forms people paste and give SQLAlchemy the psycopg 3 driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = field(
+        default_factory=lambda: normalize_database_url(
+            os.environ.get("CHRONOTE_DATABASE_URL", f"sqlite:///{DEFAULT_SQLITE_PATH}")
+        )
+    )
+    stripe_api_base: str = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_STRIPE_API_BASE", "http://127.0.0.1:12111")
+    )
+    stripe_secret_key: str = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_STRIPE_SECRET_KEY", "sk_test_chronote_local")
+    )
+    stripe_webhook_secret: str = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_STRIPE_WEBHOOK_SECRET", "whsec_chronote_local")
+    )
+    public_base_url: str = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_PUBLIC_BASE_URL", "http://127.0.0.1:8000")
+    )
+    session_secret: str = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_SESSION_SECRET", "dev-only-change-me")
+    )
+    discord_client_id: str = field(default_factory=lambda: os.environ.get("CHRONOTE_DISCORD_CLIENT_ID", ""))
+    discord_client_secret: str = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_DISCORD_CLIENT_SECRET", "")
+    )
+    discord_api_base: str = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_DISCORD_API_BASE", "https://discord.com/api")
+    )
+    # Demo mode lets a person pick a demo Discord identity in the portal instead of OAuth;
+    # it is on only for `make run` and never when a Discord client id is configured.
+    demo_mode: bool = field(default_factory=lambda: os.environ.get("CHRONOTE_DEMO_MODE", "") == "1")
+    chronote_webhook_url: str = field(default_factory=lambda: os.environ.get("CHRONOTE_WEBHOOK_URL", ""))
+    chronote_webhook_secret: str = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_WEBHOOK_SECRET", "whsec_chronote_outbound_local")
+    )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def get_settings() -> Settings:
+    return Settings()

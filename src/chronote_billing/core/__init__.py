@@ -1,0 +1,1 @@
+"""Cross-domain building blocks: database, clock, ids, errors and idempotency."""

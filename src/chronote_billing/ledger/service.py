@@ -1,0 +1,1281 @@
+"""Ledger rules: grants, two-phase holds, debits, reversals, expiry and balances.
+
+Every money write follows the same order, which is what keeps it race-free:
+
+1. lock the wallet row (``SELECT ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` already holds
+   the database write lock);
+2. look the idempotency key up (a duplicate now finds the first request's record);
+3. settle what fell due on this wallet (expired holds, expired grant remainders);
+4. validate against the maintained counters, then write transfers and counters together.
+
+A validation failure raises before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from chronote_billing.core import idempotency
+from chronote_billing.core.clock import Clock, as_utc, month_key, system_clock
+from chronote_billing.core.errors import (
+    CapReached,
+    Conflict,
+    HoldAlreadySettled,
+    HoldExpired,
+    InsufficientCredits,
+    NotFound,
+    ValidationFailed,
+)
+from chronote_billing.core.ids import new_id
+
+from .models import CapUsage, Debit, Grant, Hold, LedgerAccount, Transfer
+from .schemas import (
+    BalanceView,
+    CapUsageView,
+    DebitView,
+    GrantView,
+    HoldView,
+    ReversalView,
+    StatementLine,
+    StatementPage,
+)
+
+SYSTEM_ACCOUNTS = ("issuance", "consumption", "breakage", "reversal")
+GRANT_SOURCES = (
+    "plan_allowance",
+    "free_allowance",
+    "purchase",
+    "promotional",
+    "migration",
+    "comp",
+    "adjustment",
+)
+MAX_AMOUNT = 10**15  # millicredits; far above any real balance, below BIGINT's limit
+
+
+class CaptureExceedsHold(ValidationFailed):
+    code = "capture_exceeds_hold"
+    title = "Capture above the held amount"
+
+
+@dataclass(frozen=True)
+class CapSpec:
+    """A spend cap to count a hold or debit against (an authorization's monthly cap).
+
+    ``limit`` is the cap in millicredits for the calendar month, or None to count usage
+    without limiting it.
+    """
+
+    cap_id: str
+    limit: int | None
+
+
+@dataclass
+class _Wallet:
+    id: str
+    billing_account_id: str
+    credits_posted: int
+    debits_posted: int
+    debits_pending: int
+    next_due_at: datetime | None
+
+    @property
+    def posted(self) -> int:
+        return self.credits_posted - self.debits_posted
+
+
+@dataclass
+class _Lot:
+    """A grant as the spend path sees it."""
+
+    id: str
+    remaining: int
+    held: int
+    priority: int
+    expires_at: datetime | None
+    created_at: datetime
+    dirty: bool = False
+
+    @property
+    def free(self) -> int:
+        return self.remaining - self.held
+
+
+def burn_order_key(
+    expires_at: datetime | None, priority: int, created_at: datetime, grant_id: str
+) -> tuple[Any, ...]:
+    """Earliest expiry first (no expiry last), then priority (lower first), then oldest."""
+    return (expires_at is None, expires_at or created_at, priority, created_at, grant_id)
+
+
+def _check_amount(amount: Any, field: str = "amount", allow_zero: bool = False) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise ValidationFailed(f"{field} must be a whole number of millicredits.", field=field)
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise ValidationFailed(f"{field} must be {'zero or ' if allow_zero else ''}positive.", field=field)
+    if amount > MAX_AMOUNT:
+        raise ValidationFailed(f"{field} is larger than any balance can be.", field=field)
+    return amount
+
+
+class LedgerService:
+    def __init__(self, clock: Clock = system_clock) -> None:
+        self.clock = clock
+
+    # ------------------------------------------------------------------ accounts
+
+    def ensure_system_accounts(self, session: Session) -> dict[str, str]:
+        existing = dict(
+            session.execute(
+                select(LedgerAccount.system_code, LedgerAccount.id).where(LedgerAccount.kind == "system")
+            ).all()
+        )
+        for code in SYSTEM_ACCOUNTS:
+            if code not in existing:
+                account_id = f"la_system_{code}"
+                session.execute(
+                    insert(LedgerAccount).values(
+                        id=account_id,
+                        kind="system",
+                        system_code=code,
+                        credits_posted=0,
+                        debits_posted=0,
+                        debits_pending=0,
+                        created_at=self.clock.now(),
+                    )
+                )
+                existing[code] = account_id
+        return {str(k): v for k, v in existing.items()}
+
+    def open_wallet(self, session: Session, billing_account_id: str) -> str:
+        self.ensure_system_accounts(session)
+        wallet_id = new_id("la")
+        session.execute(
+            insert(LedgerAccount).values(
+                id=wallet_id,
+                kind="wallet",
+                billing_account_id=billing_account_id,
+                credits_posted=0,
+                debits_posted=0,
+                debits_pending=0,
+                created_at=self.clock.now(),
+            )
+        )
+        return wallet_id
+
+    @staticmethod
+    def system_account_id(code: str) -> str:
+        return f"la_system_{code}"
+
+    # ------------------------------------------------------------------ grants
+
+    def issue_grant(
+        self,
+        session: Session,
+        *,
+        account_id: str,
+        amount: int,
+        source: str,
+        idempotency_key: str,
+        cause_type: str,
+        cause_id: str | None = None,
+        priority: int = 50,
+        effective_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        description: str = "",
+    ) -> GrantView:
+        now = self.clock.now()
+        key = idempotency.check_key(idempotency_key)
+        _check_amount(amount)
+        if source not in GRANT_SOURCES:
+            raise ValidationFailed(
+                f"Unknown grant source '{source}'; expected one of {', '.join(GRANT_SOURCES)}.",
+                field="source",
+            )
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
+            raise ValidationFailed("priority must be a whole number from 0 to 100.", field="priority")
+        effective = as_utc(effective_at) if effective_at else now
+        expires = as_utc(expires_at) if expires_at else None
+        if expires is not None and expires <= effective:
+            raise ValidationFailed("A grant must expire after it becomes effective.", field="expires_at")
+        if expires is not None and expires <= now:
+            raise ValidationFailed("A grant cannot expire in the past.", field="expires_at")
+        params = {
+            "account_id": account_id,
+            "amount": amount,
+            "source": source,
+            "cause_type": cause_type,
+            "cause_id": cause_id,
+            "priority": priority,
+            "effective_at": effective.isoformat() if effective_at else None,
+            "expires_at": expires.isoformat() if expires else None,
+        }
+        wallet = self._lock_wallet(session, account_id)
+        prior = idempotency.lookup(session, f"ledger.grant:{account_id}", key, params)
+        if prior is not None:
+            return GrantView.model_validate(prior)
+        self._settle_due(session, wallet, now)
+
+        grant_id = new_id("grt")
+        session.execute(
+            insert(Grant).values(
+                id=grant_id,
+                wallet_account_id=wallet.id,
+                billing_account_id=account_id,
+                source=source,
+                amount=amount,
+                remaining=amount,
+                held=0,
+                priority=priority,
+                effective_at=effective,
+                expires_at=expires,
+                frozen_at=None,
+                status="active",
+                cause_type=cause_type,
+                cause_id=cause_id,
+                description=description,
+                created_at=now,
+            )
+        )
+        wallet.credits_posted += amount
+        self._insert_transfers(
+            session,
+            [
+                self._transfer(
+                    now,
+                    debit=self.system_account_id("issuance"),
+                    credit=wallet.id,
+                    wallet=wallet,
+                    amount=amount,
+                    phase="posted",
+                    kind="grant",
+                    grant_id=grant_id,
+                    reason=description or f"{source.replace('_', ' ')} grant",
+                )
+            ],
+        )
+        if expires is not None:
+            wallet.next_due_at = _earliest(wallet.next_due_at, expires)
+        self._save_wallet(session, wallet)
+        view = self._grant_view(session, grant_id, now)
+        idempotency.remember(
+            session, f"ledger.grant:{account_id}", key, params, view.model_dump(mode="json"), now, grant_id
+        )
+        return view
+
+    def reverse_grant(
+        self,
+        session: Session,
+        *,
+        grant_id: str,
+        amount: int,
+        idempotency_key: str,
+        reason: str,
+        kind: str = "reversal",
+    ) -> ReversalView:
+        """Take back up to ``amount`` of a grant's unspent, unheld credits (a refund, a correction).
+
+        Never overdraws: what was spent or is held stays; the result says how much was reversed.
+        """
+        now = self.clock.now()
+        key = idempotency.check_key(idempotency_key)
+        _check_amount(amount)
+        params = {"grant_id": grant_id, "amount": amount, "kind": kind}
+        grant_row = session.get(Grant, grant_id)
+        if grant_row is None:
+            raise NotFound(f"No grant '{grant_id}'.", grant_id=grant_id)
+        wallet = self._lock_wallet(session, grant_row.billing_account_id)
+        prior = idempotency.lookup(session, f"ledger.reverse_grant:{wallet.billing_account_id}", key, params)
+        if prior is not None:
+            return ReversalView.model_validate(prior)
+        self._settle_due(session, wallet, now)
+        lot = self._lots(session, wallet.id, ids=[grant_id])[0]
+        take = min(amount, lot.free)
+        if take > 0:
+            lot.remaining -= take
+            wallet.debits_posted += take
+            self._insert_transfers(
+                session,
+                [
+                    self._transfer(
+                        now,
+                        debit=wallet.id,
+                        credit=self.system_account_id("reversal"),
+                        wallet=wallet,
+                        amount=take,
+                        phase="posted",
+                        kind=kind,
+                        grant_id=grant_id,
+                        reason=reason,
+                    )
+                ],
+            )
+            self._save_lots(session, [lot])
+            self._save_wallet(session, wallet)
+        view = ReversalView(
+            grant_id=grant_id,
+            account_id=wallet.billing_account_id,
+            requested=amount,
+            reversed=take,
+            remaining=lot.remaining,
+            kind=kind,
+        )
+        idempotency.remember(
+            session,
+            f"ledger.reverse_grant:{wallet.billing_account_id}",
+            key,
+            params,
+            view.model_dump(mode="json"),
+            now,
+        )
+        return view
+
+    def set_grant_frozen(
+        self, session: Session, *, grant_id: str, frozen: bool, idempotency_key: str, reason: str = ""
+    ) -> GrantView:
+        """Freeze (a dispute) or unfreeze a grant: frozen credit cannot back new holds or debits."""
+        now = self.clock.now()
+        key = idempotency.check_key(idempotency_key)
+        params = {"grant_id": grant_id, "frozen": frozen}
+        grant_row = session.get(Grant, grant_id)
+        if grant_row is None:
+            raise NotFound(f"No grant '{grant_id}'.", grant_id=grant_id)
+        self._lock_wallet(session, grant_row.billing_account_id)
+        prior = idempotency.lookup(
+            session, f"ledger.freeze_grant:{grant_row.billing_account_id}", key, params
+        )
+        if prior is not None:
+            return GrantView.model_validate(prior)
+        session.execute(update(Grant).where(Grant.id == grant_id).values(frozen_at=now if frozen else None))
+        session.expire_all()
+        view = self._grant_view(session, grant_id, now)
+        idempotency.remember(
+            session,
+            f"ledger.freeze_grant:{grant_row.billing_account_id}",
+            key,
+            params,
+            view.model_dump(mode="json"),
+            now,
+        )
+        return view
+
+    # ------------------------------------------------------------------ holds
+
+    def place_hold(
+        self,
+        session: Session,
+        *,
+        account_id: str,
+        amount: int,
+        expires_at: datetime,
+        idempotency_key: str,
+        allow_partial: bool = False,
+        reason: str = "",
+        metadata: dict[str, Any] | None = None,
+        cap: CapSpec | None = None,
+    ) -> HoldView:
+        now = self.clock.now()
+        key = idempotency.check_key(idempotency_key)
+        _check_amount(amount)
+        expires = as_utc(expires_at)
+        if expires <= now:
+            raise ValidationFailed("A hold must expire in the future.", field="expires_at")
+        metadata = dict(metadata or {})
+        params = {
+            "account_id": account_id,
+            "amount": amount,
+            "allow_partial": allow_partial,
+            "expires_at": expires.isoformat(),
+            "cap_id": cap.cap_id if cap else None,
+            "cap_limit": cap.limit if cap else None,
+            "metadata": metadata,
+            "reason": reason,
+        }
+        wallet = self._lock_wallet(session, account_id)
+        prior = idempotency.lookup(session, f"ledger.hold:{account_id}", key, params)
+        if prior is not None:
+            return HoldView.model_validate(prior)
+        self._settle_due(session, wallet, now)
+
+        lots = self._lots(session, wallet.id, spendable_at=now)
+        approved = self._approvable(session, wallet, lots, amount, allow_partial, cap, now)
+        hold_id = new_id("hold")
+        period = month_key(now) if cap else None
+        draws = _draw(lots, approved)
+        transfers = []
+        for lot, take in draws:
+            lot.held += take
+            transfers.append(
+                self._transfer(
+                    now,
+                    debit=wallet.id,
+                    credit=self.system_account_id("consumption"),
+                    wallet=wallet,
+                    amount=take,
+                    phase="pending",
+                    kind="hold",
+                    grant_id=lot.id,
+                    hold_id=hold_id,
+                    reason=reason or "hold",
+                )
+            )
+        wallet.debits_pending += approved
+        session.execute(
+            insert(Hold).values(
+                id=hold_id,
+                wallet_account_id=wallet.id,
+                billing_account_id=account_id,
+                amount_requested=amount,
+                amount_held=approved,
+                amount_captured=0,
+                status="open",
+                expires_at=expires,
+                reason=reason,
+                metadata=metadata,
+                cap_id=cap.cap_id if cap else None,
+                cap_period=period,
+                created_at=now,
+                settled_at=None,
+            )
+        )
+        self._insert_transfers(session, transfers)
+        self._save_lots(session, [lot for lot, _ in draws])
+        if cap is not None and period is not None:
+            self._bump_cap(session, cap.cap_id, period, held=approved)
+        wallet.next_due_at = _earliest(wallet.next_due_at, expires)
+        self._save_wallet(session, wallet)
+        view = HoldView(
+            id=hold_id,
+            account_id=account_id,
+            status="open",
+            amount_requested=amount,
+            amount_held=approved,
+            amount_captured=0,
+            partial=approved < amount,
+            expires_at=expires,
+            reason=reason,
+            metadata=metadata,
+            cap_id=cap.cap_id if cap else None,
+            cap_period=period,
+            created_at=now,
+            settled_at=None,
+        )
+        idempotency.remember(
+            session, f"ledger.hold:{account_id}", key, params, view.model_dump(mode="json"), now, hold_id
+        )
+        return view
+
+    def extend_hold(
+        self,
+        session: Session,
+        *,
+        hold_id: str,
+        idempotency_key: str,
+        amount: int = 0,
+        expires_at: datetime | None = None,
+        allow_partial: bool = False,
+        cap_limit: int | None = None,
+    ) -> HoldView:
+        """Reserve ``amount`` more and/or move the expiry later, while the hold is open."""
+        now = self.clock.now()
+        key = idempotency.check_key(idempotency_key)
+        _check_amount(amount, allow_zero=True)
+        new_expiry = as_utc(expires_at) if expires_at else None
+        if amount == 0 and new_expiry is None:
+            raise ValidationFailed("Extend needs an amount, a later expiry, or both.", field="amount")
+        params = {
+            "hold_id": hold_id,
+            "amount": amount,
+            "expires_at": new_expiry.isoformat() if new_expiry else None,
+            "allow_partial": allow_partial,
+            "cap_limit": cap_limit,
+        }
+        wallet, hold = self._lock_hold(session, hold_id)
+        prior = idempotency.lookup(session, f"ledger.hold_extend:{wallet.billing_account_id}", key, params)
+        if prior is not None:
+            return HoldView.model_validate(prior)
+        self._check_open(hold, now, "extend")
+        if new_expiry is not None and new_expiry <= now:
+            raise ValidationFailed("The new expiry must be in the future.", field="expires_at")
+        self._settle_due(session, wallet, now)
+
+        added = 0
+        if amount > 0:
+            lots = self._lots(session, wallet.id, spendable_at=now)
+            cap = CapSpec(hold.cap_id, cap_limit) if hold.cap_id else None
+            added = self._approvable(
+                session, wallet, lots, amount, allow_partial, cap, now, cap_period=hold.cap_period
+            )
+            draws = _draw(lots, added)
+            transfers = []
+            for lot, take in draws:
+                lot.held += take
+                transfers.append(
+                    self._transfer(
+                        now,
+                        debit=wallet.id,
+                        credit=self.system_account_id("consumption"),
+                        wallet=wallet,
+                        amount=take,
+                        phase="pending",
+                        kind="hold_extend",
+                        grant_id=lot.id,
+                        hold_id=hold_id,
+                        reason=hold.reason or "hold extended",
+                    )
+                )
+            wallet.debits_pending += added
+            self._insert_transfers(session, transfers)
+            self._save_lots(session, [lot for lot, _ in draws])
+            if hold.cap_id and hold.cap_period:
+                self._bump_cap(session, hold.cap_id, hold.cap_period, held=added)
+        expires = max(hold.expires_at, new_expiry) if new_expiry else hold.expires_at
+        session.execute(
+            update(Hold)
+            .where(Hold.id == hold_id)
+            .values(
+                amount_held=hold.amount_held + added,
+                amount_requested=hold.amount_requested + amount,
+                expires_at=expires,
+            )
+        )
+        wallet.next_due_at = _earliest(wallet.next_due_at, expires)
+        self._save_wallet(session, wallet)
+        view = self._hold_view(session, hold_id)
+        view.partial = added < amount
+        idempotency.remember(
+            session,
+            f"ledger.hold_extend:{wallet.billing_account_id}",
+            key,
+            params,
+            view.model_dump(mode="json"),
+            now,
+        )
+        return view
+
+    def capture_hold(
+        self, session: Session, *, hold_id: str, amount: int, idempotency_key: str, reason: str | None = None
+    ) -> HoldView:
+        """Charge ``amount`` (at most what is held) and return the rest, in one step."""
+        now = self.clock.now()
+        key = idempotency.check_key(idempotency_key)
+        _check_amount(amount, allow_zero=True)
+        params = {"hold_id": hold_id, "amount": amount}
+        wallet, hold = self._lock_hold(session, hold_id)
+        prior = idempotency.lookup(session, f"ledger.hold_capture:{wallet.billing_account_id}", key, params)
+        if prior is not None:
+            return HoldView.model_validate(prior)
+        self._check_open(hold, now, "capture")
+        if amount > hold.amount_held:
+            raise CaptureExceedsHold(
+                f"Cannot capture {amount} millicredits: the hold has {hold.amount_held}.",
+                field="amount",
+                amount_held=hold.amount_held,
+            )
+        self._resolve_hold(session, wallet, hold, amount, "captured", now, reason)
+        self._settle_due(session, wallet, now)
+        self._save_wallet(session, wallet)
+        view = self._hold_view(session, hold_id)
+        idempotency.remember(
+            session,
+            f"ledger.hold_capture:{wallet.billing_account_id}",
+            key,
+            params,
+            view.model_dump(mode="json"),
+            now,
+        )
+        return view
+
+    def release_hold(
+        self, session: Session, *, hold_id: str, idempotency_key: str, reason: str | None = None
+    ) -> HoldView:
+        now = self.clock.now()
+        key = idempotency.check_key(idempotency_key)
+        params = {"hold_id": hold_id}
+        wallet, hold = self._lock_hold(session, hold_id)
+        prior = idempotency.lookup(session, f"ledger.hold_release:{wallet.billing_account_id}", key, params)
+        if prior is not None:
+            return HoldView.model_validate(prior)
+        if hold.status != "open":
+            raise HoldAlreadySettled(
+                f"Hold '{hold_id}' is already {hold.status}.", hold_id=hold_id, status=hold.status
+            )
+        # Releasing a hold that ran past its expiry is harmless: it frees the same credits the
+        # sweep would, so it is allowed and recorded as an expiry.
+        status = "expired" if hold.expires_at <= now else "released"
+        self._resolve_hold(session, wallet, hold, 0, status, now, reason)
+        self._settle_due(session, wallet, now)
+        self._save_wallet(session, wallet)
+        view = self._hold_view(session, hold_id)
+        idempotency.remember(
+            session,
+            f"ledger.hold_release:{wallet.billing_account_id}",
+            key,
+            params,
+            view.model_dump(mode="json"),
+            now,
+        )
+        return view
+
+    def get_hold(self, session: Session, hold_id: str) -> HoldView:
+        return self._hold_view(session, hold_id)
+
+    # ------------------------------------------------------------------ debits
+
+    def debit(
+        self,
+        session: Session,
+        *,
+        account_id: str,
+        amount: int,
+        idempotency_key: str,
+        reason: str = "",
+        metadata: dict[str, Any] | None = None,
+        cap: CapSpec | None = None,
+    ) -> DebitView:
+        """Charge at once (a metered event): all or nothing."""
+        now = self.clock.now()
+        key = idempotency.check_key(idempotency_key)
+        _check_amount(amount)
+        metadata = dict(metadata or {})
+        params = {
+            "account_id": account_id,
+            "amount": amount,
+            "cap_id": cap.cap_id if cap else None,
+            "cap_limit": cap.limit if cap else None,
+            "metadata": metadata,
+            "reason": reason,
+        }
+        wallet = self._lock_wallet(session, account_id)
+        prior = idempotency.lookup(session, f"ledger.debit:{account_id}", key, params)
+        if prior is not None:
+            return DebitView.model_validate(prior)
+        self._settle_due(session, wallet, now)
+        lots = self._lots(session, wallet.id, spendable_at=now)
+        self._approvable(session, wallet, lots, amount, False, cap, now)
+        debit_id = new_id("deb")
+        period = month_key(now) if cap else None
+        draws = _draw(lots, amount)
+        transfers = []
+        for lot, take in draws:
+            lot.remaining -= take
+            wallet.debits_posted += take
+            transfers.append(
+                self._transfer(
+                    now,
+                    debit=wallet.id,
+                    credit=self.system_account_id("consumption"),
+                    wallet=wallet,
+                    amount=take,
+                    phase="posted",
+                    kind="debit",
+                    grant_id=lot.id,
+                    debit_id=debit_id,
+                    reason=reason or "debit",
+                )
+            )
+        session.execute(
+            insert(Debit).values(
+                id=debit_id,
+                wallet_account_id=wallet.id,
+                billing_account_id=account_id,
+                amount=amount,
+                reason=reason,
+                metadata=metadata,
+                cap_id=cap.cap_id if cap else None,
+                cap_period=period,
+                created_at=now,
+            )
+        )
+        self._insert_transfers(session, transfers)
+        self._save_lots(session, [lot for lot, _ in draws])
+        if cap is not None and period is not None:
+            self._bump_cap(session, cap.cap_id, period, used=amount)
+        self._save_wallet(session, wallet)
+        view = DebitView(
+            id=debit_id,
+            account_id=account_id,
+            amount=amount,
+            reason=reason,
+            metadata=metadata,
+            cap_id=cap.cap_id if cap else None,
+            cap_period=period,
+            created_at=now,
+        )
+        idempotency.remember(
+            session, f"ledger.debit:{account_id}", key, params, view.model_dump(mode="json"), now, debit_id
+        )
+        return view
+
+    # ------------------------------------------------------------------ expiry
+
+    def sweep(self, session: Session, account_id: str) -> int:
+        """Settle what has fallen due on one wallet; returns the number of items settled."""
+        wallet = self._lock_wallet(session, account_id)
+        settled = self._settle_due(session, wallet, self.clock.now(), force=True)
+        self._save_wallet(session, wallet)
+        return settled
+
+    def wallets_due(self, session: Session, limit: int = 500) -> list[str]:
+        now = self.clock.now()
+        rows = session.execute(
+            select(LedgerAccount.billing_account_id)
+            .where(LedgerAccount.kind == "wallet", LedgerAccount.next_due_at <= now)
+            .order_by(LedgerAccount.next_due_at)
+            .limit(limit)
+        ).scalars()
+        return [r for r in rows if r]
+
+    # ------------------------------------------------------------------ reads
+
+    def balance(self, session: Session, account_id: str) -> BalanceView:
+        now = self.clock.now()
+        wallet = self._wallet(session, account_id)
+        stale = self._stale_held_by_grant(session, wallet.id, now)
+        grant_rows = session.execute(
+            select(Grant).where(Grant.wallet_account_id == wallet.id, Grant.status == "active")
+        ).scalars()
+        grants: list[GrantView] = []
+        available = frozen = 0
+        for g in grant_rows:
+            view = self._grant_to_view(g, now, stale.get(g.id, 0))
+            available += view.available
+            if g.frozen_at is not None:
+                frozen += g.remaining - view.held
+            grants.append(view)
+        grants.sort(key=lambda v: burn_order_key(v.expires_at, v.priority, v.created_at, v.id))
+        return BalanceView(
+            account_id=account_id,
+            available=available,
+            held=wallet.debits_pending - sum(stale.values()),
+            posted=wallet.posted,
+            frozen=frozen,
+            grants=grants,
+            as_of=now,
+        )
+
+    def list_grants(self, session: Session, account_id: str, include_closed: bool = True) -> list[GrantView]:
+        now = self.clock.now()
+        wallet = self._wallet(session, account_id)
+        stale = self._stale_held_by_grant(session, wallet.id, now)
+        query = select(Grant).where(Grant.wallet_account_id == wallet.id)
+        if not include_closed:
+            query = query.where(Grant.status == "active")
+        rows = session.execute(query.order_by(Grant.created_at.desc(), Grant.id.desc())).scalars()
+        return [self._grant_to_view(g, now, stale.get(g.id, 0)) for g in rows]
+
+    def get_grant(self, session: Session, grant_id: str) -> GrantView:
+        return self._grant_view(session, grant_id, self.clock.now())
+
+    def statement(
+        self, session: Session, account_id: str, limit: int = 50, starting_after: int | None = None
+    ) -> StatementPage:
+        if not 1 <= limit <= 500:
+            raise ValidationFailed("limit must be from 1 to 500.", field="limit")
+        wallet = self._wallet(session, account_id)
+        query = select(Transfer).where(Transfer.wallet_account_id == wallet.id)
+        if starting_after is not None:
+            query = query.where(Transfer.id < starting_after)
+        rows = list(session.execute(query.order_by(Transfer.id.desc()).limit(limit + 1)).scalars())
+        lines = [_statement_line(t, wallet.id) for t in rows[:limit]]
+        has_more = len(rows) > limit
+        return StatementPage(
+            account_id=account_id,
+            data=lines,
+            has_more=has_more,
+            next_cursor=lines[-1].id if has_more and lines else None,
+        )
+
+    def cap_usage(self, session: Session, cap_id: str, period: str) -> CapUsageView:
+        row = session.get(CapUsage, (cap_id, period))
+        return CapUsageView(
+            cap_id=cap_id, period=period, held=row.held if row else 0, used=row.used if row else 0
+        )
+
+    def cap_usage_many(
+        self, session: Session, cap_ids: Sequence[str], period: str
+    ) -> dict[str, CapUsageView]:
+        result = {c: CapUsageView(cap_id=c, period=period, held=0, used=0) for c in cap_ids}
+        if cap_ids:
+            for row in session.execute(
+                select(CapUsage).where(CapUsage.cap_id.in_(list(cap_ids)), CapUsage.period == period)
+            ).scalars():
+                result[row.cap_id] = CapUsageView(
+                    cap_id=row.cap_id, period=period, held=row.held, used=row.used
+                )
+        return result
+
+    def cap_room(
+        self, session: Session, cap_id: str, limit: int | None, now: datetime | None = None
+    ) -> int | None:
+        """Millicredits still allowed under a cap this month (None: no limit).
+
+        Holds that ran past expiry but are not swept yet are still counted: the next write on
+        the wallet settles them.
+        """
+        if limit is None:
+            return None
+        usage = self.cap_usage(session, cap_id, month_key(now or self.clock.now()))
+        return max(0, limit - usage.used - usage.held)
+
+    # ------------------------------------------------------------------ internals
+
+    def _wallet(self, session: Session, account_id: str, lock: bool = False) -> _Wallet:
+        query = select(
+            LedgerAccount.id,
+            LedgerAccount.billing_account_id,
+            LedgerAccount.credits_posted,
+            LedgerAccount.debits_posted,
+            LedgerAccount.debits_pending,
+            LedgerAccount.next_due_at,
+        ).where(LedgerAccount.billing_account_id == account_id)
+        if lock:
+            query = query.with_for_update()
+        row = session.execute(query).first()
+        if row is None:
+            raise NotFound(f"No billing account '{account_id}'.", account_id=account_id)
+        return _Wallet(
+            id=row.id,
+            billing_account_id=row.billing_account_id,
+            credits_posted=row.credits_posted,
+            debits_posted=row.debits_posted,
+            debits_pending=row.debits_pending,
+            next_due_at=as_utc(row.next_due_at) if row.next_due_at else None,
+        )
+
+    def _lock_wallet(self, session: Session, account_id: str) -> _Wallet:
+        return self._wallet(session, account_id, lock=True)
+
+    def _lock_hold(self, session: Session, hold_id: str) -> tuple[_Wallet, Hold]:
+        owner = session.execute(select(Hold.billing_account_id).where(Hold.id == hold_id)).scalar()
+        if owner is None:
+            raise NotFound(f"No hold '{hold_id}'.", hold_id=hold_id)
+        wallet = self._lock_wallet(session, owner)
+        hold = session.execute(select(Hold).where(Hold.id == hold_id)).scalar_one()
+        session.refresh(hold)
+        return wallet, hold
+
+    @staticmethod
+    def _check_open(hold: Hold, now: datetime, action: str) -> None:
+        if hold.status == "expired" or (hold.status == "open" and hold.expires_at <= now):
+            raise HoldExpired(
+                f"Cannot {action} hold '{hold.id}': it expired at {hold.expires_at.isoformat()}.",
+                hold_id=hold.id,
+                expired_at=hold.expires_at.isoformat(),
+            )
+        if hold.status != "open":
+            raise HoldAlreadySettled(
+                f"Cannot {action} hold '{hold.id}': it is already {hold.status}.",
+                hold_id=hold.id,
+                status=hold.status,
+            )
+
+    def _lots(
+        self,
+        session: Session,
+        wallet_id: str,
+        spendable_at: datetime | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[_Lot]:
+        query = select(
+            Grant.id, Grant.remaining, Grant.held, Grant.priority, Grant.expires_at, Grant.created_at
+        ).where(Grant.wallet_account_id == wallet_id)
+        if ids is not None:
+            query = query.where(Grant.id.in_(list(ids)))
+        else:
+            query = query.where(Grant.status == "active")
+        if spendable_at is not None:
+            query = query.where(
+                Grant.frozen_at.is_(None),
+                Grant.effective_at <= spendable_at,
+                (Grant.expires_at.is_(None)) | (Grant.expires_at > spendable_at),
+            )
+        lots = [
+            _Lot(
+                id=r.id,
+                remaining=r.remaining,
+                held=r.held,
+                priority=r.priority,
+                expires_at=as_utc(r.expires_at) if r.expires_at else None,
+                created_at=as_utc(r.created_at),
+            )
+            for r in session.execute(query)
+        ]
+        lots.sort(key=lambda lot: burn_order_key(lot.expires_at, lot.priority, lot.created_at, lot.id))
+        return lots
+
+    def _approvable(
+        self,
+        session: Session,
+        wallet: _Wallet,
+        lots: list[_Lot],
+        amount: int,
+        allow_partial: bool,
+        cap: CapSpec | None,
+        now: datetime,
+        cap_period: str | None = None,
+    ) -> int:
+        available = sum(lot.free for lot in lots)
+        room: int | None = None
+        if cap is not None and cap.limit is not None:
+            period = cap_period or month_key(now)
+            usage = session.execute(
+                select(CapUsage.held, CapUsage.used)
+                .where(CapUsage.cap_id == cap.cap_id, CapUsage.period == period)
+                .with_for_update()
+            ).first()
+            room = max(0, cap.limit - ((usage.held + usage.used) if usage else 0))
+        approvable = available if room is None else min(available, room)
+        if amount <= approvable:
+            return amount
+        if allow_partial and approvable > 0:
+            return approvable
+        if room is not None and room < min(amount, available):
+            raise CapReached(
+                f"The spend cap allows {room} more millicredits this month; {amount} were requested.",
+                requested=amount,
+                cap_remaining=room,
+                available=available,
+                cap_id=cap.cap_id if cap else None,
+            )
+        raise InsufficientCredits(
+            f"The wallet has {available} millicredits available; {amount} were requested.",
+            requested=amount,
+            available=available,
+            cap_remaining=room,
+        )
+
+    def _resolve_hold(
+        self,
+        session: Session,
+        wallet: _Wallet,
+        hold: Hold,
+        capture: int,
+        status: str,
+        now: datetime,
+        reason: str | None,
+    ) -> None:
+        pending = session.execute(
+            select(Transfer.id, Transfer.amount, Transfer.grant_id).where(
+                Transfer.hold_id == hold.id, Transfer.phase == "pending"
+            )
+        ).all()
+        lots = {
+            lot.id: lot for lot in self._lots(session, wallet.id, ids=sorted({p.grant_id for p in pending}))
+        }
+        ordered = sorted(
+            pending,
+            key=lambda p: (
+                burn_order_key(
+                    lots[p.grant_id].expires_at,
+                    lots[p.grant_id].priority,
+                    lots[p.grant_id].created_at,
+                    p.grant_id,
+                ),
+                p.id,
+            ),
+        )
+        left = capture
+        transfers = []
+        label = reason or hold.reason
+        for p in ordered:
+            lot = lots[p.grant_id]
+            take = min(left, p.amount)
+            left -= take
+            lot.held -= p.amount
+            lot.remaining -= take
+            wallet.debits_pending -= p.amount
+            wallet.debits_posted += take
+            if take > 0:
+                transfers.append(
+                    self._transfer(
+                        now,
+                        debit=wallet.id,
+                        credit=self.system_account_id("consumption"),
+                        wallet=wallet,
+                        amount=take,
+                        phase="post",
+                        pending_id=p.id,
+                        kind="capture",
+                        grant_id=p.grant_id,
+                        hold_id=hold.id,
+                        reason=label or "capture",
+                    )
+                )
+            else:
+                transfers.append(
+                    self._transfer(
+                        now,
+                        debit=wallet.id,
+                        credit=self.system_account_id("consumption"),
+                        wallet=wallet,
+                        amount=p.amount,
+                        phase="void",
+                        pending_id=p.id,
+                        kind="hold_expiry" if status == "expired" else "release",
+                        grant_id=p.grant_id,
+                        hold_id=hold.id,
+                        reason=label or status,
+                    )
+                )
+        # Part of a grant that expired while this hold reserved it is now free: it is breakage.
+        for lot in lots.values():
+            if lot.expires_at is not None and lot.expires_at <= now and lot.free > 0:
+                transfers.append(self._expire_lot(wallet, lot, now))
+        self._insert_transfers(session, transfers)
+        self._save_lots(session, list(lots.values()))
+        session.execute(
+            update(Hold)
+            .where(Hold.id == hold.id)
+            .values(status=status, amount_captured=capture, settled_at=now)
+        )
+        if hold.cap_id and hold.cap_period:
+            self._bump_cap(session, hold.cap_id, hold.cap_period, held=-hold.amount_held, used=capture)
+
+    def _expire_lot(self, wallet: _Wallet, lot: _Lot, now: datetime) -> dict[str, Any]:
+        amount = lot.free
+        lot.remaining -= amount
+        wallet.debits_posted += amount
+        return self._transfer(
+            now,
+            debit=wallet.id,
+            credit=self.system_account_id("breakage"),
+            wallet=wallet,
+            amount=amount,
+            phase="posted",
+            kind="expiry",
+            grant_id=lot.id,
+            reason="expired credits",
+        )
+
+    def _settle_due(self, session: Session, wallet: _Wallet, now: datetime, force: bool = False) -> int:
+        """Void expired holds and move expired grant remainders to breakage on this wallet."""
+        if not force and (wallet.next_due_at is None or wallet.next_due_at > now):
+            return 0
+        settled = 0
+        expired_holds = session.execute(
+            select(Hold).where(
+                Hold.wallet_account_id == wallet.id, Hold.status == "open", Hold.expires_at <= now
+            )
+        ).scalars()
+        for hold in list(expired_holds):
+            self._resolve_hold(session, wallet, hold, 0, "expired", now, "hold expired unsettled")
+            settled += 1
+        lots = [
+            lot
+            for lot in self._lots(session, wallet.id)
+            if lot.expires_at is not None and lot.expires_at <= now and lot.free > 0
+        ]
+        if lots:
+            self._insert_transfers(session, [self._expire_lot(wallet, lot, now) for lot in lots])
+            self._save_lots(session, lots)
+            settled += len(lots)
+        next_hold = session.execute(
+            select(func.min(Hold.expires_at)).where(
+                Hold.wallet_account_id == wallet.id, Hold.status == "open"
+            )
+        ).scalar()
+        next_grant = session.execute(
+            select(func.min(Grant.expires_at)).where(
+                Grant.wallet_account_id == wallet.id, Grant.status == "active", Grant.expires_at > now
+            )
+        ).scalar()
+        wallet.next_due_at = _earliest(
+            as_utc(next_hold) if next_hold else None, as_utc(next_grant) if next_grant else None
+        )
+        return settled
+
+    def _stale_held_by_grant(self, session: Session, wallet_id: str, now: datetime) -> dict[str, int]:
+        """Held amounts of open holds past their expiry (not swept yet), per grant."""
+        rows = session.execute(
+            select(Transfer.grant_id, func.sum(Transfer.amount))
+            .join(Hold, Hold.id == Transfer.hold_id)
+            .where(
+                Hold.wallet_account_id == wallet_id,
+                Hold.status == "open",
+                Hold.expires_at <= now,
+                Transfer.phase == "pending",
+            )
+            .group_by(Transfer.grant_id)
+        ).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def _bump_cap(self, session: Session, cap_id: str, period: str, held: int = 0, used: int = 0) -> None:
+        changed = session.execute(
+            update(CapUsage)
+            .where(CapUsage.cap_id == cap_id, CapUsage.period == period)
+            .values(held=CapUsage.held + held, used=CapUsage.used + used)
+        ).rowcount  # type: ignore[attr-defined]
+        if not changed:
+            session.execute(insert(CapUsage).values(cap_id=cap_id, period=period, held=held, used=used))
+
+    def _transfer(
+        self,
+        now: datetime,
+        *,
+        debit: str,
+        credit: str,
+        wallet: _Wallet,
+        amount: int,
+        phase: str,
+        kind: str,
+        grant_id: str,
+        reason: str,
+        hold_id: str | None = None,
+        debit_id: str | None = None,
+        pending_id: int | None = None,
+    ) -> dict[str, Any]:
+        # Pending and void rows do not move posted balances; the running balance is the wallet's
+        # posted balance after the counters above were applied by the caller.
+        return {
+            "debit_account_id": debit,
+            "credit_account_id": credit,
+            "wallet_account_id": wallet.id,
+            "amount": amount,
+            "phase": phase,
+            "pending_id": pending_id,
+            "kind": kind,
+            "grant_id": grant_id,
+            "hold_id": hold_id,
+            "debit_id": debit_id,
+            "balance_after": wallet.posted,
+            "reason": reason[:500],
+            "created_at": now,
+        }
+
+    @staticmethod
+    def _insert_transfers(session: Session, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            session.execute(insert(Transfer), rows)
+
+    @staticmethod
+    def _save_lots(session: Session, lots: Sequence[_Lot]) -> None:
+        for lot in lots:
+            session.execute(
+                update(Grant)
+                .where(Grant.id == lot.id)
+                .values(
+                    remaining=lot.remaining,
+                    held=lot.held,
+                    status="active" if lot.remaining > 0 else "closed",
+                )
+            )
+
+    @staticmethod
+    def _save_wallet(session: Session, wallet: _Wallet) -> None:
+        session.execute(
+            update(LedgerAccount)
+            .where(LedgerAccount.id == wallet.id)
+            .values(
+                credits_posted=wallet.credits_posted,
+                debits_posted=wallet.debits_posted,
+                debits_pending=wallet.debits_pending,
+                next_due_at=wallet.next_due_at,
+            )
+        )
+
+    def _grant_view(self, session: Session, grant_id: str, now: datetime) -> GrantView:
+        grant = session.execute(select(Grant).where(Grant.id == grant_id)).scalar()
+        if grant is None:
+            raise NotFound(f"No grant '{grant_id}'.", grant_id=grant_id)
+        session.refresh(grant)
+        stale = self._stale_held_by_grant(session, grant.wallet_account_id, now)
+        return self._grant_to_view(grant, now, stale.get(grant.id, 0))
+
+    @staticmethod
+    def _grant_to_view(g: Grant, now: datetime, stale_held: int) -> GrantView:
+        held = g.held - stale_held
+        spendable = (
+            g.status == "active"
+            and g.frozen_at is None
+            and g.effective_at <= now
+            and (g.expires_at is None or g.expires_at > now)
+        )
+        return GrantView(
+            id=g.id,
+            account_id=g.billing_account_id,
+            source=g.source,
+            amount=g.amount,
+            remaining=g.remaining,
+            held=held,
+            available=(g.remaining - held) if spendable else 0,
+            priority=g.priority,
+            effective_at=g.effective_at,
+            expires_at=g.expires_at,
+            frozen=g.frozen_at is not None,
+            status=g.status
+            if (g.expires_at is None or g.expires_at > now or g.status == "closed")
+            else "expired",
+            cause_type=g.cause_type,
+            cause_id=g.cause_id,
+            description=g.description,
+            created_at=g.created_at,
+        )
+
+    def _hold_view(self, session: Session, hold_id: str) -> HoldView:
+        hold = session.execute(select(Hold).where(Hold.id == hold_id)).scalar()
+        if hold is None:
+            raise NotFound(f"No hold '{hold_id}'.", hold_id=hold_id)
+        session.refresh(hold)
+        return HoldView(
+            id=hold.id,
+            account_id=hold.billing_account_id,
+            status=hold.status,
+            amount_requested=hold.amount_requested,
+            amount_held=hold.amount_held,
+            amount_captured=hold.amount_captured,
+            partial=hold.amount_held < hold.amount_requested,
+            expires_at=hold.expires_at,
+            reason=hold.reason,
+            metadata=dict(hold.metadata_ or {}),
+            cap_id=hold.cap_id,
+            cap_period=hold.cap_period,
+            created_at=hold.created_at,
+            settled_at=hold.settled_at,
+        )
+
+
+def _draw(lots: list[_Lot], amount: int) -> list[tuple[_Lot, int]]:
+    """Split ``amount`` over lots in burn order (lots are already sorted)."""
+    draws = []
+    left = amount
+    for lot in lots:
+        if left == 0:
+            break
+        take = min(left, lot.free)
+        if take > 0:
+            draws.append((lot, take))
+            left -= take
+    if left:
+        raise Conflict("The wallet changed while the hold was being placed.")
+    return draws
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _statement_line(t: Transfer, wallet_id: str) -> StatementLine:
+    sign = 1 if t.credit_account_id == wallet_id else -1
+    return StatementLine(
+        id=t.id,
+        created_at=t.created_at,
+        kind=t.kind,
+        phase=t.phase,
+        amount=sign * t.amount,
+        balance_after=t.balance_after,
+        grant_id=t.grant_id,
+        hold_id=t.hold_id,
+        debit_id=t.debit_id,
+        reason=t.reason,
+    )

@@ -1,0 +1,1 @@
+"""Outbound signed webhooks to Chronote through an outbox, and threshold alerts."""

@@ -1,0 +1,1 @@
+"""Organizations: members, roles, linked servers, spend authorizations and their audit log."""

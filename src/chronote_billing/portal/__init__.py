@@ -1,0 +1,1 @@
+"""The billing portal for people: Discord sign-in, account switcher, billing pages."""

@@ -1,0 +1,1 @@
+"""Everything that talks to Stripe: customers, checkout, plan changes, webhooks, reconcile."""

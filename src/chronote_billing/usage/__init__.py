@@ -1,0 +1,1 @@
+"""Usage: payer attribution, recording holds, metered events and usage reports."""

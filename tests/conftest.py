@@ -1,0 +1,119 @@
+"""Test fixtures: a migrated database per test process (SQLite file or PostgreSQL database),
+a manual clock, and the ledger invariants verified once more when the session ends.
+
+``CHRONOTE_DATABASE_URL`` picks the database, as it does for the service. Tests marked
+``postgres`` need PostgreSQL; with ``CHRONOTE_REQUIRE_POSTGRES=1`` their skipping is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from chronote_billing.accounts.service import AccountService
+from chronote_billing.config import normalize_database_url
+from chronote_billing.core import migrate
+from chronote_billing.core.clock import ManualClock
+from chronote_billing.core.db import Database, set_database
+from chronote_billing.ledger.service import LedgerService
+from chronote_billing.ledger.verify import verify
+
+BASE_URL = normalize_database_url(os.environ.get("CHRONOTE_DATABASE_URL", ""))
+IS_POSTGRES = BASE_URL.startswith("postgresql")
+REQUIRE_POSTGRES = os.environ.get("CHRONOTE_REQUIRE_POSTGRES") == "1"
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def create_database(suffix: str) -> str:
+    """A new empty database for this test process; returns its URL."""
+    if IS_POSTGRES:
+        url = make_url(BASE_URL)
+        name = f"chronote_test_{_worker()}_{suffix}".lower()
+        admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        return url.set(database=name).render_as_string(hide_password=False)
+    directory = Path(tempfile.mkdtemp(prefix=f"chronote-{_worker()}-"))
+    return f"sqlite:///{directory / (suffix + '.db')}"
+
+
+def fresh_database(suffix: str) -> Database:
+    db = Database(create_database(suffix))
+    migrate.upgrade(db.engine)
+    return db
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IS_POSTGRES:
+        return
+    if REQUIRE_POSTGRES:
+        raise pytest.UsageError("CHRONOTE_REQUIRE_POSTGRES=1 but CHRONOTE_DATABASE_URL is not PostgreSQL")
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set CHRONOTE_DATABASE_URL=postgresql://...")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def db() -> Iterator[Database]:
+    """The shared test database. Tests create their own accounts, so they never collide; the
+    ledger invariants are verified over everything they left behind when the session ends."""
+    database = fresh_database("main")
+    set_database(database)
+    yield database
+    with database.session(readonly=True) as session:
+        violations = verify(session, first_only=False)
+    database.dispose()
+    set_database(None)
+    assert not violations, "ledger invariants violated after the test session:\n" + "\n".join(
+        map(str, violations)
+    )
+
+
+@pytest.fixture
+def scratch_db() -> Iterator[Database]:
+    """A database of its own, for tests that corrupt data on purpose or count global rows."""
+    database = fresh_database("scratch_" + secrets.token_hex(3))
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def ledger(clock: ManualClock) -> LedgerService:
+    return LedgerService(clock)
+
+
+@pytest.fixture
+def accounts(clock: ManualClock, ledger: LedgerService) -> AccountService:
+    return AccountService(clock, ledger)
+
+
+def snowflake() -> str:
+    """A random Discord-style id, so every test owns its accounts."""
+    return str(10**17 + secrets.randbelow(9 * 10**17))
+
+
+@pytest.fixture
+def make_account(db: Database, accounts: AccountService):  # type: ignore[no-untyped-def]
+    def _make(kind: str = "personal", owner_ref: str | None = None, name: str | None = None) -> str:
+        ref = owner_ref or (snowflake() if kind != "organization" else "org_" + secrets.token_hex(6))
+        return db.write(lambda s: accounts.get_or_create(s, kind, ref, name).id)
+
+    return _make
