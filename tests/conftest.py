@@ -117,3 +117,47 @@ def make_account(db: Database, accounts: AccountService):  # type: ignore[no-unt
         return db.write(lambda s: accounts.get_or_create(s, kind, ref, name).id)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def _stripe_local_server() -> Iterator[object]:
+    """One local Stripe stand-in per test process; `stripe_local` resets it for each test."""
+    from chronote_billing.stripe_local.server import start_in_thread
+
+    stand_in = start_in_thread(
+        port=0, webhook_secret="whsec_test_stripe_local", backoff=0.05, max_backoff=0.5
+    )
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture
+def stripe_local(_stripe_local_server):  # type: ignore[no-untyped-def]
+    """The local Stripe stand-in, empty, reached through the real `stripe` SDK.
+
+    - ``stripe_local.url``: its base URL; ``stripe_local.client``: a ``stripe.StripeClient``
+      configured with ``base_addresses`` pointing at it (any ``sk_test_`` key works);
+      ``stripe_local.webhook_secret``: the endpoint secret its webhooks are signed with.
+    - Webhooks: by default every event is verified with ``stripe.Webhook.construct_event`` and
+      collected in ``stripe_local.received`` (``received_types()`` lists their types), before the
+      API call that caused it returns. ``stripe_local.send_webhooks_to(target)`` sends them to a
+      URL (background thread with retries; ``wait_for_webhooks()`` waits for first attempts) or
+      to a callable ``(payload: bytes, headers: dict) -> status``, e.g. an in-process app:
+      ``stripe_local.send_webhooks_to(lambda body, headers: api.post("/webhooks/stripe",
+      content=body, headers=headers).status_code)``. ``stripe_local.events(type)`` lists every
+      event the stand-in created.
+    - People and time: ``pay_checkout(session, card=...)`` pays on the hosted page (cards in
+      ``chronote_billing.stripe_local.testing``: ``CARD_OK``, ``CARD_DECLINES_RENEWALS``,
+      ``CARD_DECLINED``); ``portal(portal_session, action, subscription, price=...)`` uses the
+      billing portal page; ``advance_clock(clock_id, seconds=...)`` advances a Stripe test clock
+      (create the customer with ``test_clock``); ``advance_time(seconds)`` moves time for objects
+      not on a test clock (stand-in only); ``dispute(charge_id)`` opens a dispute (stand-in only).
+
+    State is per test: the stand-in is shared by the tests of a process and emptied before each.
+    """
+    from chronote_billing.stripe_local.testing import StripeLocalHarness
+
+    harness = StripeLocalHarness(_stripe_local_server)
+    yield harness
+    harness.close()
+    _stripe_local_server.set_webhook_target(None)

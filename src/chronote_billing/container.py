@@ -11,6 +11,10 @@ from chronote_billing.config import Settings, get_settings
 from chronote_billing.core.clock import Clock, system_clock
 from chronote_billing.core.db import Database, get_database
 from chronote_billing.ledger.service import LedgerService
+from chronote_billing.notifications.service import NotificationService
+from chronote_billing.orgs.service import OrgService
+from chronote_billing.stripe_sync.service import BillingService
+from chronote_billing.usage.service import UsageService
 
 
 @dataclass
@@ -30,3 +34,19 @@ class Container:
     @cached_property
     def api_keys(self) -> ApiKeyService:
         return ApiKeyService(self.clock)
+
+    @cached_property
+    def billing(self) -> BillingService:
+        return BillingService(self.db, self.clock, self.ledger, self.settings)
+
+    @cached_property
+    def orgs(self) -> OrgService:
+        return OrgService(self.clock, self.ledger, self.accounts)
+
+    @cached_property
+    def usage(self) -> UsageService:
+        return UsageService(self.clock, self.ledger, self.accounts, self.orgs, self.notifications)
+
+    @cached_property
+    def notifications(self) -> NotificationService:
+        return NotificationService(self.clock, self.ledger)

@@ -58,3 +58,12 @@ def load(c: Container) -> str:
 
 def start_side_services(c: Container, host: str, port: int, stripe_port: int) -> None:
     """Start what the demo needs beside the API (the local Stripe stand-in)."""
+    from chronote_billing.stripe_local.server import start_in_thread
+
+    stand_in = start_in_thread(
+        host=host,
+        port=stripe_port,
+        webhook_url=f"http://{host}:{port}/webhooks/stripe",
+        webhook_secret=c.settings.stripe_webhook_secret,
+    )
+    print(f"local Stripe: {stand_in.url} (webhooks to http://{host}:{port}/webhooks/stripe)")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Annotated
 
 import typer
 
 from chronote_billing.cli.output import console, container, handle_errors
 from chronote_billing.core import migrate as migrations
+from chronote_billing.notifications.delivery import start_delivery_thread
 
 
 def register(app: typer.Typer) -> None:
@@ -26,12 +28,18 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option()] = "127.0.0.1",
         port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     ) -> None:
-        """Serve the API and the portal."""
+        """Serve the API and the portal, and deliver notifications in the background."""
         import uvicorn
 
         from chronote_billing.api.app import create_app
 
-        uvicorn.run(create_app(container()), host=host, port=port, log_level="info")
+        c = container()
+        stop = threading.Event()
+        start_delivery_thread(c, stop)
+        try:
+            uvicorn.run(create_app(c), host=host, port=port, log_level="info")
+        finally:
+            stop.set()
 
     @app.command()
     @handle_errors
@@ -56,5 +64,10 @@ def register(app: typer.Typer) -> None:
         summary = demo_data.load(c)
         console.print(summary)
         demo_data.start_side_services(c, host=host, port=port, stripe_port=stripe_port)
+        stop = threading.Event()
+        start_delivery_thread(c, stop)
         console.print(f"portal: http://{host}:{port}/portal   API docs: http://{host}:{port}/docs")
-        uvicorn.run(create_app(c), host=host, port=port, log_level="info")
+        try:
+            uvicorn.run(create_app(c), host=host, port=port, log_level="info")
+        finally:
+            stop.set()

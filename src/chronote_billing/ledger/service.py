@@ -202,10 +202,8 @@ class LedgerService:
             raise ValidationFailed("priority must be a whole number from 0 to 100.", field="priority")
         effective = as_utc(effective_at) if effective_at else now
         expires = as_utc(expires_at) if expires_at else None
-        if expires is not None and expires <= effective:
+        if expires is not None and effective_at is not None and expires <= effective:
             raise ValidationFailed("A grant must expire after it becomes effective.", field="expires_at")
-        if expires is not None and expires <= now:
-            raise ValidationFailed("A grant cannot expire in the past.", field="expires_at")
         params = {
             "account_id": account_id,
             "amount": amount,
@@ -220,6 +218,9 @@ class LedgerService:
         prior = idempotency.lookup(session, f"ledger.grant:{account_id}", key, params)
         if prior is not None:
             return GrantView.model_validate(prior)
+        # Checked after the key: a retry returns the first result however late it comes.
+        if expires is not None and expires <= now:
+            raise ValidationFailed("A grant cannot expire in the past.", field="expires_at")
         self._settle_due(session, wallet, now)
 
         grant_id = new_id("grt")
@@ -317,7 +318,8 @@ class LedgerService:
                 ],
             )
             self._save_lots(session, [lot])
-            self._save_wallet(session, wallet)
+        # Saved even when nothing was reversed: settling above may have moved the counters.
+        self._save_wallet(session, wallet)
         view = ReversalView(
             grant_id=grant_id,
             account_id=wallet.billing_account_id,
@@ -384,8 +386,6 @@ class LedgerService:
         key = idempotency.check_key(idempotency_key)
         _check_amount(amount)
         expires = as_utc(expires_at)
-        if expires <= now:
-            raise ValidationFailed("A hold must expire in the future.", field="expires_at")
         metadata = dict(metadata or {})
         params = {
             "account_id": account_id,
@@ -401,6 +401,9 @@ class LedgerService:
         prior = idempotency.lookup(session, f"ledger.hold:{account_id}", key, params)
         if prior is not None:
             return HoldView.model_validate(prior)
+        # Checked after the key: a retry returns the first result however late it comes.
+        if expires <= now:
+            raise ValidationFailed("A hold must expire in the future.", field="expires_at")
         self._settle_due(session, wallet, now)
 
         lots = self._lots(session, wallet.id, spendable_at=now)

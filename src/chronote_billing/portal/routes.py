@@ -1,12 +1,748 @@
-"""Portal pages."""
+"""Portal pages and form actions under /portal.
+
+The portal only translates: a form becomes a service call, a service result becomes a page.
+Every page builds the signed-in person's principal and goes through the access rules; every
+POST checks the session's CSRF token and derives its idempotency key from the form's nonce, so a
+form submitted twice acts once. Errors become readable pages (403 naming the missing
+permission, 404) or, for HTMX requests, an error fragment inside the form.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-router = APIRouter()
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.staticfiles import StaticFiles
+
+from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.container import Container
+from chronote_billing.core.errors import BillingError, NotFound, ValidationFailed
+from chronote_billing.orgs.models import ROLES
+
+from . import auth, forms, presenters, views
+from .auth import SignedIn, check_csrf, container_of, csrf_token, current_user, demo_available
+from .presenters import FILTERS
+
+HERE = Path(__file__).resolve().parent
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters.update(FILTERS)
+templates.env.globals["new_nonce"] = lambda: secrets.token_urlsafe(16)
+
+router = APIRouter(prefix="/portal", include_in_schema=False)
+
+SESSION_MAX_AGE = 14 * 24 * 3600
+
+PageBuilder = Callable[[Container, Session, SignedIn], dict[str, Any]]
+Work = Callable[[Container, Session, SignedIn, forms.Form], Any]
 
 
 def install(app: FastAPI) -> None:
     """Mount the portal's static files and pages on the application."""
+    settings = app.state.container.settings
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.session_secret,
+        session_cookie="chronote_portal",
+        max_age=SESSION_MAX_AGE,
+        same_site="lax",
+        https_only=settings.public_base_url.startswith("https://"),
+    )
+    app.mount("/portal/static", StaticFiles(directory=HERE / "static"), name="portal_static")
+    app.include_router(auth.router)
     app.include_router(router)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    user: SignedIn | None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    ctx = {
+        "user": user,
+        "csrf": csrf_token(request),
+        "flash": request.session.pop("flash", None),
+        "active": context.get("active", ""),
+        **context,
+    }
+    if user is not None and "switcher" not in ctx:
+        ctx["switcher"] = switcher_safely(request, user)
+    return templates.TemplateResponse(request, template, ctx, status_code=status_code)
+
+
+def switcher(c: Container, session: Session, user: SignedIn) -> dict[str, Any]:
+    """Personal, the servers the person manages (from Discord), the organizations they administer."""
+    return {"servers": list(user.guilds), "orgs": views.administered_orgs(c, session, user)}
+
+
+def switcher_safely(request: Request, user: SignedIn) -> dict[str, Any]:
+    c = container_of(request)
+    try:
+        return c.db.read(lambda s: switcher(c, s, user))
+    except BillingError:
+        return {"servers": list(user.guilds), "orgs": []}
+
+
+def error_page(request: Request, user: SignedIn | None, exc: BillingError) -> HTMLResponse:
+    status = exc.status if exc.status >= 400 else 400
+    template = {403: "403.html", 404: "404.html"}.get(status, "error.html")
+    context = {
+        "error": exc,
+        "message": exc.message,
+        "missing": exc.details.get("missing_permission"),
+        "title": exc.title,
+    }
+    return render(request, template, context, user, status_code=status)
+
+
+def error_fragment(request: Request, exc: BillingError) -> HTMLResponse:
+    """What an HTMX form swaps into its error box; the status stays the error's own."""
+    context = {"message": exc.message, "missing": exc.details.get("missing_permission"), "title": exc.title}
+    response = templates.TemplateResponse(
+        request, "partials/form_error.html", context, status_code=exc.status if exc.status >= 400 else 400
+    )
+    return response
+
+
+def go(request: Request, url: str) -> Response:
+    """After a successful action: HTMX follows HX-Redirect, a plain form a 303."""
+    if is_htmx(request):
+        return Response(status_code=204, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
+def login_redirect(request: Request) -> Response:
+    target = "/portal/login?next=" + quote(request.url.path)
+    if is_htmx(request):
+        return Response(status_code=204, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
+def page(request: Request, template: str, build: PageBuilder, active: str) -> Response:
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+
+    def work(session: Session) -> dict[str, Any]:
+        return {**build(c, session, user), "switcher": switcher(c, session, user), "active": active}
+
+    try:
+        context = c.db.write(work)
+    except BillingError as exc:
+        return error_page(request, user, exc)
+    return render(request, template, context, user)
+
+
+async def act(
+    request: Request,
+    action: str,
+    work: Work,
+    done: Callable[[Any], str],
+    flash: str | Callable[[Any], str] | None = None,
+    refresh_guilds: bool = False,
+) -> Response:
+    """Run one form action: CSRF, nonce-derived idempotency key, one transaction, then redirect."""
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+    try:
+        data: FormData = await request.form()
+        check_csrf(request, str(data.get("csrf_token") or "") or None)
+        if refresh_guilds:
+            await auth.refresh_guilds_if_stale(request)
+            user = current_user(request) or user
+        form = forms.Form(data, action, user.user_id)
+        signed_in = user
+        result = await run_in_threadpool(c.db.write, lambda s: work(c, s, signed_in, form))
+    except BillingError as exc:
+        if is_htmx(request):
+            return error_fragment(request, exc)
+        return error_page(request, user, exc)
+    if flash:
+        request.session["flash"] = flash(result) if callable(flash) else flash
+    return go(request, done(result))
+
+
+# ---------------------------------------------------------------------------- sign-in
+
+
+@router.get("")
+@router.get("/")
+def portal_home(request: Request) -> Response:
+    if current_user(request) is None:
+        return RedirectResponse("/portal/login", status_code=303)
+    return RedirectResponse("/portal/personal/billing", status_code=303)
+
+
+LOGIN_ERRORS = {
+    "discord_failed": "Discord sign-in did not complete. Please try again.",
+    "discord_not_configured": "Discord sign-in is not configured on this server.",
+}
+
+
+@router.get("/login")
+def login_page(request: Request) -> Response:
+    settings = container_of(request).settings
+    if current_user(request) is not None:
+        return RedirectResponse(auth.safe_next(request.query_params.get("next")), status_code=303)
+    context = {
+        "next": auth.safe_next(request.query_params.get("next")),
+        "discord": bool(settings.discord_client_id),
+        "demo": demo_available(settings),
+        "demo_users": [
+            (key, identity[1], [name for _, name in identity[2]])
+            for key in ("ada", "ben", "cy")
+            if (identity := auth.demo_identity(key))
+        ]
+        if demo_available(settings)
+        else [],
+        "login_error": LOGIN_ERRORS.get(request.query_params.get("error", "")),
+    }
+    return render(request, "login.html", context, None)
+
+
+@router.post("/login/demo")
+async def login_demo(request: Request) -> Response:
+    if not demo_available(container_of(request).settings):
+        return error_page(request, None, NotFound("Demo sign-in is not available on this server."))
+    data = await request.form()
+    try:
+        check_csrf(request, str(data.get("csrf_token") or "") or None)
+        identity = auth.demo_identity(str(data.get("who") or ""))
+        if identity is None:
+            raise ValidationFailed("Pick one of the demo people.", field="who")
+    except BillingError as exc:
+        return error_page(request, None, exc)
+    user_id, name, guilds = identity
+    target = auth.safe_next(str(data.get("next") or ""))
+    auth.sign_in(request, user_id, name, guilds)
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    data = await request.form()
+    try:
+        check_csrf(request, str(data.get("csrf_token") or "") or None)
+    except BillingError as exc:
+        return error_page(request, current_user(request), exc)
+    request.session.clear()
+    return RedirectResponse("/portal/login", status_code=303)
+
+
+# ---------------------------------------------------------------------------- personal
+
+
+PERSONAL = "/portal/personal/billing"
+
+
+@router.get("/personal/billing")
+def personal_billing(request: Request) -> Response:
+    return page(request, "personal_billing.html", views.personal_billing, "personal")
+
+
+@router.post("/personal/billing/funding-order")
+async def personal_funding_order(request: Request) -> Response:
+    """Reorder funding sources; HTMX swaps the list in place (or shows why not inside it)."""
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+    signed_in = user
+
+    def work(s: Session, form: forms.Form) -> dict[str, Any]:
+        views.personal_account(c, s, signed_in)
+        c.usage.set_default_order(s, signed_in.user_id, form.values("order"), idempotency_key=form.key())
+        return views.funding_part(c, s, signed_in)
+
+    error: str | None = None
+    try:
+        data = await request.form()
+        check_csrf(request, str(data.get("csrf_token") or "") or None)
+        form = forms.Form(data, "funding.order", user.user_id)
+        context = await run_in_threadpool(c.db.write, lambda s: work(s, form))
+    except BillingError as exc:
+        if not is_htmx(request):
+            return error_page(request, user, exc)
+        error = exc.message
+        context = await run_in_threadpool(c.db.read, lambda s: views.funding_part(c, s, signed_in))
+    if not is_htmx(request):
+        request.session["flash"] = "Default order saved."
+        return RedirectResponse(PERSONAL, status_code=303)
+    context |= {"funding_error": error, "csrf": csrf_token(request)}
+    return templates.TemplateResponse(request, "partials/funding.html", context)
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+def server_url(guild_id: str) -> str:
+    return f"/portal/server/{guild_id}/billing"
+
+
+@router.get("/server/{guild_id}/billing")
+def server_billing(request: Request, guild_id: str) -> Response:
+    return page(
+        request,
+        "server_billing.html",
+        lambda c, s, u: views.server_billing(c, s, u, guild_id),
+        f"server:{guild_id}",
+    )
+
+
+# ---------------------------------------------------------------------------- organizations
+
+
+def org_url(org_id: str, tab: str = "billing") -> str:
+    base = f"/portal/org/{org_id}/billing"
+    return base if tab == "billing" else f"{base}/{tab}"
+
+
+@router.get("/orgs/new")
+def org_new_page(request: Request) -> Response:
+    return page(request, "org_new.html", views.new_org, "org:new")
+
+
+@router.post("/orgs/new")
+async def org_create(request: Request) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        name = form.text("name", "Organization name")
+        return c.orgs.create_org(s, actor_user_id=user.user_id, name=name, idempotency_key=form.key())
+
+    return await act(
+        request,
+        "org.create",
+        work,
+        lambda org: org_url(org.id),
+        lambda org: f"Organization {org.name} created.",
+    )
+
+
+@router.get("/org/{org_id}/billing")
+def org_billing(request: Request, org_id: str) -> Response:
+    return page(
+        request, "org_billing.html", lambda c, s, u: views.org_billing(c, s, u, org_id), f"org:{org_id}"
+    )
+
+
+@router.get("/org/{org_id}/billing/members")
+def org_members(request: Request, org_id: str) -> Response:
+    return page(
+        request, "org_members.html", lambda c, s, u: views.org_members(c, s, u, org_id), f"org:{org_id}"
+    )
+
+
+@router.get("/org/{org_id}/billing/authorizations")
+def org_authorizations(request: Request, org_id: str) -> Response:
+    return page(
+        request,
+        "org_authorizations.html",
+        lambda c, s, u: views.org_authorizations(c, s, u, org_id),
+        f"org:{org_id}",
+    )
+
+
+@router.post("/org/{org_id}/billing/members/add")
+async def org_member_add(request: Request, org_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        views.org_account(c, s, user, org_id)
+        return c.orgs.add_member(
+            s,
+            actor_user_id=user.user_id,
+            org_id=org_id,
+            user_id=form.text("user_id", "Discord user id"),
+            role=form.choice("role", ROLES, "Role"),
+            idempotency_key=form.key(),
+        )
+
+    return await act(
+        request,
+        "org.member_add",
+        work,
+        lambda _: org_url(org_id, "members"),
+        lambda m: f"Added {m.user_id} as {presenters.role_label(m.role).lower()}.",
+    )
+
+
+@router.post("/org/{org_id}/billing/members/{member_id}/role")
+async def org_member_role(request: Request, org_id: str, member_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        views.org_account(c, s, user, org_id)
+        return c.orgs.set_role(
+            s,
+            actor_user_id=user.user_id,
+            org_id=org_id,
+            user_id=member_id,
+            role=form.choice("role", ROLES, "Role"),
+            idempotency_key=form.key(),
+        )
+
+    return await act(
+        request,
+        "org.member_role",
+        work,
+        lambda _: org_url(org_id, "members"),
+        lambda m: f"{m.user_id} is now {presenters.role_label(m.role).lower()}.",
+    )
+
+
+@router.post("/org/{org_id}/billing/members/{member_id}/remove")
+async def org_member_remove(request: Request, org_id: str, member_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        views.org_account(c, s, user, org_id)
+        return c.orgs.remove_member(
+            s, actor_user_id=user.user_id, org_id=org_id, user_id=member_id, idempotency_key=form.key()
+        )
+
+    return await act(
+        request,
+        "org.member_remove",
+        work,
+        lambda _: org_url(org_id, "members"),
+        lambda m: f"Removed {m.user_id}; their authorizations were revoked.",
+    )
+
+
+@router.post("/org/{org_id}/billing/servers/link")
+async def org_server_link(request: Request, org_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        views.org_account(c, s, user, org_id)
+        guild_id = form.text("guild_id", "Server")
+        return c.orgs.link_server(
+            s,
+            actor_user_id=user.user_id,
+            actor_manages_guild=guild_id in user.principal.managed_guilds,
+            org_id=org_id,
+            guild_id=guild_id,
+            idempotency_key=form.key(),
+        )
+
+    return await act(
+        request, "org.server_link", work, lambda _: org_url(org_id), "Server linked.", refresh_guilds=True
+    )
+
+
+@router.post("/org/{org_id}/billing/servers/{guild_id}/unlink")
+async def org_server_unlink(request: Request, org_id: str, guild_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        views.org_account(c, s, user, org_id)
+        return c.orgs.unlink_server(
+            s, actor_user_id=user.user_id, org_id=org_id, guild_id=guild_id, idempotency_key=form.key()
+        )
+
+    return await act(
+        request,
+        "org.server_unlink",
+        work,
+        lambda _: org_url(org_id),
+        "Server unlinked; its authorization was revoked.",
+    )
+
+
+def _sources(form: forms.Form) -> list[str] | None:
+    """Ticked capture sources; none ticked means every source of the subject's kind."""
+    return form.values("capture_sources") or None
+
+
+@router.post("/org/{org_id}/billing/authorizations/create")
+async def org_authorization_create(request: Request, org_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        views.org_account(c, s, user, org_id)
+        subject = form.text("subject", "Who may spend")
+        subject_type, _, subject_id = subject.partition(":")
+        return c.orgs.create_authorization(
+            s,
+            actor_user_id=user.user_id,
+            org_id=org_id,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            monthly_cap_credits=form.whole("monthly_cap_credits", "Monthly cap", required=False),
+            capture_sources=_sources(form),
+            valid_from=form.day("valid_from", "Valid from"),
+            valid_until=form.day("valid_until", "Valid until", end_of_day=True),
+            idempotency_key=form.key(),
+        )
+
+    return await act(
+        request,
+        "org.authorization_create",
+        work,
+        lambda _: org_url(org_id, "authorizations"),
+        "Authorization created.",
+    )
+
+
+def _authorization_in(c: Container, s: Session, org_id: str, authorization_id: str) -> None:
+    if c.orgs.get_authorization(s, authorization_id).org_id != org_id:
+        raise NotFound(f"No authorization '{authorization_id}' in this organization.")
+
+
+@router.post("/org/{org_id}/billing/authorizations/{authorization_id}/cap")
+async def org_authorization_cap(request: Request, org_id: str, authorization_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        views.org_account(c, s, user, org_id)
+        _authorization_in(c, s, org_id, authorization_id)
+        return c.orgs.update_authorization(
+            s,
+            actor_user_id=user.user_id,
+            authorization_id=authorization_id,
+            monthly_cap_credits=form.whole("monthly_cap_credits", "Monthly cap", required=False),
+            idempotency_key=form.key(),
+        )
+
+    return await act(
+        request, "org.authorization_cap", work, lambda _: org_url(org_id, "authorizations"), "Cap changed."
+    )
+
+
+@router.post("/org/{org_id}/billing/authorizations/{authorization_id}/revoke")
+async def org_authorization_revoke(request: Request, org_id: str, authorization_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        views.org_account(c, s, user, org_id)
+        _authorization_in(c, s, org_id, authorization_id)
+        return c.orgs.revoke_authorization(
+            s, actor_user_id=user.user_id, authorization_id=authorization_id, idempotency_key=form.key()
+        )
+
+    return await act(
+        request,
+        "org.authorization_revoke",
+        work,
+        lambda _: org_url(org_id, "authorizations"),
+        "Authorization revoked.",
+    )
+
+
+@router.post("/org/{org_id}/billing/alerts")
+async def org_alerts(request: Request, org_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        _, account = views.org_account(c, s, user, org_id)
+        return c.notifications.set_alert_settings(
+            s,
+            account_id=account.id,
+            low_balance_threshold_credits=form.whole("threshold_credits", "Alert threshold", required=False),
+            idempotency_key=form.key(),
+        )
+
+    return await act(request, "org.alerts", work, lambda _: org_url(org_id), "Low-balance alert saved.")
+
+
+@router.post("/org/{org_id}/billing/auto-recharge")
+async def org_auto_recharge(request: Request, org_id: str) -> Response:
+    def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
+        _, account = views.org_account(c, s, user, org_id)
+        threshold = form.whole("threshold_credits", "Recharge threshold")
+        assert threshold is not None
+        return c.notifications.set_auto_recharge(
+            s,
+            account_id=account.id,
+            enabled=form.checked("enabled"),
+            threshold_credits=threshold,
+            pack_id=form.text("pack", "Credit pack"),
+            idempotency_key=form.key(),
+        )
+
+    return await act(request, "org.auto_recharge", work, lambda _: org_url(org_id), "Auto-recharge saved.")
+
+
+# ---------------------------------------------------------------------------- purchases (Stripe)
+
+Resolve = Callable[[Container, Session, SignedIn], BillingAccount]
+
+
+def absolute(c: Container, path: str) -> str:
+    return c.settings.public_base_url.rstrip("/") + path
+
+
+async def pay(
+    request: Request,
+    action: str,
+    resolve: Resolve,
+    what: str,
+    page_path: str,
+    refresh_guilds: bool = False,
+) -> Response:
+    """Checkout, plan change or the customer portal for exactly the account this page bills.
+
+    The account is resolved (and access checked) in one transaction; the billing service then
+    talks to Stripe and checks access again on its side.
+    """
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+    try:
+        data = await request.form()
+        check_csrf(request, str(data.get("csrf_token") or "") or None)
+        if refresh_guilds:
+            await auth.refresh_guilds_if_stale(request)
+            user = current_user(request) or user
+        form = forms.Form(data, action, user.user_id)
+        signed_in = user
+        account_id = await run_in_threadpool(c.db.write, lambda s: resolve(c, s, signed_in).id)
+        principal = user.principal
+        if what == "portal":
+            portal = await run_in_threadpool(
+                lambda: c.billing.open_customer_portal(
+                    principal, account_id, idempotency_key=form.key(), return_url=absolute(c, page_path)
+                )
+            )
+            return go(request, portal.url)
+        if what == "pack":
+            pack_id = form.text("pack", "Credit pack")
+            checkout = await run_in_threadpool(
+                lambda: c.billing.start_checkout(
+                    principal,
+                    account_id,
+                    idempotency_key=form.key(),
+                    pack_id=pack_id,
+                    success_url=absolute(c, page_path + "?checkout=done"),
+                    cancel_url=absolute(c, page_path),
+                )
+            )
+        else:
+            plan_id = form.text("plan", "Plan")
+            interval = form.choice("interval", ("month", "year"), "Billing interval")
+            if form.checked("change"):
+                change = await run_in_threadpool(
+                    lambda: c.billing.change_plan(
+                        principal, account_id, plan_id=plan_id, interval=interval, idempotency_key=form.key()
+                    )
+                )
+                when = "now" if change.effective == "now" else f"on {presenters.date(change.effective_at)}"
+                request.session["flash"] = f"Plan change to {plan_id.replace('_', ' ')} takes effect {when}."
+                return go(request, page_path)
+            checkout = await run_in_threadpool(
+                lambda: c.billing.start_checkout(
+                    principal,
+                    account_id,
+                    idempotency_key=form.key(),
+                    plan_id=plan_id,
+                    interval=interval,
+                    success_url=absolute(c, page_path + "?checkout=done"),
+                    cancel_url=absolute(c, page_path),
+                )
+            )
+        if not checkout.url:
+            raise BillingError("Stripe did not return a checkout page; please try again.")
+        return go(request, checkout.url)
+    except BillingError as exc:
+        if is_htmx(request):
+            return error_fragment(request, exc)
+        return error_page(request, user, exc)
+
+
+def _personal(c: Container, s: Session, u: SignedIn) -> BillingAccount:
+    return views.personal_account(c, s, u)
+
+
+@router.post("/personal/billing/plan")
+async def personal_plan(request: Request) -> Response:
+    return await pay(request, "personal.plan", _personal, "plan", PERSONAL)
+
+
+@router.post("/personal/billing/packs")
+async def personal_pack(request: Request) -> Response:
+    return await pay(request, "personal.pack", _personal, "pack", PERSONAL)
+
+
+@router.post("/personal/billing/manage")
+async def personal_manage(request: Request) -> Response:
+    return await pay(request, "personal.portal", _personal, "portal", PERSONAL)
+
+
+def _server(guild_id: str) -> Resolve:
+    return lambda c, s, u: views.server_account(c, s, u, guild_id)
+
+
+@router.post("/server/{guild_id}/billing/plan")
+async def server_plan(request: Request, guild_id: str) -> Response:
+    return await pay(request, "server.plan", _server(guild_id), "plan", server_url(guild_id), True)
+
+
+@router.post("/server/{guild_id}/billing/packs")
+async def server_pack(request: Request, guild_id: str) -> Response:
+    return await pay(request, "server.pack", _server(guild_id), "pack", server_url(guild_id), True)
+
+
+@router.post("/server/{guild_id}/billing/manage")
+async def server_manage(request: Request, guild_id: str) -> Response:
+    return await pay(request, "server.portal", _server(guild_id), "portal", server_url(guild_id), True)
+
+
+def _org(org_id: str) -> Resolve:
+    return lambda c, s, u: views.org_account(c, s, u, org_id)[1]
+
+
+@router.post("/org/{org_id}/billing/packs")
+async def org_pack(request: Request, org_id: str) -> Response:
+    return await pay(request, "org.pack", _org(org_id), "pack", org_url(org_id))
+
+
+@router.post("/org/{org_id}/billing/manage")
+async def org_manage(request: Request, org_id: str) -> Response:
+    return await pay(request, "org.portal", _org(org_id), "portal", org_url(org_id))
+
+
+@router.get("/org/{org_id}/billing/usage")
+def org_usage(request: Request, org_id: str) -> Response:
+    params = request.query_params
+    return page(
+        request,
+        "org_usage.html",
+        lambda c, s, u: views.org_usage(
+            c, s, u, org_id, params.get("group_by"), params.get("since"), params.get("until")
+        ),
+        f"org:{org_id}",
+    )
+
+
+@router.get("/org/{org_id}/billing/usage.csv")
+def org_usage_csv(request: Request, org_id: str) -> Response:
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+    params = request.query_params
+    try:
+        body = c.db.read(
+            lambda s: views.org_usage_csv(
+                c, s, user, org_id, params.get("group_by"), params.get("since"), params.get("until")
+            )
+        )
+    except BillingError as exc:
+        return error_page(request, user, exc)
+    name = f"usage-{org_id}-{params.get('group_by') or 'lines'}.csv"
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+# ---------------------------------------------------------------------------- not found
+
+
+@router.get("/{path:path}")
+def portal_not_found(request: Request, path: str) -> Response:
+    return error_page(request, current_user(request), NotFound(f"There is no portal page '/portal/{path}'."))

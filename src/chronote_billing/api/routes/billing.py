@@ -1,7 +1,114 @@
-"""HTTP routes of the billing domain."""
+"""Catalog, checkout, plan changes, cancellation and the Stripe customer portal (HTTP edge)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-router = APIRouter()
+from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.catalog.service import load_catalog
+from chronote_billing.stripe_sync.schemas import (
+    CancelView,
+    CatalogView,
+    CheckoutRequest,
+    CheckoutView,
+    PlanChangeRequest,
+    PlanChangeView,
+    PortalRequest,
+    PortalSessionView,
+    SubscriptionView,
+)
+
+router = APIRouter(prefix="/v1", tags=["billing"])
+
+
+@router.get("/catalog", response_model=CatalogView, summary="Plans, credit packs and the rate card in force")
+def get_catalog() -> CatalogView:
+    return CatalogView.of(load_catalog())
+
+
+@router.get(
+    "/accounts/{account_id}/subscription",
+    response_model=SubscriptionView,
+    summary="The plan in force, its status, period and payment grace",
+)
+def get_subscription(account_id: str, container: ContainerDep, principal: PrincipalDep) -> SubscriptionView:
+    principal.require_scope("accounts:read")
+    return container.billing.get_subscription(principal, account_id)
+
+
+@router.post(
+    "/accounts/{account_id}/checkout",
+    response_model=CheckoutView,
+    status_code=201,
+    summary="Start a Stripe Checkout for a plan (subscription) or a credit pack (one-time payment)",
+)
+def start_checkout(
+    account_id: str,
+    body: CheckoutRequest,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> CheckoutView:
+    principal.require_scope("billing:write")
+    return container.billing.start_checkout(
+        principal,
+        account_id,
+        idempotency_key=key,
+        plan_id=body.plan,
+        interval=body.interval,
+        pack_id=body.pack,
+        success_url=body.success_url,
+        cancel_url=body.cancel_url,
+    )
+
+
+@router.post(
+    "/accounts/{account_id}/subscription",
+    response_model=PlanChangeView,
+    summary="Change the plan: an upgrade now with proration, a downgrade at the end of the period",
+)
+def change_plan(
+    account_id: str,
+    body: PlanChangeRequest,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> PlanChangeView:
+    principal.require_scope("billing:write")
+    return container.billing.change_plan(
+        principal, account_id, plan_id=body.plan, interval=body.interval, idempotency_key=key
+    )
+
+
+@router.delete(
+    "/accounts/{account_id}/subscription",
+    response_model=CancelView,
+    summary="Cancel at the end of the period (the plan stays until then)",
+)
+def cancel_subscription(
+    account_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> CancelView:
+    principal.require_scope("billing:write")
+    return container.billing.cancel(principal, account_id, idempotency_key=key)
+
+
+@router.post(
+    "/accounts/{account_id}/portal-session",
+    response_model=PortalSessionView,
+    status_code=201,
+    summary="A Stripe customer portal session on this account's own customer",
+)
+def portal_session(
+    account_id: str,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+    body: PortalRequest | None = None,
+) -> PortalSessionView:
+    principal.require_scope("billing:write")
+    return container.billing.open_customer_portal(
+        principal, account_id, idempotency_key=key, return_url=body.return_url if body else None
+    )
+
+
+__all__ = ["router"]

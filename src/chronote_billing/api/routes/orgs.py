@@ -1,7 +1,342 @@
-"""HTTP routes of the orgs domain."""
+"""Organizations, members, linked servers, spend authorizations and the audit log (D7, D11).
+
+Service clients act for the user named in `Chronote-Acting-User`; organization roles are
+checked against our own tables, Manage Server is what the client states in
+`Chronote-Manage-Guilds`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated, Literal
 
-router = APIRouter()
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from chronote_billing.access.service import Principal
+from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.core.errors import PermissionDenied
+from chronote_billing.orgs.schemas import (
+    AuditEntryView,
+    AuthorizationView,
+    MembershipView,
+    MemberView,
+    OrgView,
+    ServerView,
+)
+from chronote_billing.orgs.service import ADMIN_ROLES, UNSET, member_role
+
+router = APIRouter(prefix="/v1", tags=["organizations"])
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OrgCreate(StrictModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class MemberAdd(StrictModel):
+    user_id: str = Field(description="Discord user id.")
+    role: Literal["owner", "billing_admin", "member"] = "member"
+
+
+class RoleChange(StrictModel):
+    role: Literal["owner", "billing_admin", "member"]
+
+
+class ServerLink(StrictModel):
+    guild_id: str
+
+
+class AuthorizationCreate(StrictModel):
+    subject_type: Literal["member", "server"]
+    subject_id: str = Field(description="The member's Discord user id or the linked server's guild id.")
+    monthly_cap_credits: int | None = Field(default=None, ge=0, description="Null: no monthly cap.")
+    capture_sources: list[str] | None = Field(default=None, description="Null: every source.")
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+
+
+class AuthorizationUpdate(StrictModel):
+    monthly_cap_credits: int | None = Field(default=None, ge=0)
+    capture_sources: list[str] | None = None
+    valid_until: datetime | None = None
+
+
+def _require_member(session: Session, principal: Principal, org_id: str, admin: bool) -> None:
+    if principal.is_operator:
+        return
+    user = principal.require_user()
+    role = member_role(session, org_id, user)
+    if role is None or (admin and role not in ADMIN_ROLES):
+        needed = "owner or billing_admin" if admin else "member"
+        raise PermissionDenied(
+            f"Needs the {needed} role in organization {org_id}.",
+            missing_permission=f"role {needed} in organization {org_id}",
+        )
+
+
+@router.post(
+    "/orgs", response_model=OrgView, status_code=201, summary="Create an organization (you become owner)"
+)
+def create_org(
+    body: OrgCreate, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> OrgView:
+    principal.require_scope("orgs:write")
+    user = principal.require_user()
+    return container.db.write(
+        lambda s: container.orgs.create_org(s, actor_user_id=user, name=body.name, idempotency_key=key)
+    )
+
+
+@router.get("/orgs", response_model=list[MembershipView], summary="Organizations of the acting user")
+def my_orgs(container: ContainerDep, principal: PrincipalDep) -> list[MembershipView]:
+    principal.require_scope("orgs:read")
+    user = principal.require_user()
+    return container.db.read(lambda s: container.orgs.memberships(s, user))
+
+
+@router.get("/orgs/{org_id}", response_model=OrgView, summary="An organization")
+def get_org(org_id: str, container: ContainerDep, principal: PrincipalDep) -> OrgView:
+    principal.require_scope("orgs:read")
+
+    def work(session: Session) -> OrgView:
+        view = container.orgs.org_view(session, org_id)
+        _require_member(session, principal, org_id, admin=False)
+        return view
+
+    return container.db.read(work)
+
+
+@router.get("/orgs/{org_id}/members", response_model=list[MemberView], summary="Members and roles")
+def list_members(org_id: str, container: ContainerDep, principal: PrincipalDep) -> list[MemberView]:
+    principal.require_scope("orgs:read")
+
+    def work(session: Session) -> list[MemberView]:
+        container.orgs.get_org(session, org_id)
+        _require_member(session, principal, org_id, admin=True)
+        return container.orgs.list_members(session, org_id)
+
+    return container.db.read(work)
+
+
+@router.post("/orgs/{org_id}/members", response_model=MemberView, status_code=201, summary="Add a member")
+def add_member(
+    org_id: str, body: MemberAdd, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> MemberView:
+    principal.require_scope("orgs:write")
+    user = principal.require_user()
+    return container.db.write(
+        lambda s: container.orgs.add_member(
+            s, actor_user_id=user, org_id=org_id, user_id=body.user_id, role=body.role, idempotency_key=key
+        )
+    )
+
+
+@router.patch("/orgs/{org_id}/members/{user_id}", response_model=MemberView, summary="Change a member's role")
+def set_role(
+    org_id: str,
+    user_id: str,
+    body: RoleChange,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> MemberView:
+    principal.require_scope("orgs:write")
+    actor = principal.require_user()
+    return container.db.write(
+        lambda s: container.orgs.set_role(
+            s, actor_user_id=actor, org_id=org_id, user_id=user_id, role=body.role, idempotency_key=key
+        )
+    )
+
+
+@router.delete(
+    "/orgs/{org_id}/members/{user_id}",
+    response_model=MemberView,
+    summary="Remove a member (their authorizations are revoked)",
+)
+def remove_member(
+    org_id: str, user_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> MemberView:
+    principal.require_scope("orgs:write")
+    actor = principal.require_user()
+    return container.db.write(
+        lambda s: container.orgs.remove_member(
+            s, actor_user_id=actor, org_id=org_id, user_id=user_id, idempotency_key=key
+        )
+    )
+
+
+@router.get("/orgs/{org_id}/servers", response_model=list[ServerView], summary="Linked servers")
+def list_servers(org_id: str, container: ContainerDep, principal: PrincipalDep) -> list[ServerView]:
+    principal.require_scope("orgs:read")
+
+    def work(session: Session) -> list[ServerView]:
+        container.orgs.get_org(session, org_id)
+        _require_member(session, principal, org_id, admin=True)
+        return container.orgs.list_servers(session, org_id)
+
+    return container.db.write(work)
+
+
+@router.post(
+    "/orgs/{org_id}/servers",
+    response_model=ServerView,
+    status_code=201,
+    summary="Link a server (Manage Server on it and owner or billing_admin)",
+)
+def link_server(
+    org_id: str, body: ServerLink, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> ServerView:
+    principal.require_scope("orgs:write")
+    actor = principal.require_user()
+    return container.db.write(
+        lambda s: container.orgs.link_server(
+            s,
+            actor_user_id=actor,
+            actor_manages_guild=body.guild_id in principal.managed_guilds,
+            org_id=org_id,
+            guild_id=body.guild_id,
+            idempotency_key=key,
+        )
+    )
+
+
+@router.delete(
+    "/orgs/{org_id}/servers/{guild_id}",
+    response_model=ServerView,
+    summary="Unlink a server (its authorization is revoked)",
+)
+def unlink_server(
+    org_id: str, guild_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> ServerView:
+    principal.require_scope("orgs:write")
+    actor = principal.require_user()
+    return container.db.write(
+        lambda s: container.orgs.unlink_server(
+            s,
+            actor_user_id=actor,
+            org_id=org_id,
+            guild_id=guild_id,
+            idempotency_key=key,
+            actor_manages_guild=guild_id in principal.managed_guilds,
+        )
+    )
+
+
+@router.get(
+    "/orgs/{org_id}/authorizations",
+    response_model=list[AuthorizationView],
+    summary="Authorizations with this month's used, held and left",
+)
+def list_authorizations(
+    org_id: str, container: ContainerDep, principal: PrincipalDep
+) -> list[AuthorizationView]:
+    principal.require_scope("orgs:read")
+
+    def work(session: Session) -> list[AuthorizationView]:
+        container.orgs.get_org(session, org_id)
+        _require_member(session, principal, org_id, admin=True)
+        return container.orgs.list_authorizations(session, org_id)
+
+    return container.db.read(work)
+
+
+@router.post(
+    "/orgs/{org_id}/authorizations",
+    response_model=AuthorizationView,
+    status_code=201,
+    summary="Authorize a member or a linked server to spend",
+)
+def create_authorization(
+    org_id: str,
+    body: AuthorizationCreate,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> AuthorizationView:
+    principal.require_scope("orgs:write")
+    actor = principal.require_user()
+    return container.db.write(
+        lambda s: container.orgs.create_authorization(
+            s,
+            actor_user_id=actor,
+            org_id=org_id,
+            subject_type=body.subject_type,
+            subject_id=body.subject_id,
+            monthly_cap_credits=body.monthly_cap_credits,
+            capture_sources=body.capture_sources,
+            valid_from=body.valid_from,
+            valid_until=body.valid_until,
+            idempotency_key=key,
+        )
+    )
+
+
+@router.patch(
+    "/authorizations/{authorization_id}",
+    response_model=AuthorizationView,
+    summary="Change an authorization's cap, sources or end (only the fields sent)",
+)
+def update_authorization(
+    authorization_id: str,
+    body: AuthorizationUpdate,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> AuthorizationView:
+    principal.require_scope("orgs:write")
+    actor = principal.require_user()
+    sent = body.model_fields_set
+    return container.db.write(
+        lambda s: container.orgs.update_authorization(
+            s,
+            actor_user_id=actor,
+            authorization_id=authorization_id,
+            idempotency_key=key,
+            monthly_cap_credits=body.monthly_cap_credits if "monthly_cap_credits" in sent else UNSET,
+            capture_sources=body.capture_sources if "capture_sources" in sent else UNSET,
+            valid_until=body.valid_until if "valid_until" in sent else UNSET,
+        )
+    )
+
+
+@router.post(
+    "/authorizations/{authorization_id}/revoke",
+    response_model=AuthorizationView,
+    summary="Revoke at once for new holds (open holds may finish)",
+)
+def revoke_authorization(
+    authorization_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> AuthorizationView:
+    principal.require_scope("orgs:write")
+    actor = principal.require_user()
+    return container.db.write(
+        lambda s: container.orgs.revoke_authorization(
+            s, actor_user_id=actor, authorization_id=authorization_id, idempotency_key=key
+        )
+    )
+
+
+@router.get("/orgs/{org_id}/audit", response_model=list[AuditEntryView], summary="Audit log, newest first")
+def audit_log(
+    org_id: str,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditEntryView]:
+    principal.require_scope("orgs:read")
+
+    def work(session: Session) -> list[AuditEntryView]:
+        container.orgs.get_org(session, org_id)
+        _require_member(session, principal, org_id, admin=True)
+        return container.orgs.audit_log(session, org_id, limit)
+
+    return container.db.read(work)
+
+
+__all__ = ["router"]

@@ -1,7 +1,304 @@
-"""HTTP routes of the usage domain."""
+"""Recordings, uploads, metered events, shares, entitlements, funding sources and usage reports
+(D8): the API Chronote's services call around every piece of work."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated, Literal
 
-router = APIRouter()
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from chronote_billing.access.service import require_view
+from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.usage import reports
+from chronote_billing.usage.schemas import (
+    AttributionView,
+    Decision,
+    EntitlementsView,
+    EventRequest,
+    FundingSourceView,
+    RecordingView,
+    UsageReport,
+    UsageRequest,
+)
+from chronote_billing.usage.service import write_or_record_decline
+
+router = APIRouter(prefix="/v1", tags=["usage"])
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecordingStart(StrictModel):
+    context: str = Field(description="personal or server.")
+    capture_source: str = Field(description="discord_voice, desktop, web, mobile, quick_capture or upload.")
+    guild_id: str | None = None
+    meeting_id: str | None = Field(default=None, max_length=128)
+    requested_minutes: int | None = Field(
+        default=None, description="Minutes to hold; uploads are sized instead."
+    )
+    funding_source: str | None = Field(
+        default=None, description="'personal' or an authorization id you hold."
+    )
+    allow_partial: bool = False
+    declared_duration_seconds: int | None = None
+    file_size_bytes: int | None = None
+
+
+class RecordingExtend(StrictModel):
+    additional_minutes: int
+    allow_partial: bool = False
+
+
+class RecordingFinish(StrictModel):
+    seconds_by_source: dict[str, int] = Field(
+        description="Seconds recorded per audio source (at most 4); charged as the wall-clock "
+        "minutes of the longest, rounded up once. Uploads send their probed duration."
+    )
+
+
+class MeteredEvent(StrictModel):
+    event_id: str = Field(min_length=1, max_length=128, description="Idempotency: one charge per event id.")
+    event_type: str = Field(description="chat_to_speech_message or ask_question.")
+    context: str
+    guild_id: str | None = None
+    meeting_id: str | None = Field(default=None, max_length=128)
+    funding_source: str | None = None
+
+
+class ShareCreate(StrictModel):
+    guild_id: str
+
+
+class FundingOrder(StrictModel):
+    order: list[str] = Field(
+        description="Authorization ids in the order to use them after the personal wallet."
+    )
+
+
+def _usage_request(body: RecordingStart, user: str) -> UsageRequest:
+    return UsageRequest(user_id=user, **body.model_dump())
+
+
+@router.post("/usage/quote", response_model=Decision, summary="Who would pay, and why (places nothing)")
+def quote(body: RecordingStart, container: ContainerDep, principal: PrincipalDep) -> Decision:
+    principal.require_scope("holds:write")
+    req = _usage_request(body, principal.require_user())
+    return container.db.write(lambda s: container.usage.quote(s, req))
+
+
+@router.post(
+    "/recordings",
+    response_model=RecordingView,
+    status_code=201,
+    summary="Start a recording or upload: places the hold",
+)
+def start_recording(
+    body: RecordingStart, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> RecordingView:
+    principal.require_scope("holds:write")
+    req = _usage_request(body, principal.require_user())
+    return write_or_record_decline(
+        container.db, container.usage, lambda s: container.usage.start_recording(s, req, key)
+    )
+
+
+@router.get("/recordings/{recording_id}", response_model=RecordingView, summary="A recording and its payer")
+def get_recording(recording_id: str, container: ContainerDep, principal: PrincipalDep) -> RecordingView:
+    principal.require_scope("accounts:read")
+    return container.db.read(lambda s: container.usage.get_recording(s, recording_id))
+
+
+@router.post(
+    "/recordings/{recording_id}/extend",
+    response_model=RecordingView,
+    summary="Hold more minutes on the same payer",
+)
+def extend_recording(
+    recording_id: str,
+    body: RecordingExtend,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> RecordingView:
+    principal.require_scope("holds:write")
+    return write_or_record_decline(
+        container.db,
+        container.usage,
+        lambda s: container.usage.extend_recording(
+            s, recording_id, body.additional_minutes, key, body.allow_partial
+        ),
+    )
+
+
+@router.post(
+    "/recordings/{recording_id}/finish",
+    response_model=RecordingView,
+    summary="Charge the actual minutes, release the rest",
+)
+def finish_recording(
+    recording_id: str,
+    body: RecordingFinish,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> RecordingView:
+    principal.require_scope("holds:write")
+    return container.db.write(
+        lambda s: container.usage.finish_recording(s, recording_id, body.seconds_by_source, key)
+    )
+
+
+@router.post(
+    "/recordings/{recording_id}/cancel", response_model=RecordingView, summary="Cancel: nothing is charged"
+)
+def cancel_recording(
+    recording_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> RecordingView:
+    principal.require_scope("holds:write")
+    return container.db.write(lambda s: container.usage.cancel_recording(s, recording_id, key))
+
+
+@router.post(
+    "/recordings/{recording_id}/fail",
+    response_model=RecordingView,
+    summary="Processing failed on our side: released, nothing charged",
+)
+def fail_recording(
+    recording_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> RecordingView:
+    principal.require_scope("holds:write")
+    return container.db.write(lambda s: container.usage.fail_recording(s, recording_id, key))
+
+
+@router.post(
+    "/usage/events",
+    response_model=RecordingView,
+    status_code=201,
+    summary="Charge a metered event (idempotent by event id)",
+)
+def charge_event(body: MeteredEvent, container: ContainerDep, principal: PrincipalDep) -> RecordingView:
+    principal.require_scope("usage:write")
+    req = EventRequest(user_id=principal.require_user(), **body.model_dump())
+    return write_or_record_decline(
+        container.db, container.usage, lambda s: container.usage.charge_event(s, req)
+    )
+
+
+@router.post(
+    "/meetings/{meeting_id}/shares",
+    response_model=AttributionView,
+    status_code=201,
+    summary="Record that a personal meeting was shared with a server (no charge)",
+)
+def share_meeting(
+    meeting_id: str,
+    body: ShareCreate,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> AttributionView:
+    principal.require_scope("usage:write")
+    user = principal.require_user()
+    return container.db.write(
+        lambda s: container.usage.record_share(
+            s, meeting_id=meeting_id, guild_id=body.guild_id, user_id=user, idempotency_key=key
+        )
+    )
+
+
+@router.get(
+    "/meetings/{meeting_id}/attribution", response_model=AttributionView, summary="Who paid for a meeting"
+)
+def meeting_attribution(meeting_id: str, container: ContainerDep, principal: PrincipalDep) -> AttributionView:
+    principal.require_scope("accounts:read")
+    return container.db.read(lambda s: container.usage.meeting_attribution(s, meeting_id))
+
+
+@router.get(
+    "/entitlements",
+    response_model=EntitlementsView,
+    summary="Plan features and what each funding source has left, for the acting user",
+)
+def entitlements(
+    container: ContainerDep,
+    principal: PrincipalDep,
+    context: Annotated[Literal["personal", "server"], Query()] = "personal",
+    guild_id: Annotated[str | None, Query()] = None,
+) -> EntitlementsView:
+    principal.require_scope("accounts:read")
+    user = principal.require_user()
+    return container.db.read(lambda s: container.usage.entitlements(s, user, guild_id, context))
+
+
+@router.get(
+    "/funding-sources", response_model=list[FundingSourceView], summary="The acting user's funding sources"
+)
+def funding_sources(container: ContainerDep, principal: PrincipalDep) -> list[FundingSourceView]:
+    principal.require_scope("accounts:read")
+    user = principal.require_user()
+    return container.db.read(lambda s: container.usage.funding_sources(s, user))
+
+
+@router.put(
+    "/funding-sources/order",
+    response_model=list[FundingSourceView],
+    summary="Set the default order of authorizations",
+)
+def set_funding_order(
+    body: FundingOrder, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+) -> list[FundingSourceView]:
+    principal.require_scope("usage:write")
+    user = principal.require_user()
+    return container.db.write(lambda s: container.usage.set_default_order(s, user, body.order, key))
+
+
+GroupBy = Literal["day", "source", "member", "server", "context"]
+
+
+@router.get("/accounts/{account_id}/usage", response_model=UsageReport, summary="Usage grouped one way")
+def usage_report(
+    account_id: str,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    group_by: GroupBy = "day",
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> UsageReport:
+    principal.require_scope("accounts:read")
+
+    def work(session: Session) -> UsageReport:
+        require_view(session, principal, container.accounts.get(session, account_id))
+        return reports.usage_report(session, account_id, group_by, since, until)
+
+    return container.db.read(work)
+
+
+@router.get("/accounts/{account_id}/usage.csv", summary="Usage as CSV (lines with reasons, or grouped)")
+def usage_csv(
+    account_id: str,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    group_by: GroupBy | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Response:
+    principal.require_scope("accounts:read")
+
+    def work(session: Session) -> str:
+        require_view(session, principal, container.accounts.get(session, account_id))
+        return reports.usage_csv(session, account_id, group_by, since, until)
+
+    body = container.db.read(work)
+    return Response(
+        body,
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="usage-{account_id}.csv"'},
+    )
+
+
+__all__ = ["router"]

@@ -1,0 +1,171 @@
+"""Low-balance alerts, auto-recharge settings and the notification outbox (its HTTP edge)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from chronote_billing.access.service import require_manage
+from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.notifications.schemas import (
+    AlertSettingsView,
+    AutoRechargeView,
+    OutboxEntryView,
+    OutboxPage,
+)
+
+router = APIRouter(prefix="/v1", tags=["notifications"])
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AlertSettingsUpdate(StrictModel):
+    low_balance_threshold_credits: int | None = Field(
+        description="Whole credits; Chronote gets wallet.balance_low when the available balance falls "
+        "below it (once per crossing). null turns the alert off.",
+    )
+
+
+class AutoRechargeUpdate(StrictModel):
+    enabled: bool
+    threshold_credits: int = Field(
+        description="Whole credits; the pack is bought when the available balance falls below it."
+    )
+    pack_id: str = Field(description="A credit pack of the catalog, e.g. credits_5000.", max_length=40)
+
+
+@router.get(
+    "/accounts/{account_id}/alert-settings",
+    response_model=AlertSettingsView,
+    summary="The low-balance alert threshold",
+)
+def get_alert_settings(
+    account_id: str, container: ContainerDep, principal: PrincipalDep
+) -> AlertSettingsView:
+    principal.require_scope("accounts:read")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        require_manage(session, principal, container.accounts.get(session, account_id))
+        return container.notifications.get_settings(session, account_id).alerts
+
+    return container.db.read(work)
+
+
+@router.put(
+    "/accounts/{account_id}/alert-settings",
+    response_model=AlertSettingsView,
+    summary="Set or turn off the low-balance alert threshold",
+)
+def put_alert_settings(
+    account_id: str,
+    body: AlertSettingsUpdate,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> AlertSettingsView:
+    principal.require_scope("billing:write")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        require_manage(session, principal, container.accounts.get(session, account_id))
+        return container.notifications.set_alert_settings(
+            session,
+            account_id=account_id,
+            low_balance_threshold_credits=body.low_balance_threshold_credits,
+            idempotency_key=key,
+        )
+
+    return container.db.write(work)
+
+
+@router.get(
+    "/accounts/{account_id}/auto-recharge",
+    response_model=AutoRechargeView,
+    summary="Auto-recharge settings (organizations)",
+)
+def get_auto_recharge(account_id: str, container: ContainerDep, principal: PrincipalDep) -> AutoRechargeView:
+    principal.require_scope("accounts:read")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        require_manage(session, principal, container.accounts.get(session, account_id))
+        return container.notifications.get_settings(session, account_id).auto_recharge
+
+    return container.db.read(work)
+
+
+@router.put(
+    "/accounts/{account_id}/auto-recharge",
+    response_model=AutoRechargeView,
+    summary="Turn auto-recharge on or off (organizations)",
+    description="When the available balance falls below the threshold, the chosen pack is bought "
+    "off-session with the organization's saved card, at most once per crossing. Credits arrive "
+    "when Stripe confirms the payment.",
+)
+def put_auto_recharge(
+    account_id: str,
+    body: AutoRechargeUpdate,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
+) -> AutoRechargeView:
+    principal.require_scope("billing:write")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        require_manage(session, principal, container.accounts.get(session, account_id))
+        return container.notifications.set_auto_recharge(
+            session,
+            account_id=account_id,
+            enabled=body.enabled,
+            threshold_credits=body.threshold_credits,
+            pack_id=body.pack_id,
+            idempotency_key=key,
+        )
+
+    return container.db.write(work)
+
+
+@router.get(
+    "/notifications",
+    response_model=OutboxPage,
+    summary="The notification outbox, newest first (operators)",
+)
+def list_notifications(
+    container: ContainerDep,
+    principal: PrincipalDep,
+    status: Annotated[Literal["pending", "delivered", "dead"] | None, Query()] = None,
+    kind: Annotated[Literal["event", "job"] | None, Query()] = None,
+    account_id: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    starting_after: Annotated[
+        str | None, Query(max_length=40, description="Cursor: the last id of the previous page.")
+    ] = None,
+) -> OutboxPage:
+    principal.require_scope("operator")
+    return container.db.read(
+        lambda s: container.notifications.list_outbox(
+            s,
+            status=status,
+            kind=kind,
+            account_id=account_id,
+            limit=limit,
+            starting_after=starting_after,
+        )
+    )
+
+
+@router.get(
+    "/notifications/{notification_id}",
+    response_model=OutboxEntryView,
+    summary="One outbox entry (operators)",
+)
+def get_notification(
+    notification_id: str, container: ContainerDep, principal: PrincipalDep
+) -> OutboxEntryView:
+    principal.require_scope("operator")
+    return container.db.read(lambda s: container.notifications.get_entry(s, notification_id))
+
+
+__all__ = ["router"]

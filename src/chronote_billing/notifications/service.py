@@ -1,0 +1,542 @@
+"""Notification rules: the transactional outbox, low-balance alerts and auto-recharge triggers.
+
+Everything here runs inside the caller's transaction and makes no network call. An event is an
+outbox row written with the business change it reports, so it exists if and only if that change
+committed; the delivery worker (``delivery.py``) sends it afterwards, at least once.
+
+Thresholds fire once per downward crossing: a threshold state row is *armed* while the balance
+is at or above the threshold, and firing disarms it with a conditional update (``... WHERE
+armed``), so of two concurrent spends only one can fire. Seeing the balance at or above the
+threshold again (after a purchase or any grant) re-arms it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from chronote_billing.accounts.models import AccountKind, BillingAccount
+from chronote_billing.catalog.service import MILLICREDITS_PER_CREDIT, UnknownPlan, load_catalog
+from chronote_billing.core import idempotency
+from chronote_billing.core.clock import Clock, system_clock
+from chronote_billing.core.errors import NotFound, ValidationFailed
+from chronote_billing.core.ids import new_id
+from chronote_billing.ledger.models import LedgerAccount
+from chronote_billing.ledger.service import LedgerService
+
+from .models import NotificationSettings, OutboxEntry, ThresholdState
+from .schemas import (
+    AlertSettingsView,
+    AutoRechargeView,
+    NotificationSettingsView,
+    OutboxEntryView,
+    OutboxPage,
+)
+
+# Event types sent to Chronote (documented in docs/notifications.md).
+EVENT_TYPES: dict[str, str] = {
+    "wallet.balance_low": "The available balance fell below the account's alert threshold.",
+    "authorization.cap_reached": "A spend authorization reached its monthly cap.",
+    "hold.declined": "A hold was declined (not enough credits or cap room).",
+    "payment.failed": "A Stripe payment for the account failed.",
+    "auto_recharge.started": "The balance fell below the auto-recharge threshold; a pack purchase was queued.",
+    "auto_recharge.succeeded": "The auto-recharge payment succeeded; its credits are granted once, on confirmation.",
+    "auto_recharge.failed": "The auto-recharge purchase could not be made.",
+}
+JOB_AUTO_RECHARGE = "auto_recharge.purchase"
+STATUSES = ("pending", "delivered", "dead")
+
+MAX_THRESHOLD_CREDITS = 10**12  # 10**15 millicredits, the ledger's largest amount
+_TYPE_PATTERN = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+$")
+
+
+class InvalidThreshold(ValidationFailed):
+    code = "invalid_threshold"
+    title = "Invalid threshold"
+
+
+class UnknownPack(ValidationFailed):
+    code = "unknown_pack"
+    title = "Unknown credit pack"
+
+
+class AutoRechargeOrganizationsOnly(ValidationFailed):
+    code = "auto_recharge_organizations_only"
+    title = "Auto-recharge is for organizations"
+
+
+def _check_threshold(value: Any, field: str, allow_none: bool) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidThreshold(f"{field} must be a whole number of credits.", field=field)
+    if not 1 <= value <= MAX_THRESHOLD_CREDITS:
+        raise InvalidThreshold(
+            f"{field} must be from 1 to {MAX_THRESHOLD_CREDITS:,} credits, got {value}.", field=field
+        )
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _credits(millicredits: int | None) -> int | None:
+    return None if millicredits is None else millicredits // MILLICREDITS_PER_CREDIT
+
+
+class NotificationService:
+    def __init__(self, clock: Clock = system_clock, ledger: LedgerService | None = None) -> None:
+        self.clock = clock
+        self.ledger = ledger or LedgerService(clock)
+
+    # ------------------------------------------------------------------ outbox
+
+    def emit(
+        self, session: Session, event_type: str, account_id: str | None, data: dict[str, Any], dedupe_key: str
+    ) -> None:
+        """Queue a webhook to Chronote in the caller's transaction; the same dedupe key twice
+        writes one event (the first)."""
+        if not isinstance(event_type, str) or not _TYPE_PATTERN.match(event_type) or len(event_type) > 64:
+            raise ValueError(f"'{event_type}' is not an event type like 'wallet.balance_low'.")
+        self._enqueue(session, "event", event_type, account_id, data, dedupe_key)
+
+    def _enqueue(
+        self,
+        session: Session,
+        kind: str,
+        entry_type: str,
+        account_id: str | None,
+        data: dict[str, Any],
+        dedupe_key: str,
+    ) -> str | None:
+        """Insert an outbox row unless its dedupe key exists; returns its id, None if deduplicated."""
+        if not isinstance(dedupe_key, str) or not dedupe_key.strip() or len(dedupe_key) > 255:
+            raise ValueError("dedupe_key must be a non-empty string of at most 255 characters.")
+        if not isinstance(data, dict):
+            raise ValueError("data must be a JSON object.")
+        try:
+            payload = json.loads(json.dumps(data, default=_json_default))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"data must be JSON-serializable: {exc}") from exc
+        now = self.clock.now()
+        entry_id = new_id("evt" if kind == "event" else "job")
+        values = {
+            "id": entry_id,
+            "kind": kind,
+            "type": entry_type,
+            "account_id": account_id,
+            "data": payload,
+            "dedupe_key": dedupe_key,
+            "created_at": now,
+            "attempts": 0,
+            "next_attempt_at": now,
+        }
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            stmt: Any = postgresql.insert(OutboxEntry).values(**values)
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(OutboxEntry).values(**values)
+        else:  # pragma: no cover - only the two supported databases
+            raise RuntimeError(f"unsupported database {dialect}")
+        result = session.execute(stmt.on_conflict_do_nothing(index_elements=["dedupe_key"]))
+        return entry_id if result.rowcount else None  # type: ignore[attr-defined]
+
+    def list_outbox(
+        self,
+        session: Session,
+        *,
+        status: str | None = None,
+        account_id: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        starting_after: str | None = None,
+    ) -> OutboxPage:
+        if status is not None and status not in STATUSES:
+            raise ValidationFailed(f"status must be one of {', '.join(STATUSES)}.", field="status")
+        if kind is not None and kind not in ("event", "job"):
+            raise ValidationFailed("kind must be 'event' or 'job'.", field="kind")
+        if not 1 <= limit <= 500:
+            raise ValidationFailed("limit must be from 1 to 500.", field="limit")
+        query = select(OutboxEntry)
+        if status == "delivered":
+            query = query.where(OutboxEntry.delivered_at.is_not(None))
+        elif status == "dead":
+            query = query.where(OutboxEntry.dead_at.is_not(None))
+        elif status == "pending":
+            query = query.where(OutboxEntry.delivered_at.is_(None), OutboxEntry.dead_at.is_(None))
+        if account_id is not None:
+            query = query.where(OutboxEntry.account_id == account_id)
+        if kind is not None:
+            query = query.where(OutboxEntry.kind == kind)
+        if starting_after is not None:
+            query = query.where(OutboxEntry.id < starting_after)
+        rows = list(session.execute(query.order_by(OutboxEntry.id.desc()).limit(limit + 1)).scalars())
+        data = [entry_view(r) for r in rows[:limit]]
+        has_more = len(rows) > limit
+        return OutboxPage(
+            data=data, has_more=has_more, next_cursor=data[-1].id if has_more and data else None
+        )
+
+    def get_entry(self, session: Session, entry_id: str) -> OutboxEntryView:
+        row = session.get(OutboxEntry, entry_id)
+        if row is None:
+            raise NotFound(f"No notification '{entry_id}'.", notification_id=entry_id)
+        return entry_view(row)
+
+    # ------------------------------------------------------------------ thresholds
+
+    def after_balance_change(self, session: Session, account_id: str) -> None:
+        """Compare the available balance with the account's thresholds, in the caller's
+        transaction: fire what was crossed downwards (once per crossing), re-arm what the
+        balance is back above. Call it after every capture, debit and grant."""
+        settings = self._settings_row(session, account_id)
+        if settings is None:
+            return
+        low = settings.low_balance_threshold_millicredits
+        recharge = (
+            settings.auto_recharge_threshold_millicredits
+            if settings.auto_recharge_enabled and settings.auto_recharge_pack_id
+            else None
+        )
+        if low is None and recharge is None:
+            return
+        available = self.ledger.balance(session, account_id).available
+        now = self.clock.now()
+        if low is not None:
+            if available < low:
+                crossing = self._fire(session, account_id, "low_balance", now)
+                if crossing is not None:
+                    self.emit(
+                        session,
+                        "wallet.balance_low",
+                        account_id,
+                        {
+                            "account_id": account_id,
+                            "available_millicredits": available,
+                            "threshold_credits": _credits(low),
+                            "threshold_millicredits": low,
+                            "crossing": crossing,
+                        },
+                        dedupe_key=f"wallet.balance_low:{account_id}:{crossing}",
+                    )
+            else:
+                self._rearm(session, account_id, "low_balance", now)
+        if recharge is not None:
+            if available < recharge:
+                crossing = self._fire(session, account_id, "auto_recharge", now)
+                if crossing is not None:
+                    self._start_auto_recharge(
+                        session,
+                        account_id,
+                        settings.auto_recharge_pack_id or "",
+                        recharge,
+                        available,
+                        crossing,
+                    )
+            else:
+                self._rearm(session, account_id, "auto_recharge", now)
+
+    def _start_auto_recharge(
+        self, session: Session, account_id: str, pack_id: str, threshold: int, available: int, crossing: int
+    ) -> None:
+        try:
+            pack = load_catalog().pack(pack_id)
+        except UnknownPlan:
+            # The pack left the catalog after it was chosen: never fail the spend over it.
+            self.emit(
+                session,
+                "auto_recharge.failed",
+                account_id,
+                {"account_id": account_id, "pack_id": pack_id, "reason": "unknown_pack"},
+                dedupe_key=f"auto_recharge.failed:{account_id}:{crossing}",
+            )
+            return
+        job_id = self._enqueue(
+            session,
+            "job",
+            JOB_AUTO_RECHARGE,
+            account_id,
+            {"account_id": account_id, "pack_id": pack_id, "crossing": crossing},
+            dedupe_key=f"auto_recharge:{account_id}:{crossing}",
+        )
+        if job_id is None:
+            return
+        self.emit(
+            session,
+            "auto_recharge.started",
+            account_id,
+            {
+                "account_id": account_id,
+                "recharge_id": job_id,
+                "pack_id": pack_id,
+                "pack_credits": pack.credits,
+                "amount": pack.unit_amount,
+                "currency": pack.currency,
+                "available_millicredits": available,
+                "threshold_credits": _credits(threshold),
+                "threshold_millicredits": threshold,
+            },
+            dedupe_key=f"auto_recharge.started:{job_id}",
+        )
+
+    def _fire(self, session: Session, account_id: str, kind: str, now: datetime) -> int | None:
+        """Disarm the threshold if it is armed; returns the crossing number if this call fired it."""
+        result = session.execute(
+            update(ThresholdState)
+            .where(
+                ThresholdState.account_id == account_id,
+                ThresholdState.kind == kind,
+                ThresholdState.armed.is_(True),
+            )
+            .values(armed=False, crossings=ThresholdState.crossings + 1, last_fired_at=now, updated_at=now)
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return None
+        return int(
+            session.execute(
+                select(ThresholdState.crossings).where(
+                    ThresholdState.account_id == account_id, ThresholdState.kind == kind
+                )
+            ).scalar_one()
+        )
+
+    @staticmethod
+    def _rearm(session: Session, account_id: str, kind: str, now: datetime) -> None:
+        session.execute(
+            update(ThresholdState)
+            .where(
+                ThresholdState.account_id == account_id,
+                ThresholdState.kind == kind,
+                ThresholdState.armed.is_(False),
+            )
+            .values(armed=True, updated_at=now)
+        )
+
+    # ------------------------------------------------------------------ settings
+
+    def set_alert_settings(
+        self,
+        session: Session,
+        *,
+        account_id: str,
+        low_balance_threshold_credits: int | None,
+        idempotency_key: str,
+    ) -> AlertSettingsView:
+        """Set (or, with None, turn off) the low-balance alert threshold, in credits.
+
+        Setting a threshold arms it: if the balance is already below it, the next balance
+        change sends the alert.
+        """
+        key = idempotency.check_key(idempotency_key)
+        threshold = _check_threshold(low_balance_threshold_credits, "low_balance_threshold_credits", True)
+        params = {"account_id": account_id, "low_balance_threshold_credits": threshold}
+        self._lock_account(session, account_id)
+        scope = f"notifications.alert_settings:{account_id}"
+        prior = idempotency.lookup(session, scope, key, params)
+        if prior is not None:
+            return AlertSettingsView.model_validate(prior)
+        now = self.clock.now()
+        settings = self._ensure_settings(session, account_id, now)
+        settings.low_balance_threshold_millicredits = (
+            None if threshold is None else threshold * MILLICREDITS_PER_CREDIT
+        )
+        settings.updated_at = now
+        self._arm(session, account_id, "low_balance", now)
+        session.flush()
+        view = self._alert_view(session, account_id)
+        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
+        return view
+
+    def set_auto_recharge(
+        self,
+        session: Session,
+        *,
+        account_id: str,
+        enabled: bool,
+        threshold_credits: int,
+        pack_id: str,
+        idempotency_key: str,
+    ) -> AutoRechargeView:
+        """Turn auto-recharge on or off for an organization: buy ``pack_id`` through Stripe
+        when the available balance falls below ``threshold_credits``, once per crossing.
+
+        Saving the settings arms the trigger: if the balance is already below the threshold,
+        the next balance change starts a purchase.
+        """
+        key = idempotency.check_key(idempotency_key)
+        if not isinstance(enabled, bool):
+            raise ValidationFailed("enabled must be true or false.", field="enabled")
+        threshold = _check_threshold(threshold_credits, "threshold_credits", False)
+        assert threshold is not None
+        if not isinstance(pack_id, str) or not pack_id.strip():
+            raise UnknownPack("pack_id must name a credit pack.", field="pack_id")
+        try:
+            load_catalog().pack(pack_id)
+        except UnknownPlan as exc:
+            raise UnknownPack(exc.message, field="pack_id", pack_id=pack_id) from exc
+        account = self._lock_account(session, account_id)
+        if account.kind != AccountKind.ORGANIZATION:
+            raise AutoRechargeOrganizationsOnly(
+                f"Auto-recharge is available to organization accounts only; '{account_id}' is a "
+                f"{account.kind} account.",
+                field="account_id",
+                account_kind=account.kind,
+            )
+        params = {
+            "account_id": account_id,
+            "enabled": enabled,
+            "threshold_credits": threshold,
+            "pack_id": pack_id,
+        }
+        scope = f"notifications.auto_recharge:{account_id}"
+        prior = idempotency.lookup(session, scope, key, params)
+        if prior is not None:
+            return AutoRechargeView.model_validate(prior)
+        now = self.clock.now()
+        settings = self._ensure_settings(session, account_id, now)
+        settings.auto_recharge_enabled = enabled
+        settings.auto_recharge_threshold_millicredits = threshold * MILLICREDITS_PER_CREDIT
+        settings.auto_recharge_pack_id = pack_id
+        settings.updated_at = now
+        self._arm(session, account_id, "auto_recharge", now)
+        session.flush()
+        view = self._auto_recharge_view(session, account_id)
+        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
+        return view
+
+    def get_settings(self, session: Session, account_id: str) -> NotificationSettingsView:
+        if session.get(BillingAccount, account_id) is None:
+            raise NotFound(f"No billing account '{account_id}'.", account_id=account_id)
+        return NotificationSettingsView(
+            account_id=account_id,
+            alerts=self._alert_view(session, account_id),
+            auto_recharge=self._auto_recharge_view(session, account_id),
+        )
+
+    def auto_recharge_enabled(self, session: Session, account_id: str, pack_id: str) -> bool:
+        """Whether the account still wants ``pack_id`` bought automatically (checked by the
+        worker right before it buys)."""
+        settings = self._settings_row(session, account_id)
+        return bool(
+            settings is not None
+            and settings.auto_recharge_enabled
+            and settings.auto_recharge_pack_id == pack_id
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _settings_row(session: Session, account_id: str) -> NotificationSettings | None:
+        return session.execute(
+            select(NotificationSettings).where(NotificationSettings.account_id == account_id)
+        ).scalar()
+
+    @staticmethod
+    def _lock_account(session: Session, account_id: str) -> BillingAccount:
+        """Lock the account's wallet row, as every balance write does first, so a settings change
+        and a spend on the same account serialize."""
+        account = session.get(BillingAccount, account_id)
+        if account is None:
+            raise NotFound(f"No billing account '{account_id}'.", account_id=account_id)
+        session.execute(
+            select(LedgerAccount.id).where(LedgerAccount.billing_account_id == account_id).with_for_update()
+        )
+        return account
+
+    def _ensure_settings(self, session: Session, account_id: str, now: datetime) -> NotificationSettings:
+        settings = self._settings_row(session, account_id)
+        if settings is None:
+            settings = NotificationSettings(
+                account_id=account_id,
+                low_balance_threshold_millicredits=None,
+                auto_recharge_enabled=False,
+                auto_recharge_threshold_millicredits=None,
+                auto_recharge_pack_id=None,
+                updated_at=now,
+            )
+            session.add(settings)
+        return settings
+
+    @staticmethod
+    def _arm(session: Session, account_id: str, kind: str, now: datetime) -> None:
+        changed = session.execute(
+            update(ThresholdState)
+            .where(ThresholdState.account_id == account_id, ThresholdState.kind == kind)
+            .values(armed=True, updated_at=now)
+        ).rowcount  # type: ignore[attr-defined]
+        if not changed:
+            session.execute(
+                insert(ThresholdState).values(
+                    account_id=account_id, kind=kind, armed=True, crossings=0, updated_at=now
+                )
+            )
+
+    @staticmethod
+    def _states(session: Session, account_id: str) -> dict[str, ThresholdState]:
+        rows: Iterable[ThresholdState] = session.execute(
+            select(ThresholdState).where(ThresholdState.account_id == account_id)
+        ).scalars()
+        return {r.kind: r for r in rows}
+
+    def _alert_view(self, session: Session, account_id: str) -> AlertSettingsView:
+        settings = self._settings_row(session, account_id)
+        state = self._states(session, account_id).get("low_balance")
+        return AlertSettingsView(
+            account_id=account_id,
+            low_balance_threshold_credits=_credits(settings.low_balance_threshold_millicredits)
+            if settings
+            else None,
+            armed=state.armed if state else True,
+            alerts_sent=state.crossings if state else 0,
+            last_alert_at=state.last_fired_at if state else None,
+            updated_at=settings.updated_at if settings else None,
+        )
+
+    def _auto_recharge_view(self, session: Session, account_id: str) -> AutoRechargeView:
+        settings = self._settings_row(session, account_id)
+        state = self._states(session, account_id).get("auto_recharge")
+        return AutoRechargeView(
+            account_id=account_id,
+            enabled=bool(settings and settings.auto_recharge_enabled),
+            threshold_credits=_credits(settings.auto_recharge_threshold_millicredits) if settings else None,
+            pack_id=settings.auto_recharge_pack_id if settings else None,
+            armed=state.armed if state else True,
+            recharges_started=state.crossings if state else 0,
+            last_started_at=state.last_fired_at if state else None,
+            updated_at=settings.updated_at if settings else None,
+        )
+
+
+def entry_status(row: OutboxEntry) -> str:
+    if row.delivered_at is not None:
+        return "delivered"
+    if row.dead_at is not None:
+        return "dead"
+    return "pending"
+
+
+def entry_view(row: OutboxEntry) -> OutboxEntryView:
+    return OutboxEntryView(
+        id=row.id,
+        kind=row.kind,
+        type=row.type,
+        account_id=row.account_id,
+        data=dict(row.data or {}),
+        status=entry_status(row),
+        attempts=row.attempts,
+        created_at=row.created_at,
+        next_attempt_at=row.next_attempt_at,
+        delivered_at=row.delivered_at,
+        dead_at=row.dead_at,
+        last_error=row.last_error,
+    )

@@ -1,0 +1,109 @@
+"""Reading portal forms: text fields, whole numbers, credit amounts, and the idempotency key.
+
+Every portal form carries a hidden ``nonce`` made when the form was rendered; the idempotency
+key of the service call is derived from it, so submitting the same form twice acts once.
+Parsing errors are ``ValidationFailed`` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, time
+from decimal import Decimal, InvalidOperation
+
+from starlette.datastructures import FormData
+
+from chronote_billing.catalog.service import MILLICREDITS_PER_CREDIT
+from chronote_billing.core.errors import ValidationFailed
+
+NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+
+
+class Form:
+    def __init__(self, data: FormData, action: str, user_id: str) -> None:
+        self.data = data
+        self.action = action
+        self.user_id = user_id
+        nonce = str(data.get("nonce") or "")
+        if not NONCE.match(nonce):
+            raise ValidationFailed("This form is missing its one-time token. Reload the page and try again.")
+        self.nonce = nonce
+
+    def key(self, part: str = "") -> str:
+        """The idempotency key of this submission (one per rendered form, action and user)."""
+        suffix = f":{part}" if part else ""
+        return f"portal:{self.action}:{self.user_id}:{self.nonce}{suffix}"
+
+    def text(self, name: str, label: str | None = None, required: bool = True, max_length: int = 200) -> str:
+        value = str(self.data.get(name) or "").strip()
+        if required and not value:
+            raise ValidationFailed(f"{label or name.replace('_', ' ').capitalize()} is required.", field=name)
+        if len(value) > max_length:
+            raise ValidationFailed(
+                f"{label or name.replace('_', ' ').capitalize()} is at most {max_length} characters.",
+                field=name,
+            )
+        return value
+
+    def optional(self, name: str) -> str | None:
+        value = str(self.data.get(name) or "").strip()
+        return value or None
+
+    def choice(self, name: str, options: tuple[str, ...] | list[str], label: str | None = None) -> str:
+        value = self.text(name, label)
+        if value not in options:
+            raise ValidationFailed(
+                f"{label or name.replace('_', ' ').capitalize()} must be one of: {', '.join(options)}.",
+                field=name,
+            )
+        return value
+
+    def values(self, name: str) -> list[str]:
+        return [str(v).strip() for v in self.data.getlist(name) if str(v).strip()]
+
+    def checked(self, name: str) -> bool:
+        return str(self.data.get(name) or "").lower() in ("1", "on", "true", "yes")
+
+    def whole(self, name: str, label: str, required: bool = True) -> int | None:
+        raw = str(self.data.get(name) or "").strip().replace(",", "")
+        if not raw:
+            if required:
+                raise ValidationFailed(f"{label} is required.", field=name)
+            return None
+        if not re.fullmatch(r"-?[0-9]{1,15}", raw):
+            raise ValidationFailed(f"{label} must be a whole number, got '{raw}'.", field=name)
+        return int(raw)
+
+    def credits(self, name: str, label: str, required: bool = True) -> int | None:
+        """A credit amount typed by a person ("250", "1,000", "0.5") as millicredits."""
+        raw = str(self.data.get(name) or "").strip().replace(",", "")
+        if not raw:
+            if required:
+                raise ValidationFailed(f"{label} is required.", field=name)
+            return None
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            raise ValidationFailed(f"{label} must be a number of credits, got '{raw}'.", field=name) from None
+        if not value.is_finite():
+            raise ValidationFailed(f"{label} must be a number of credits, got '{raw}'.", field=name)
+        milli = value * MILLICREDITS_PER_CREDIT
+        if milli != milli.to_integral_value():
+            raise ValidationFailed(f"{label} can have at most three decimals.", field=name)
+        if milli < 0:
+            raise ValidationFailed(f"{label} cannot be negative.", field=name)
+        return int(milli)
+
+    def day(self, name: str, label: str, end_of_day: bool = False) -> datetime | None:
+        """A date field (YYYY-MM-DD) as a UTC moment: the start of that day, or its end."""
+        raw = str(self.data.get(name) or "").strip()
+        if not raw:
+            return None
+        try:
+            day = datetime.strptime(raw, "%Y-%m-%d").date()
+        except ValueError:
+            raise ValidationFailed(f"{label} must be a date (YYYY-MM-DD), got '{raw}'.", field=name) from None
+        moment = datetime.combine(day, time(0, 0), tzinfo=UTC)
+        if end_of_day:
+            moment = datetime.combine(day, time(23, 59, 59), tzinfo=UTC)
+        return moment

@@ -1,0 +1,146 @@
+"""Display formatting: credits from millicredits, money from minor units, dates.
+
+Amounts stay integers everywhere else; these functions only turn them into text for a page.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from babel.core import Locale
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency, format_decimal, get_currency_precision
+
+from chronote_billing.catalog.service import MILLICREDITS_PER_CREDIT
+from chronote_billing.core.clock import as_utc
+
+LOCALE = Locale.parse("en_US")
+
+SOURCE_LABELS = {
+    "plan_allowance": "Plan allowance",
+    "free_allowance": "Free monthly allowance",
+    "purchase": "Credit pack",
+    "promotional": "Promotional credits",
+    "migration": "Migrated credits",
+    "comp": "Complimentary credits",
+    "adjustment": "Adjustment",
+}
+
+KIND_LABELS = {
+    "grant": "Credits added",
+    "hold": "Reserved",
+    "capture": "Usage",
+    "release": "Reservation released",
+    "hold_expiry": "Reservation expired",
+    "debit": "Usage",
+    "expiry": "Expired",
+    "reversal": "Refund or correction",
+    "refund": "Refund",
+    "dispute": "Dispute",
+}
+
+CAPTURE_SOURCE_LABELS = {
+    "discord_voice": "Discord voice",
+    "desktop": "Desktop",
+    "web": "Web",
+    "mobile": "Mobile",
+    "quick_capture": "Quick capture",
+    "upload": "Upload",
+}
+
+ROLE_LABELS = {"owner": "Owner", "billing_admin": "Billing admin", "member": "Member"}
+
+
+def credits(millicredits: int | None) -> str:
+    """1,234.5 credits from 1,234,500 millicredits (up to three decimals, trailing zeros dropped)."""
+    if millicredits is None:
+        return "—"
+    value = Decimal(int(millicredits)) / MILLICREDITS_PER_CREDIT
+    return format_decimal(value, format="#,##0.###", locale=LOCALE)
+
+
+def money(minor_units: int | None, currency: str) -> str:
+    """$9.00 from 900 cents; the currency's own number of decimals."""
+    if minor_units is None:
+        return "—"
+    code = currency.upper()
+    digits = get_currency_precision(code)
+    return format_currency(Decimal(int(minor_units)).scaleb(-digits), code, locale=LOCALE)
+
+
+def date(moment: datetime | None) -> str:
+    if moment is None:
+        return "—"
+    return format_date(as_utc(moment), format="medium", locale=LOCALE)
+
+
+def datetime_(moment: datetime | None) -> str:
+    if moment is None:
+        return "—"
+    return format_datetime(as_utc(moment), format="MMM d, y HH:mm 'UTC'", locale=LOCALE)
+
+
+def label(mapping: dict[str, str], key: str | None) -> str:
+    if key is None:
+        return "—"
+    return mapping.get(key, key.replace("_", " ").capitalize())
+
+
+def source_label(source: str | None) -> str:
+    return label(SOURCE_LABELS, source)
+
+
+def kind_label(kind: str | None) -> str:
+    return label(KIND_LABELS, kind)
+
+
+def capture_source_label(source: str | None) -> str:
+    return label(CAPTURE_SOURCE_LABELS, source)
+
+
+def role_label(role: str | None) -> str:
+    return label(ROLE_LABELS, role)
+
+
+def percent(part: int, whole: int) -> int:
+    """Share of a whole as a whole percentage for meters, 0..100."""
+    if whole <= 0:
+        return 0
+    return max(0, min(100, round(100 * part / whole)))
+
+
+def bar_chart(points: list[tuple[str, int]], width: int = 640, height: int = 160) -> dict[str, Any]:
+    """Geometry of a simple bar chart (one bar per labelled value), drawn as inline SVG."""
+    peak = max((v for _, v in points), default=0)
+    count = max(1, len(points))
+    gap = 4
+    bar_width = max(2, (width - gap * (count + 1)) // count)
+    plot = height - 24
+    bars = []
+    for i, (name, value) in enumerate(points):
+        h = 0 if peak <= 0 else max(1 if value > 0 else 0, round(plot * value / peak))
+        bars.append(
+            {
+                "x": gap + i * (bar_width + gap),
+                "y": plot - h,
+                "width": bar_width,
+                "height": h,
+                "label": name,
+                "value": value,
+            }
+        )
+    return {"width": width, "height": height, "plot": plot, "bars": bars, "peak": peak}
+
+
+FILTERS = {
+    "credits": credits,
+    "money": money,
+    "date": date,
+    "datetime": datetime_,
+    "source_label": source_label,
+    "kind_label": kind_label,
+    "capture_source": capture_source_label,
+    "role_label": role_label,
+}

@@ -1,0 +1,286 @@
+"""Checkout sessions (hosted payment page) and billing portal sessions (hosted self-service page).
+
+Paying a session does what Stripe does when a person pays on its hosted page:
+- `mode=subscription`: the card becomes a payment method of the customer (created now if the
+  session named none), a subscription starts with that card as its default payment method, its
+  first invoice is paid (payment intent and charge), then `checkout.session.completed`.
+- `mode=payment`: a payment intent is confirmed with the card (a charge), then
+  `checkout.session.completed`. With `payment_intent_data[setup_future_usage]` the card is saved
+  on the customer for later off-session payments.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chronote_billing.stripe_local import objects
+from chronote_billing.stripe_local.errors import StripeError, invalid_param, missing_param
+from chronote_billing.stripe_local.params import Params, apply_metadata
+
+if TYPE_CHECKING:
+    from chronote_billing.stripe_local.engine import Engine
+
+
+class PaymentFailed(Exception):
+    """The card chosen on the hosted page was declined; the session stays open."""
+
+
+class Checkout:
+    def __init__(self, engine: Engine) -> None:
+        self.e = engine
+        self.store = engine.store
+
+    # --- checkout sessions -----------------------------------------------------------------
+
+    def create(self, p: Params) -> dict[str, Any]:
+        mode = p.choice("mode", ("payment", "subscription", "setup"))
+        if mode is None:
+            raise missing_param("mode")
+        if mode == "setup":
+            raise invalid_param(
+                "mode", "The local Stripe stand-in supports mode=payment and mode=subscription."
+            )
+        ui_mode = p.choice("ui_mode", ("hosted", "embedded", "custom"), "hosted")
+        if ui_mode != "hosted":
+            raise invalid_param("ui_mode", "The local Stripe stand-in serves only the hosted Checkout page.")
+        success_url = p.text("success_url")
+        if not success_url:
+            raise missing_param("success_url")
+        customer_id = p.text("customer")
+        customer = self.e.customer(customer_id) if customer_id else None
+        if customer is not None and p.text("customer_email"):
+            raise invalid_param(
+                "customer_email", "You may only specify one of these parameters: customer, customer_email."
+            )
+        lines = []
+        for item in p.subarray("line_items"):
+            price = self.e.billing._price_from_item(item)
+            quantity = item.integer("quantity")
+            if quantity is None:
+                raise missing_param(f"{item.prefix}[quantity]")
+            lines.append((price, quantity))
+        if not lines:
+            raise missing_param("line_items")
+        currencies = {price["currency"] for price, _ in lines}
+        if len(currencies) > 1:
+            raise invalid_param("line_items", "All line items must use the same currency.")
+        if mode == "payment" and any(price["recurring"] for price, _ in lines):
+            raise invalid_param(
+                "line_items",
+                "You specified `payment` mode but passed a recurring price. Either switch to `subscription` "
+                "mode or use only one-time prices.",
+            )
+        if mode == "subscription" and not any(price["recurring"] for price, _ in lines):
+            raise invalid_param(
+                "line_items",
+                "You must provide at least one recurring price in `subscription` mode when using prices.",
+            )
+        sub_data = p.sub("subscription_data")
+        pi_data = p.sub("payment_intent_data")
+        if mode == "subscription" and p.has("payment_intent_data"):
+            raise invalid_param(
+                "payment_intent_data", "You can not pass `payment_intent_data` in `subscription` mode."
+            )
+        if mode == "payment" and p.has("subscription_data"):
+            raise invalid_param(
+                "subscription_data", "You can not pass `subscription_data` in `payment` mode."
+            )
+        now = self.e.now(customer_id)
+        trial_end = sub_data.integer("trial_end")
+        if trial_end is not None and trial_end < now + 48 * 3600:
+            raise invalid_param(
+                "subscription_data[trial_end]",
+                "The `trial_end` date has to be at least 2 days in the future.",
+            )
+        trial_days = sub_data.integer("trial_period_days", minimum=1)
+        amount = sum(
+            price["unit_amount"] * qty
+            for price, qty in lines
+            if not (price["recurring"] and (trial_end or trial_days))
+        )
+        session_id = objects.new_id("cs_test_a1", 56)
+        cs = objects.checkout_session(
+            id=session_id,
+            created=now,
+            mode=mode,
+            url=f"{self.e.base_url}/pay/{session_id}",
+            success_url=success_url,
+            cancel_url=p.text("cancel_url"),
+            customer=customer_id,
+            customer_email=p.text("customer_email"),
+            client_reference_id=p.text("client_reference_id"),
+            metadata=apply_metadata({}, p.raw("metadata")),
+            currency=currencies.pop(),
+            amount_subtotal=amount,
+            amount_total=amount,
+            allow_promotion_codes=p.flag("allow_promotion_codes"),
+            customer_creation=p.choice("customer_creation", ("always", "if_required"))
+            if mode == "payment"
+            else None,
+            locale=p.text("locale"),
+            submit_type=p.text("submit_type"),
+            billing_address_collection=p.text("billing_address_collection"),
+            payment_method_collection=p.text("payment_method_collection", "always")
+            if mode == "subscription"
+            else None,
+        )
+        if p.has("expires_at"):
+            cs["expires_at"] = p.req_integer("expires_at")
+        self.store.add(cs)
+        self.store.private[cs["id"]].update(
+            lines=[
+                objects.checkout_line_item(
+                    id=objects.new_id("li_1"),
+                    price=price,
+                    quantity=qty,
+                    description=self.e.billing.product_name(price),
+                )
+                for price, qty in lines
+            ],
+            subscription_metadata=apply_metadata({}, sub_data.raw("metadata")),
+            subscription_description=sub_data.text("description"),
+            trial_end=trial_end,
+            trial_period_days=trial_days,
+            payment_intent_metadata=apply_metadata({}, pi_data.raw("metadata")),
+            payment_intent_description=pi_data.text("description"),
+            setup_future_usage=pi_data.choice("setup_future_usage", ("on_session", "off_session")),
+            statement_descriptor=pi_data.text("statement_descriptor"),
+        )
+        return cs
+
+    def line_items_list(self, session_id: str, p: Params | None = None) -> dict[str, Any]:
+        cs = self.store.get("checkout.session", session_id)
+        lines = [self.e.render(li) for li in self.store.private[cs["id"]]["lines"]]
+        url = f"/v1/checkout/sessions/{session_id}/line_items"
+        if p is None:
+            return objects.list_object(url, lines)
+        return self.e.paginate(lines, p, url)
+
+    def list(self, p: Params) -> dict[str, Any]:
+        items = self.store.all("checkout.session")
+        for field in ("customer", "payment_intent", "subscription", "status", "payment_link"):
+            value = p.text(field)
+            if value:
+                items = [i for i in items if i.get(field) == value]
+        return self.e.paginate(items, p, "/v1/checkout/sessions")
+
+    def expire_api(self, session_id: str) -> dict[str, Any]:
+        cs = self.store.get("checkout.session", session_id)
+        if cs["status"] != "open":
+            raise StripeError(
+                400,
+                f'Only Checkout Sessions with a status in ["open"] can be expired. This Checkout Session has a status of "{cs["status"]}".',
+                code="checkout_session_not_open" if cs["status"] else None,
+            )
+        self.expire(cs)
+        return cs
+
+    def expire(self, cs: dict[str, Any]) -> None:
+        cs["status"] = "expired"
+        cs["url"] = None
+        self.e.emit("checkout.session.expired", cs)
+
+    def complete(self, session_id: str, *, card: str, email: str | None, name: str | None) -> dict[str, Any]:
+        """A person paid on the hosted page with test card `card` (a number from `objects.CARDS`)."""
+        cs = self.store.get("checkout.session", session_id)
+        if cs["status"] != "open":
+            raise StripeError(400, f"This Checkout Session is no longer open (status {cs['status']}).")
+        if card not in objects.CARDS:
+            raise invalid_param("card", "Unknown test card.")
+        if objects.CARDS[card]["behaviour"] == "declines":
+            raise PaymentFailed("Your card was declined. Try another card.")
+        private = self.store.private[cs["id"]]
+        email = email or cs["customer_email"]
+        customer = self.store.find(cs["customer"]) if cs["customer"] else None
+        if customer is None and (cs["mode"] == "subscription" or cs["customer_creation"] == "always"):
+            customer = self.e.create_customer(Params({"email": email or "", "name": name or ""}))
+            cs["customer"] = customer["id"]
+        if customer is not None:
+            email = email or customer["email"]
+            name = name or customer["name"]
+        save = cs["mode"] == "subscription" or private["setup_future_usage"] is not None
+        pm = self.e.new_payment_method(card, customer["id"] if customer and save else None, email, name)
+        lines = private["lines"]
+        if cs["mode"] == "subscription":
+            assert customer is not None
+            now = self.e.now(customer["id"])
+            trial_end = private["trial_end"] or (
+                now + private["trial_period_days"] * 86400 if private["trial_period_days"] else None
+            )
+            sub, inv, error = self.e.billing.start_subscription(
+                customer=customer,
+                lines=[(li["price"], li["quantity"], {}) for li in lines if li["price"]["recurring"]],
+                one_time=[(li["price"], li["quantity"]) for li in lines if not li["price"]["recurring"]],
+                metadata=dict(private["subscription_metadata"]),
+                pm=pm,
+                trial_end=trial_end,
+                description=private["subscription_description"],
+                off_session=False,
+                payment_behavior="allow_incomplete",
+            )
+            if error is not None:
+                raise PaymentFailed(error.message)
+            cs["subscription"] = sub["id"]
+            cs["invoice"] = inv["id"]
+            cs["payment_status"] = "paid" if inv["amount_paid"] > 0 else "no_payment_required"
+        else:
+            pi = self.e.payments.new_intent(
+                amount=cs["amount_total"],
+                currency=cs["currency"],
+                customer_id=customer["id"] if customer else None,
+                description=private["payment_intent_description"],
+                metadata=dict(private["payment_intent_metadata"]),
+                pm=pm,
+                setup_future_usage=private["setup_future_usage"],
+                statement_descriptor=private["statement_descriptor"],
+            )
+            error = self.e.payments.confirm(pi, pm, off_session=False)
+            if error is not None:
+                raise PaymentFailed(error.message)
+            cs["payment_intent"] = pi["id"]
+            cs["payment_status"] = "paid"
+        cs["status"] = "complete"
+        cs["url"] = None
+        cs["customer_details"] = {
+            "address": None,
+            "business_name": None,
+            "email": email,
+            "individual_name": None,
+            "name": name,
+            "phone": None,
+            "tax_exempt": "none",
+            "tax_ids": [],
+        }
+        cs["collected_information"] = {
+            "business_name": None,
+            "individual_name": None,
+            "shipping_details": None,
+        }
+        self.e.emit("checkout.session.completed", cs)
+        return cs
+
+    def success_redirect(self, cs: dict[str, Any]) -> str:
+        return str(cs["success_url"]).replace("{CHECKOUT_SESSION_ID}", cs["id"])
+
+    # --- billing portal --------------------------------------------------------------------
+
+    def create_portal_session(self, p: Params) -> dict[str, Any]:
+        customer = self.e.customer(p.req_text("customer"))
+        session_id = objects.new_id("bps_1")
+        token = objects.random_token(32)
+        ps = objects.portal_session(
+            id=session_id,
+            created=self.e.now(customer["id"]),
+            customer=customer["id"],
+            return_url=p.text("return_url"),
+            url=f"{self.e.base_url}/portal/{token}",
+            configuration=p.text("configuration") or self.e.portal_configuration_id,
+            locale=p.text("locale"),
+        )
+        # Portal sessions cannot be retrieved through Stripe's API: they live only behind their URL.
+        self.store.private["portal_tokens"][token] = ps
+        return ps
+
+    def portal_session(self, token: str) -> dict[str, Any] | None:
+        session = self.store.private["portal_tokens"].get(token)
+        return session if isinstance(session, dict) else None

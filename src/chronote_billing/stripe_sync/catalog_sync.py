@@ -1,0 +1,260 @@
+"""`catalog sync`: make Stripe's products and prices match the catalog, found by lookup key.
+
+Running it twice changes nothing the second time. A price whose amount, currency or interval
+changed is replaced: a new price takes over the lookup key and the old one is archived (prices
+are never deleted, so past invoices keep their price).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import stripe
+
+from chronote_billing.catalog.service import Catalog, load_catalog
+
+from .client import call, stripe_key, to_dict
+
+
+@dataclass(frozen=True)
+class DesiredPrice:
+    lookup_key: str
+    product: str  # catalog product key: personal, server, credits
+    unit_amount: int
+    currency: str
+    interval: str | None  # None: one-time
+    metadata: dict[str, str]
+    nickname: str
+
+
+@dataclass
+class SyncReport:
+    actions: list[tuple[str, str, str]] = field(default_factory=list)  # (action, object, detail)
+
+    def add(self, action: str, obj: str, detail: str = "") -> None:
+        self.actions.append((action, obj, detail))
+
+    @property
+    def changed(self) -> bool:
+        return any(a != "unchanged" for a, _, _ in self.actions)
+
+    def count(self, action: str) -> int:
+        return sum(1 for a, _, _ in self.actions if a == action)
+
+
+def desired_prices(catalog: Catalog) -> list[DesiredPrice]:
+    out: list[DesiredPrice] = []
+    for plan in catalog.plans.values():
+        for price in plan.prices:
+            out.append(
+                DesiredPrice(
+                    lookup_key=price.lookup_key,
+                    product=plan.scope,
+                    unit_amount=price.unit_amount,
+                    currency=price.currency,
+                    interval=price.interval,
+                    metadata={"scope": plan.scope, "plan": plan.id, "interval": price.interval},
+                    nickname=f"{plan.name} ({'monthly' if price.interval == 'month' else 'yearly'})",
+                )
+            )
+    for pack in catalog.credit_packs.values():
+        out.append(
+            DesiredPrice(
+                lookup_key=pack.lookup_key,
+                product="credits",
+                unit_amount=pack.unit_amount,
+                currency=pack.currency,
+                interval=None,
+                metadata={"scope": "any", "pack": pack.id, "credits": str(pack.credits)},
+                nickname=pack.name,
+            )
+        )
+    return out
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _product_id(price: Any) -> str:
+    product = price["product"]
+    return product if isinstance(product, str) else product["id"]
+
+
+def fetch_prices(client: stripe.StripeClient, lookup_keys: list[str]) -> dict[str, Any]:
+    """Active prices by lookup key (Stripe accepts at most 10 keys per list call)."""
+    found: dict[str, Any] = {}
+    for chunk in _chunks(lookup_keys, 10):
+        page = call(
+            "list prices",
+            lambda chunk=chunk: client.v1.prices.list(  # type: ignore[misc]
+                params={"lookup_keys": chunk, "active": True, "limit": 100}
+            ),
+        )
+        for raw in page.data:
+            price = to_dict(raw)
+            if price.get("lookup_key"):
+                found[price["lookup_key"]] = price
+    return found
+
+
+def _price_matches(existing: Any, want: DesiredPrice, product_id: str) -> bool:
+    recurring = existing.get("recurring")
+    interval = recurring["interval"] if recurring else None
+    count = recurring.get("interval_count", 1) if recurring else None
+    return (
+        existing.get("unit_amount") == want.unit_amount
+        and existing.get("currency") == want.currency
+        and interval == want.interval
+        and (want.interval is None or count == 1)
+        and _product_id(existing) == product_id
+    )
+
+
+def sync_catalog(
+    client: stripe.StripeClient, catalog: Catalog | None = None, dry_run: bool = False
+) -> SyncReport:
+    catalog = catalog or load_catalog()
+    report = SyncReport()
+    wanted = desired_prices(catalog)
+    existing = fetch_prices(client, [w.lookup_key for w in wanted])
+
+    # Products: the one an existing price of the group belongs to (Chronote Server's prices exist
+    # today), else one marked with our metadata, else a new one.
+    products: dict[str, str] = {}
+    for want in wanted:
+        if want.product not in products and want.lookup_key in existing:
+            products[want.product] = _product_id(existing[want.lookup_key])
+    listed = None
+    for key, spec in catalog.products.items():
+        desired_meta = {"chronote_product": key}
+        if key not in products:
+            if listed is None:
+                listed = call("list products", lambda: client.v1.products.list(params={"limit": 100}))
+            match = next(
+                (
+                    p
+                    for p in map(to_dict, listed.data)
+                    if (p.get("metadata") or {}).get("chronote_product") == key
+                ),
+                None,
+            )
+            if match is not None:
+                products[key] = match["id"]
+            elif dry_run:
+                report.add("create", f"product {key}", spec["name"])
+                products[key] = f"(new {key})"
+                continue
+            else:
+                created = to_dict(
+                    call(
+                        "create a product",
+                        lambda key=key, spec=spec: client.v1.products.create(  # type: ignore[misc]
+                            params={
+                                "name": spec["name"],
+                                "description": spec.get("description") or spec["name"],
+                                "metadata": {"chronote_product": key},
+                            },
+                            options={
+                                "idempotency_key": stripe_key("catalog", catalog.version, "product", key)
+                            },
+                        ),
+                    )
+                )
+                products[key] = created["id"]
+                report.add("create", f"product {key}", created["id"])
+                continue
+        product = to_dict(
+            call(
+                "read a product",
+                lambda key=key: client.v1.products.retrieve(products[key]),  # type: ignore[misc]
+            )
+        )
+        changes: dict[str, Any] = {}
+        if product.get("name") != spec["name"]:
+            changes["name"] = spec["name"]
+        if (spec.get("description") or spec["name"]) != product.get("description"):
+            changes["description"] = spec.get("description") or spec["name"]
+        if (product.get("metadata") or {}).get("chronote_product") != key:
+            changes["metadata"] = desired_meta
+        if not product.get("active", True):
+            changes["active"] = True
+        if not changes:
+            report.add("unchanged", f"product {key}", products[key])
+        elif dry_run:
+            report.add("update", f"product {key}", ", ".join(sorted(changes)))
+        else:
+            call(
+                "update a product",
+                lambda key=key, changes=changes: client.v1.products.update(  # type: ignore[misc]
+                    products[key], params=changes
+                ),
+            )
+            report.add("update", f"product {key}", ", ".join(sorted(changes)))
+
+    for want in wanted:
+        product_id = products[want.product]
+        current = existing.get(want.lookup_key)
+        if current is not None and _price_matches(current, want, product_id):
+            meta = {k: str(v) for k, v in (current.get("metadata") or {}).items()}
+            if (
+                all(meta.get(k) == v for k, v in want.metadata.items())
+                and current.get("nickname") == want.nickname
+            ):
+                report.add("unchanged", f"price {want.lookup_key}", current["id"])
+                continue
+            if dry_run:
+                report.add("update", f"price {want.lookup_key}", "metadata")
+                continue
+            call(
+                "update a price",
+                lambda current=current, want=want: client.v1.prices.update(  # type: ignore[misc]
+                    current["id"], params={"metadata": want.metadata, "nickname": want.nickname}
+                ),
+            )
+            report.add("update", f"price {want.lookup_key}", "metadata")
+            continue
+        if dry_run:
+            report.add("create", f"price {want.lookup_key}", f"{want.unit_amount} {want.currency}")
+            if current is not None:
+                report.add("archive", f"price {want.lookup_key}", current["id"])
+            continue
+        params: dict[str, Any] = {
+            "product": product_id,
+            "currency": want.currency,
+            "unit_amount": want.unit_amount,
+            "lookup_key": want.lookup_key,
+            "transfer_lookup_key": True,
+            "metadata": want.metadata,
+            "nickname": want.nickname,
+        }
+        if want.interval:
+            params["recurring"] = {"interval": want.interval, "interval_count": 1}
+        new_price = call(
+            "create a price",
+            lambda params=params, want=want: client.v1.prices.create(  # type: ignore[misc]
+                params=params,
+                options={
+                    "idempotency_key": stripe_key(
+                        "catalog", catalog.version, "price", want.lookup_key, str(want.unit_amount)
+                    )
+                },
+            ),
+        )
+        report.add("create", f"price {want.lookup_key}", new_price.id)
+        if current is not None and current["id"] != new_price.id:
+            call(
+                "archive a price",
+                lambda current=current: client.v1.prices.update(  # type: ignore[misc]
+                    current["id"], params={"active": False}
+                ),
+            )
+            report.add("archive", f"price {want.lookup_key}", current["id"])
+    return report
+
+
+def price_ids(client: stripe.StripeClient, lookup_keys: list[str]) -> dict[str, str]:
+    return {k: p["id"] for k, p in fetch_prices(client, lookup_keys).items()}

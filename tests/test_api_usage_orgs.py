@@ -1,0 +1,166 @@
+"""The HTTP edge of organizations and usage: real API keys, scopes, problem codes, CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from chronote_billing.api.app import create_app
+from chronote_billing.container import Container
+from chronote_billing.orgs.models import OrgAuditEntry
+from conftest import snowflake
+
+
+@pytest.fixture
+def c(db, clock) -> Container:
+    return Container(db=db, clock=clock)
+
+
+@pytest.fixture
+def client(c) -> TestClient:
+    return TestClient(create_app(c))
+
+
+def key(c, *scopes: str) -> str:
+    return c.db.write(lambda s: c.api_keys.create(s, "test", list(scopes)).secret)
+
+
+def h(secret: str, user: str | None = None, guilds: str | None = None, idem: bool = True) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {secret}"}
+    if user:
+        headers["Chronote-Acting-User"] = user
+    if guilds:
+        headers["Chronote-Manage-Guilds"] = guilds
+    if idem:
+        headers["Idempotency-Key"] = "k-" + secrets.token_hex(6)
+    return headers
+
+
+def test_org_flow_recording_and_usage_report_over_http(c, client):
+    admin_key = key(c, "orgs:read", "orgs:write", "accounts:read")
+    bot_key = key(c, "holds:write", "usage:write", "accounts:read")
+    owner, member, guild = snowflake(), snowflake(), snowflake()
+    org = client.post("/v1/orgs", json={"name": "Acme"}, headers=h(admin_key, owner))
+    assert org.status_code == 201, org.text
+    org_id, org_account = org.json()["id"], org.json()["billing_account_id"]
+    c.db.write(
+        lambda s: c.ledger.issue_grant(
+            s,
+            account_id=org_account,
+            amount=1_000_000,
+            source="purchase",
+            idempotency_key="buy",
+            cause_type="test",
+        )
+    )
+    assert (
+        client.post(
+            f"/v1/orgs/{org_id}/members", json={"user_id": member}, headers=h(admin_key, owner)
+        ).status_code
+        == 201
+    )
+    no_manage = client.post(
+        f"/v1/orgs/{org_id}/servers", json={"guild_id": guild}, headers=h(admin_key, owner)
+    )
+    assert (
+        no_manage.status_code == 403
+        and no_manage.json()["missing_permission"] == f"Manage Server on guild {guild}"
+    )
+    linked = client.post(
+        f"/v1/orgs/{org_id}/servers", json={"guild_id": guild}, headers=h(admin_key, owner, guild)
+    )
+    assert linked.status_code == 201
+    auth = client.post(
+        f"/v1/orgs/{org_id}/authorizations",
+        json={"subject_type": "member", "subject_id": member, "monthly_cap_credits": 600},
+        headers=h(admin_key, owner),
+    ).json()
+
+    body = {
+        "context": "personal",
+        "capture_source": "desktop",
+        "requested_minutes": 90,
+        "meeting_id": "m-" + member,
+    }
+    headers = h(bot_key, member)
+    quote = client.post("/v1/usage/quote", json=body, headers=headers).json()
+    started = client.post("/v1/recordings", json=body, headers=headers)
+    retried = client.post("/v1/recordings", json=body, headers=headers)
+    assert started.status_code == 201 and retried.json() == started.json()
+    rec = started.json()
+    assert rec["authorization_id"] == auth["id"] == quote["authorization_id"]
+    assert rec["reason"] == "Acme authorization for you, 510 of 600 credits left this month"
+    done = client.post(
+        f"/v1/recordings/{rec['id']}/finish",
+        json={"seconds_by_source": {"mic": 3000, "system": 3010}},
+        headers=h(bot_key, member),
+    )
+    assert done.json()["charged"] == 51_000
+
+    ent = client.get("/v1/entitlements?context=personal", headers=h(bot_key, member, idem=False)).json()
+    assert ent["plan"] == "personal_free" and [f["id"] for f in ent["funding_sources"]] == [
+        "personal",
+        auth["id"],
+    ]
+    assert ent["funding_sources"][1]["left"] == 549_000
+
+    report = client.get(
+        f"/v1/accounts/{org_account}/usage?group_by=member", headers=h(admin_key, owner, idem=False)
+    )
+    assert report.status_code == 200
+    assert report.json()["rows"] == [
+        {"object": "usage_report_row", "key": member, "count": 1, "minutes": 51, "held": 0, "charged": 51_000}
+    ]
+    denied = client.get(f"/v1/accounts/{org_account}/usage", headers=h(admin_key, member, idem=False))
+    assert denied.status_code == 403
+    text = client.get(f"/v1/accounts/{org_account}/usage.csv", headers=h(admin_key, owner, idem=False)).text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows[0]["charged_credits"] == "51" and rows[0]["source"] == "desktop"
+    assert rows[0]["reason"].startswith("Acme authorization for you")
+    audit = client.get(f"/v1/orgs/{org_id}/audit", headers=h(admin_key, owner, idem=False)).json()
+    assert [a["action"] for a in audit][:3] == ["authorization.created", "server.linked", "member.added"]
+
+
+def test_api_bad_input_and_missing_scope_have_stable_codes_and_write_nothing(c, client):
+    admin_key = key(c, "orgs:read", "orgs:write")
+    read_only = key(c, "accounts:read")
+    bot_key = key(c, "holds:write", "usage:write")
+    owner, outsider, member = snowflake(), snowflake(), snowflake()
+    org_id = client.post("/v1/orgs", json={"name": "Acme"}, headers=h(admin_key, owner)).json()["id"]
+    audit_rows = c.db.read(lambda s: s.execute(select(func.count()).select_from(OrgAuditEntry)).scalar())
+
+    r = client.post(f"/v1/orgs/{org_id}/members", json={"user_id": member}, headers=h(admin_key, outsider))
+    assert r.status_code == 403 and r.json()["code"] == "permission_denied"
+    r = client.post(
+        "/v1/recordings",
+        json={"context": "personal", "capture_source": "desktop", "requested_minutes": 5},
+        headers=h(read_only, member),
+    )
+    assert r.status_code == 403 and r.json()["missing_permission"] == "scope:holds:write"
+    r = client.post("/v1/orgs", json={"name": "X"}, headers=h(bot_key, owner))
+    assert r.json()["code"] == "permission_denied"
+    for body, code in [
+        ({"context": "personal", "capture_source": "zoom", "requested_minutes": 5}, "unknown_capture_source"),
+        ({"context": "personal", "capture_source": "desktop", "requested_minutes": 0}, "validation_error"),
+        ({"context": "personal", "capture_source": "desktop", "requested_minutes": 61}, "recording_too_long"),
+        (
+            {
+                "context": "personal",
+                "capture_source": "desktop",
+                "requested_minutes": 5,
+                "funding_source": "auth_x",
+            },
+            "funding_source_not_held",
+        ),
+    ]:
+        r = client.post("/v1/recordings", json=body, headers=h(bot_key, member))
+        assert r.json()["code"] == code, r.text
+    assert c.db.read(lambda s: c.accounts.find(s, "personal", member)) is None
+    assert (
+        c.db.read(lambda s: s.execute(select(func.count()).select_from(OrgAuditEntry)).scalar()) == audit_rows
+    )

@@ -1,0 +1,322 @@
+"""End to end through the local Stripe stand-in and the official SDK: catalog sync, checkout,
+plan changes, renewals on a test clock, failed payments, refunds and disputes. Webhooks travel
+from the stand-in, signed, into the app's `POST /webhooks/stripe`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+
+from chronote_billing.access.service import Principal
+from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.api.app import create_app
+from chronote_billing.catalog.service import PlanScopeMismatch, UnknownPlan, load_catalog
+from chronote_billing.config import Settings
+from chronote_billing.container import Container
+from chronote_billing.core.errors import PermissionDenied
+from chronote_billing.stripe_local.server import TEST_SECRET_KEY
+from chronote_billing.stripe_local.testing import (
+    CARD_DECLINES_RENEWALS,
+    StripeLocalHarness,
+    started,
+)
+from chronote_billing.stripe_sync.catalog_sync import sync_catalog
+from chronote_billing.stripe_sync.entitlements import current_plan, ensure_free_allowance
+from chronote_billing.stripe_sync.service import NoStripeCustomer, SubscriptionExists
+
+DAY = 86400
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> Iterator[StripeLocalHarness]:
+    yield from started()
+
+
+class Billing:
+    def __init__(self, harness: StripeLocalHarness, db, clock, make_account) -> None:  # type: ignore[no-untyped-def]
+        self.harness = harness
+        self.db = db
+        self.clock = clock
+        self.make_account = make_account
+        settings = Settings(
+            stripe_api_base=harness.url,
+            stripe_secret_key=TEST_SECRET_KEY,
+            stripe_webhook_secret=harness.webhook_secret,
+            public_base_url="http://billing.test",
+        )
+        self.container = Container(db=db, clock=clock, settings=settings)
+        self.service = self.container.billing
+        self.app = TestClient(create_app(self.container))
+        self.deliveries: list[int] = []
+        harness.send_webhooks_to(self._deliver)
+        self.sync_clock()
+
+    def _deliver(self, payload: bytes, headers: dict[str, str]) -> int:
+        response = self.app.post("/webhooks/stripe", content=payload, headers=headers)
+        self.deliveries.append(response.status_code)
+        return response.status_code
+
+    def sync_clock(self, to: int | None = None) -> None:
+        """Business time follows Stripe's time (the stand-in's, or a test clock's)."""
+        with self.harness.stand_in.engine.store.lock:
+            now = to if to is not None else self.harness.stand_in.engine.store.global_now()
+        self.clock.set(datetime.fromtimestamp(now, tz=UTC))
+
+    def person(self, kind: str = "personal") -> tuple[str, Principal]:
+        account_id = self.make_account(kind)
+        owner = self.db.read(lambda s: s.get(BillingAccount, account_id).owner_ref)
+        if kind == "personal":
+            return account_id, Principal(kind="person", user_id=owner)
+        if kind == "server":
+            return account_id, Principal(kind="person", user_id="100000000000000001", managed_guilds=frozenset({owner}))
+        return account_id, Principal(kind="service", scopes=frozenset({"operator"}))
+
+    def on_test_clock(self, account_id: str) -> str:
+        """Attach the account to a new customer on a Stripe test clock (before its first purchase)."""
+        clock = self.harness.client.v1.test_helpers.test_clocks.create(
+            {"frozen_time": int(self.clock.now().timestamp())}
+        )
+        account = self.db.read(lambda s: s.get(BillingAccount, account_id))
+        from chronote_billing.stripe_sync.service import account_metadata
+
+        customer = self.harness.client.v1.customers.create(
+            {"name": account.display_name, "metadata": account_metadata(account), "test_clock": clock.id}
+        )
+
+        def link(session):  # type: ignore[no-untyped-def]
+            session.get(BillingAccount, account_id).stripe_customer_id = customer.id
+
+        self.db.write(link)
+        return str(clock.id)
+
+    def advance(self, clock_id: str, seconds: int) -> None:
+        current = int(self.harness.client.v1.test_helpers.test_clocks.retrieve(clock_id).frozen_time)
+        self.sync_clock(current + seconds)
+        self.harness.advance_clock(clock_id, to=current + seconds)
+        self.harness.wait_for_webhooks()
+
+    def buy_plan(self, account_id: str, principal: Principal, plan: str, card: str = "4242424242424242") -> str:
+        view = self.service.start_checkout(principal, account_id, idempotency_key=f"buy-{plan}", plan_id=plan)
+        response = self.harness.pay_checkout(view.url, card=card)
+        assert response.status_code == 303, response.text
+        self.harness.wait_for_webhooks()
+        return view.id
+
+    def plan(self, account_id: str) -> str | None:
+        def work(session):  # type: ignore[no-untyped-def]
+            plan = current_plan(session, session.get(BillingAccount, account_id), self.clock.now())
+            return plan.id if plan else None
+
+        return self.db.read(work)
+
+    def grants(self, account_id: str) -> list:
+        return self.db.read(lambda s: self.container.ledger.list_grants(s, account_id))
+
+    def balance(self, account_id: str):  # type: ignore[no-untyped-def]
+        return self.db.read(lambda s: self.container.ledger.balance(s, account_id))
+
+
+@pytest.fixture
+def billing(stand_in: StripeLocalHarness, db, clock, make_account) -> Iterator[Billing]:  # type: ignore[no-untyped-def]
+    stand_in.reset()
+    env = Billing(stand_in, db, clock, make_account)
+    sync_catalog(env.service.client)
+    yield env
+    stand_in.send_webhooks_to(None)
+    assert all(status == 200 for status in env.deliveries), env.deliveries
+
+
+def test_catalog_sync_is_idempotent_and_archives_replaced_prices(billing: Billing) -> None:
+    client = billing.service.client
+    again = sync_catalog(client)
+    assert not again.changed, again.actions
+    assert again.count("unchanged") == 3 + 9
+
+    catalog = load_catalog()
+    pro = catalog.plans["personal_pro"]
+    cheaper = dataclasses.replace(
+        pro, prices=(dataclasses.replace(pro.prices[0], unit_amount=800), pro.prices[1])
+    )
+    changed = dataclasses.replace(catalog, plans={**catalog.plans, "personal_pro": cheaper})
+    old = client.v1.prices.list({"lookup_keys": ["chronote_personal_pro_monthly"]}).data[0]
+    report = sync_catalog(client, changed)
+    assert report.count("create") == 1 and report.count("archive") == 1
+    assert client.v1.prices.retrieve(old.id).active is False
+    new = client.v1.prices.list({"lookup_keys": ["chronote_personal_pro_monthly"], "active": True}).data[0]
+    assert new.unit_amount == 800 and new.id != old.id
+    assert not sync_catalog(client, changed).changed
+    sync_catalog(client)  # back to the catalog in force
+
+
+def test_personal_pro_monthly_purchase_grants_the_allowance(billing: Billing) -> None:
+    account_id, person = billing.person("personal")
+    billing.buy_plan(account_id, person, "personal_pro")
+    assert billing.plan(account_id) == "personal_pro"
+    customer = billing.db.read(lambda s: s.get(BillingAccount, account_id).stripe_customer_id)
+    meta = billing.service.client.v1.customers.retrieve(customer).metadata
+    owner = billing.db.read(lambda s: s.get(BillingAccount, account_id).owner_ref)
+    assert meta["chronote_account_id"] == account_id and meta["discord_user_id"] == owner
+    assert meta["account_kind"] == "personal"
+    (grant,) = [g for g in billing.grants(account_id) if g.source == "plan_allowance"]
+    assert grant.amount == 1_500_000 and grant.cause_type == "invoice"
+    view = billing.service.get_subscription(person, account_id)
+    assert view.plan_source == "paid" and view.status == "active" and view.interval == "month"
+
+    # A second checkout for a plan is refused: plan changes update the one subscription.
+    with pytest.raises(SubscriptionExists):
+        billing.service.start_checkout(person, account_id, idempotency_key="again", plan_id="personal_pro")
+
+    # The customer portal opens this account's own customer, nobody else's.
+    portal = billing.service.open_customer_portal(person, account_id, idempotency_key="portal-1")
+    assert portal.customer == customer and portal.url.startswith("http")
+    other_id, other = billing.person("personal")
+    with pytest.raises(PermissionDenied):
+        billing.service.open_customer_portal(other, account_id, idempotency_key="portal-2")
+    with pytest.raises(NoStripeCustomer):
+        billing.service.open_customer_portal(other, other_id, idempotency_key="portal-3")
+
+
+def test_server_basic_to_pro_upgrade_keeps_one_subscription_with_proration(billing: Billing) -> None:
+    account_id, manager = billing.person("server")
+    clock_id = billing.on_test_clock(account_id)
+    billing.buy_plan(account_id, manager, "server_basic")
+    assert billing.plan(account_id) == "server_basic"
+    billing.advance(clock_id, 10 * DAY)
+
+    change = billing.service.change_plan(
+        manager, account_id, plan_id="server_pro", interval="month", idempotency_key="up-1"
+    )
+    assert change.effective == "now" and change.invoice
+    billing.harness.wait_for_webhooks()
+    # A retry returns the first answer and changes nothing more.
+    assert billing.service.change_plan(
+        manager, account_id, plan_id="server_pro", interval="month", idempotency_key="up-1"
+    ) == change
+    customer = billing.db.read(lambda s: s.get(BillingAccount, account_id).stripe_customer_id)
+    subs = billing.service.client.v1.subscriptions.list({"customer": customer, "status": "all"}).data
+    assert len(subs) == 1 and subs[0].items.data[0].price.lookup_key == "chronote_pro_monthly"
+    invoice = billing.service.client.v1.invoices.retrieve(change.invoice)
+    assert invoice.billing_reason == "subscription_update" and invoice.amount_paid > 0
+    assert billing.plan(account_id) == "server_pro"
+    upgrade = [g for g in billing.grants(account_id) if g.cause_id == change.invoice]
+    assert len(upgrade) == 1
+    diff = 20_000_000 - 4_800_000
+    assert diff * 0.6 <= upgrade[0].amount <= diff * 0.7  # about 20 of 30 days left
+
+    # Downgrade back to basic: takes effect at renewal, still one subscription.
+    down = billing.service.change_plan(
+        manager, account_id, plan_id="server_basic", interval="month", idempotency_key="down-1"
+    )
+    billing.harness.wait_for_webhooks()
+    assert down.effective == "period_end"
+    assert billing.plan(account_id) == "server_pro"
+    billing.advance(clock_id, 21 * DAY)
+    assert billing.plan(account_id) == "server_basic"
+    subs = billing.service.client.v1.subscriptions.list({"customer": customer, "status": "all"}).data
+    assert len(subs) == 1
+
+
+def test_organization_buys_a_credit_pack(billing: Billing) -> None:
+    account_id, operator = billing.person("organization")
+    with pytest.raises(PlanScopeMismatch):
+        billing.service.start_checkout(operator, account_id, idempotency_key="plan", plan_id="server_pro")
+    view = billing.service.start_checkout(operator, account_id, idempotency_key="pack-1", pack_id="credits_5000")
+    assert view.mode == "payment"
+    assert billing.service.start_checkout(operator, account_id, idempotency_key="pack-1", pack_id="credits_5000") == view
+    assert billing.harness.pay_checkout(view.url).status_code == 303
+    billing.harness.wait_for_webhooks()
+    (grant,) = billing.grants(account_id)
+    assert grant.source == "purchase" and grant.amount == 5_000_000
+    assert grant.expires_at.year == billing.clock.now().year + 1
+
+    # Auto-recharge: the saved card is charged off-session; credits once, however often retried.
+    first = billing.service.buy_pack_off_session(account_id, "credits_1000", "recharge-1")
+    assert first.granted and first.status == "succeeded"
+    billing.harness.wait_for_webhooks()
+    assert billing.service.buy_pack_off_session(account_id, "credits_1000", "recharge-1") == first
+    assert billing.balance(account_id).available == 6_000_000
+
+
+def test_renewal_on_the_test_clock_grants_a_new_allowance_and_the_rest_expires(billing: Billing) -> None:
+    account_id, person = billing.person("personal")
+    clock_id = billing.on_test_clock(account_id)
+    billing.buy_plan(account_id, person, "personal_pro")
+    billing.db.write(
+        lambda s: billing.container.ledger.debit(s, account_id=account_id, amount=500_000, idempotency_key="use", reason="meeting")
+    )
+    billing.advance(clock_id, 31 * DAY)
+    allowances = sorted(
+        (g for g in billing.grants(account_id) if g.source == "plan_allowance"), key=lambda g: g.created_at
+    )
+    assert len(allowances) == 2
+    assert allowances[0].status in ("expired", "closed") and allowances[0].expires_at <= billing.clock.now()
+    balance = billing.balance(account_id)
+    assert balance.available == 1_500_000
+    billing.db.write(lambda s: billing.container.ledger.sweep(s, account_id))
+    statement = billing.db.read(lambda s: billing.container.ledger.statement(s, account_id)).data
+    assert any(line.kind == "expiry" and line.amount == -1_000_000 for line in statement), [
+        (line.kind, line.amount) for line in statement
+    ]
+
+
+def test_failed_renewal_goes_through_grace_to_free(billing: Billing) -> None:
+    account_id, person = billing.person("personal")
+    clock_id = billing.on_test_clock(account_id)
+    billing.buy_plan(account_id, person, "personal_pro", card=CARD_DECLINES_RENEWALS)
+    billing.advance(clock_id, 31 * DAY)
+    view = billing.service.get_subscription(person, account_id)
+    assert view.status == "past_due" and view.in_grace and view.plan == "personal_pro"
+    billing.advance(clock_id, 8 * DAY)
+    assert billing.plan(account_id) == "personal_free"
+    assert billing.db.write(
+        lambda s: ensure_free_allowance(s, billing.container.ledger, s.get(BillingAccount, account_id), billing.clock.now())
+    )
+    assert billing.balance(account_id).available == 120_000
+
+
+def test_refund_claws_back_and_dispute_freezes(billing: Billing) -> None:
+    account_id, person = billing.person("personal")
+    view = billing.service.start_checkout(person, account_id, idempotency_key="pack", pack_id="credits_1000")
+    billing.harness.pay_checkout(view.url)
+    billing.harness.wait_for_webhooks()
+    client = billing.service.client
+    cs = client.v1.checkout.sessions.retrieve(view.id)
+    pi = client.v1.payment_intents.retrieve(cs.payment_intent)
+    client.v1.refunds.create({"payment_intent": pi.id, "amount": 600})
+    billing.harness.wait_for_webhooks()
+    assert billing.balance(account_id).available == 600_000
+    # A refund larger than what is left after spending: takes what is left, never overdraws.
+    billing.db.write(
+        lambda s: billing.container.ledger.debit(s, account_id=account_id, amount=500_000, idempotency_key="use", reason="meeting")
+    )
+    client.v1.refunds.create({"payment_intent": pi.id})
+    billing.harness.wait_for_webhooks()
+    balance = billing.balance(account_id)
+    assert balance.available == 0 and balance.posted == 0
+
+    # A dispute on another purchase freezes what is left of it.
+    view2 = billing.service.start_checkout(person, account_id, idempotency_key="pack2", pack_id="credits_1000")
+    billing.harness.pay_checkout(view2.url)
+    billing.harness.wait_for_webhooks()
+    cs2 = client.v1.checkout.sessions.retrieve(view2.id)
+    pi2 = client.v1.payment_intents.retrieve(cs2.payment_intent)
+    billing.harness.dispute(pi2.latest_charge)
+    billing.harness.wait_for_webhooks()
+    balance = billing.balance(account_id)
+    assert balance.available == 0 and balance.frozen == 1_000_000
+
+
+def test_bad_checkout_requests(billing: Billing) -> None:
+    account_id, person = billing.person("personal")
+    with pytest.raises(UnknownPlan):
+        billing.service.start_checkout(person, account_id, idempotency_key="a", plan_id="gold")
+    with pytest.raises(PlanScopeMismatch):
+        billing.service.start_checkout(person, account_id, idempotency_key="b", plan_id="server_pro")
+    server_id, manager = billing.person("server")
+    with pytest.raises(PermissionDenied):
+        billing.service.start_checkout(person, server_id, idempotency_key="c", plan_id="server_pro")
+    assert billing.db.read(lambda s: s.get(BillingAccount, account_id).stripe_customer_id) is None
