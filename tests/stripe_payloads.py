@@ -134,7 +134,11 @@ def invoice(
         "metadata": {},
         "parent": {
             "type": "subscription_item_details",
-            "subscription_item_details": {"proration": False, "subscription": sub_id, "subscription_item": "si_x"},
+            "subscription_item_details": {
+                "proration": False,
+                "subscription": sub_id,
+                "subscription_item": "si_x",
+            },
         },
         "pricing": {"type": "price_details", "price_details": {"price": "price_x", "product": "prod_x"}},
     }
@@ -215,5 +219,7 @@ def charge(
 
 def dispute(dp_id: str, ch_id: str, payment_intent: str, amount: int, status: str) -> dict[str, Any]:
     dp = _fixture("dispute")
-    dp.update(id=dp_id, object="dispute", charge=ch_id, payment_intent=payment_intent, amount=amount, status=status)
+    dp.update(
+        id=dp_id, object="dispute", charge=ch_id, payment_intent=payment_intent, amount=amount, status=status
+    )
     return dp

@@ -659,5 +659,7 @@ def test_a_member_never_changes_their_own_authorization(c):
             )
         )
     with pytest.raises(CannotChangeOwnAuthorization):
-        authorize(c, org, owner, owner)
+        authorize(c, org, admin, admin)
     assert c.db.read(lambda s: c.orgs.authorization_view(s, auth.id)).monthly_cap_credits == 100
+    # An owner controls the organization's money and may authorize themselves.
+    assert authorize(c, org, owner, owner, cap=50).monthly_cap_credits == 50

@@ -19,21 +19,12 @@ from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.errors import PermissionDenied
 from chronote_billing.stripe_local.server import TEST_SECRET_KEY
-from chronote_billing.stripe_local.testing import (
-    CARD_DECLINES_RENEWALS,
-    StripeLocalHarness,
-    started,
-)
+from chronote_billing.stripe_local.testing import CARD_DECLINES_RENEWALS, StripeLocalHarness
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.entitlements import current_plan, ensure_free_allowance
 from chronote_billing.stripe_sync.service import NoStripeCustomer, SubscriptionExists
 
 DAY = 86400
-
-
-@pytest.fixture(scope="module")
-def stand_in() -> Iterator[StripeLocalHarness]:
-    yield from started()
 
 
 class Billing:
@@ -72,7 +63,9 @@ class Billing:
         if kind == "personal":
             return account_id, Principal(kind="person", user_id=owner)
         if kind == "server":
-            return account_id, Principal(kind="person", user_id="100000000000000001", managed_guilds=frozenset({owner}))
+            return account_id, Principal(
+                kind="person", user_id="100000000000000001", managed_guilds=frozenset({owner})
+            )
         return account_id, Principal(kind="service", scopes=frozenset({"operator"}))
 
     def on_test_clock(self, account_id: str) -> str:
@@ -99,7 +92,9 @@ class Billing:
         self.harness.advance_clock(clock_id, to=current + seconds)
         self.harness.wait_for_webhooks()
 
-    def buy_plan(self, account_id: str, principal: Principal, plan: str, card: str = "4242424242424242") -> str:
+    def buy_plan(
+        self, account_id: str, principal: Principal, plan: str, card: str = "4242424242424242"
+    ) -> str:
         view = self.service.start_checkout(principal, account_id, idempotency_key=f"buy-{plan}", plan_id=plan)
         response = self.harness.pay_checkout(view.url, card=card)
         assert response.status_code == 303, response.text
@@ -121,12 +116,11 @@ class Billing:
 
 
 @pytest.fixture
-def billing(stand_in: StripeLocalHarness, db, clock, make_account) -> Iterator[Billing]:  # type: ignore[no-untyped-def]
-    stand_in.reset()
-    env = Billing(stand_in, db, clock, make_account)
+def billing(stripe_local: StripeLocalHarness, db, clock, make_account) -> Iterator[Billing]:  # type: ignore[no-untyped-def]
+    env = Billing(stripe_local, db, clock, make_account)
     sync_catalog(env.service.client)
     yield env
-    stand_in.send_webhooks_to(None)
+    stripe_local.send_webhooks_to(None)
     assert all(status == 200 for status in env.deliveries), env.deliveries
 
 
@@ -193,9 +187,12 @@ def test_server_basic_to_pro_upgrade_keeps_one_subscription_with_proration(billi
     assert change.effective == "now" and change.invoice
     billing.harness.wait_for_webhooks()
     # A retry returns the first answer and changes nothing more.
-    assert billing.service.change_plan(
-        manager, account_id, plan_id="server_pro", interval="month", idempotency_key="up-1"
-    ) == change
+    assert (
+        billing.service.change_plan(
+            manager, account_id, plan_id="server_pro", interval="month", idempotency_key="up-1"
+        )
+        == change
+    )
     customer = billing.db.read(lambda s: s.get(BillingAccount, account_id).stripe_customer_id)
     subs = billing.service.client.v1.subscriptions.list({"customer": customer, "status": "all"}).data
     assert len(subs) == 1 and subs[0].items.data[0].price.lookup_key == "chronote_pro_monthly"
@@ -224,9 +221,14 @@ def test_organization_buys_a_credit_pack(billing: Billing) -> None:
     account_id, operator = billing.person("organization")
     with pytest.raises(PlanScopeMismatch):
         billing.service.start_checkout(operator, account_id, idempotency_key="plan", plan_id="server_pro")
-    view = billing.service.start_checkout(operator, account_id, idempotency_key="pack-1", pack_id="credits_5000")
+    view = billing.service.start_checkout(
+        operator, account_id, idempotency_key="pack-1", pack_id="credits_5000"
+    )
     assert view.mode == "payment"
-    assert billing.service.start_checkout(operator, account_id, idempotency_key="pack-1", pack_id="credits_5000") == view
+    assert (
+        billing.service.start_checkout(operator, account_id, idempotency_key="pack-1", pack_id="credits_5000")
+        == view
+    )
     assert billing.harness.pay_checkout(view.url).status_code == 303
     billing.harness.wait_for_webhooks()
     (grant,) = billing.grants(account_id)
@@ -246,7 +248,9 @@ def test_renewal_on_the_test_clock_grants_a_new_allowance_and_the_rest_expires(b
     clock_id = billing.on_test_clock(account_id)
     billing.buy_plan(account_id, person, "personal_pro")
     billing.db.write(
-        lambda s: billing.container.ledger.debit(s, account_id=account_id, amount=500_000, idempotency_key="use", reason="meeting")
+        lambda s: billing.container.ledger.debit(
+            s, account_id=account_id, amount=500_000, idempotency_key="use", reason="meeting"
+        )
     )
     billing.advance(clock_id, 31 * DAY)
     allowances = sorted(
@@ -273,7 +277,9 @@ def test_failed_renewal_goes_through_grace_to_free(billing: Billing) -> None:
     billing.advance(clock_id, 8 * DAY)
     assert billing.plan(account_id) == "personal_free"
     assert billing.db.write(
-        lambda s: ensure_free_allowance(s, billing.container.ledger, s.get(BillingAccount, account_id), billing.clock.now())
+        lambda s: ensure_free_allowance(
+            s, billing.container.ledger, s.get(BillingAccount, account_id), billing.clock.now()
+        )
     )
     assert billing.balance(account_id).available == 120_000
 
@@ -291,7 +297,9 @@ def test_refund_claws_back_and_dispute_freezes(billing: Billing) -> None:
     assert billing.balance(account_id).available == 600_000
     # A refund larger than what is left after spending: takes what is left, never overdraws.
     billing.db.write(
-        lambda s: billing.container.ledger.debit(s, account_id=account_id, amount=500_000, idempotency_key="use", reason="meeting")
+        lambda s: billing.container.ledger.debit(
+            s, account_id=account_id, amount=500_000, idempotency_key="use", reason="meeting"
+        )
     )
     client.v1.refunds.create({"payment_intent": pi.id})
     billing.harness.wait_for_webhooks()
@@ -299,7 +307,9 @@ def test_refund_claws_back_and_dispute_freezes(billing: Billing) -> None:
     assert balance.available == 0 and balance.posted == 0
 
     # A dispute on another purchase freezes what is left of it.
-    view2 = billing.service.start_checkout(person, account_id, idempotency_key="pack2", pack_id="credits_1000")
+    view2 = billing.service.start_checkout(
+        person, account_id, idempotency_key="pack2", pack_id="credits_1000"
+    )
     billing.harness.pay_checkout(view2.url)
     billing.harness.wait_for_webhooks()
     cs2 = client.v1.checkout.sessions.retrieve(view2.id)
@@ -320,3 +330,25 @@ def test_bad_checkout_requests(billing: Billing) -> None:
     with pytest.raises(PermissionDenied):
         billing.service.start_checkout(person, server_id, idempotency_key="c", plan_id="server_pro")
     assert billing.db.read(lambda s: s.get(BillingAccount, account_id).stripe_customer_id) is None
+
+
+def test_cli_catalog_sync_and_subscription(billing: Billing) -> None:
+    from typer.testing import CliRunner
+
+    from chronote_billing.cli import output
+    from chronote_billing.cli.main import app
+
+    account_id, person = billing.person("personal")
+    billing.buy_plan(account_id, person, "personal_pro")
+    output.set_container(billing.container)
+    try:
+        runner = CliRunner()
+        synced = runner.invoke(app, ["catalog", "sync"])
+        assert synced.exit_code == 0, synced.output
+        assert "0 created, 0 updated, 0 archived, 12 unchanged" in synced.output
+        shown = runner.invoke(app, ["subscription", account_id])
+        assert shown.exit_code == 0 and "personal_pro (paid)" in shown.output
+        missing = runner.invoke(app, ["subscription", "acct_nope"])
+        assert missing.exit_code == 1 and "No billing account" in missing.output
+    finally:
+        output.set_container(None)

@@ -25,7 +25,9 @@ def fresh_export(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """The documented example with ids of this test's own."""
     text = EXAMPLE.read_text()
     ids: dict[str, str] = {}
-    for old in sorted(set(__import__("re").findall(r'"(3000000000000000\d\d|cus_Legacy\w+|sub_Legacy\w+)"', text))):
+    for old in sorted(
+        set(__import__("re").findall(r'"(3000000000000000\d\d|cus_Legacy\w+|sub_Legacy\w+)"', text))
+    ):
         new = snowflake() if old.isdigit() else old.split("_")[0] + "_" + secrets.token_hex(6)
         ids[old] = new
         text = text.replace(f'"{old}"', f'"{new}"')
@@ -45,7 +47,9 @@ def _account(db, guild: str) -> BillingAccount | None:  # type: ignore[no-untype
     return db.read(lambda s: AccountService().find(s, "server", guild))
 
 
-def test_import_creates_server_accounts_and_a_second_run_imports_nothing(db, importer, ledger, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_import_creates_server_accounts_and_a_second_run_imports_nothing(
+    db, importer, ledger, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     path, ids = fresh_export(tmp_path)
     dry = importer.run(path, dry_run=True)
     assert dry.count("import") == 4 and dry.count("comp") == 1

@@ -193,8 +193,8 @@ class Model:
                 for _seq, grant_id, amount in hold.draws:
                     stale[grant_id] = stale.get(grant_id, 0) + amount
         available = frozen = 0
-        grants = {}
-        for g in wallet.grants.values():
+        grants = []
+        for g in sorted(wallet.grants.values(), key=MGrant.order):
             held = g.held - stale.get(g.id, 0)
             spendable = (
                 g.remaining > 0
@@ -206,7 +206,7 @@ class Model:
                 available += (g.remaining - held) if spendable else 0
                 if g.frozen:
                     frozen += g.remaining - held
-            grants[g.id] = (g.remaining, held, g.frozen)
+                grants.append((g.id, g.remaining, held, g.frozen))
         held_total = sum(
             h.amount_held for h in wallet.holds.values() if h.status == "open" and h.expires_at > now
         )
@@ -660,11 +660,14 @@ class LedgerMachine(RuleBasedStateMachine):
                 bal = self.ledger.balance(session, wallet.account_id)
                 got = {"available": bal.available, "held": bal.held, "posted": bal.posted, "frozen": bal.frozen}
                 assert got == {k: expected[k] for k in got}, f"wallet {wallet.account_id}: {got} != {expected}"
-                grants = self.ledger.list_grants(session, wallet.account_id)
-                assert {g.id: (g.remaining, g.held, g.frozen) for g in grants} == expected["grants"]
-            for (cap_id, period), counter in self.model.caps.items():
-                usage = self.ledger.cap_usage(session, cap_id, period)
-                assert [usage.held, usage.used] == counter, (cap_id, period)
+                # The balance lists every grant with credits left, in burn order.
+                assert [(g.id, g.remaining, g.held, g.frozen) for g in bal.grants] == expected["grants"]
+            for period in {p for _c, p in self.model.caps}:
+                caps = [c for c, p in self.model.caps if p == period]
+                usage = self.ledger.cap_usage_many(session, caps, period)
+                assert {c: [u.held, u.used] for c, u in usage.items()} == {
+                    c: self.model.caps[(c, period)] for c in caps
+                }
 
 
 def test_ledger_agrees_with_reference_model(db: Database) -> None:

@@ -239,8 +239,14 @@ def test_org_admin_manages_members_and_authorizations_through_forms(
     assert auth_id
     listed = text_of(page)
     assert f"Member {member.user_id}" in listed and "Desktop, Upload" in listed and "Jan 31, 2027" in listed
-    self_auth = owner.submit(create, {"subject": f"member:{owner.user_id}"})
-    assert self_auth.status_code == 403 and "another owner or billing_admin" in self_auth.text
+    # Revoked or not, an authorization belongs to its organization: another org's URL is a 404.
+    elsewhere = create_org(owner, "Elsewhere")
+    foreign = owner.submit(
+        f"/portal/org/{elsewhere}/billing/authorizations/{auth_id.group(1)}/cap",
+        {"monthly_cap_credits": "1"},
+        tokens=owner.tokens(create, owner.get(auth_url)),
+    )
+    assert foreign.status_code == 404
 
     cap = owner.submit(
         f"/portal/org/{org_id}/billing/authorizations/{auth_id.group(1)}/cap", {"monthly_cap_credits": "400"}

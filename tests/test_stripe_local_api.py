@@ -246,3 +246,36 @@ def test_cli_command_is_registered() -> None:
     result = CliRunner().invoke(app, ["stripe-local", "--help"])
     assert result.exit_code == 0
     assert "--webhook-url" in result.output and "--port" in result.output
+
+
+def test_unknown_parameters_are_refused_like_stripe(stripe_local: StripeLocalHarness) -> None:
+    c = stripe_local.client
+    with pytest.raises(stripe.InvalidRequestError) as top:
+        c.raw_request("post", "/v1/customers", emial="typo@example.com")
+    assert (top.value.code, top.value.param) == ("parameter_unknown", "emial")
+    assert "Received unknown parameter: emial" in str(top.value.user_message)
+    with pytest.raises(stripe.InvalidRequestError) as nested:
+        c.raw_request(
+            "post",
+            "/v1/checkout/sessions",
+            mode="payment",
+            success_url="https://x",
+            line_items=[{"pric": "p"}],
+        )
+    assert nested.value.param == "line_items[0][pric]"
+    # Valid Stripe parameters the stand-in does not act on are accepted, as is any metadata key.
+    customer = c.v1.customers.create(
+        {"email": "a@example.com", "preferred_locales": ["en"], "metadata": {"x_y": "1"}}
+    )
+    assert customer.metadata["x_y"] == "1"
+
+
+def test_every_route_names_a_real_sdk_parameter_type() -> None:
+    from chronote_billing.stripe_local.api import PARAMS, ROUTES
+    from chronote_billing.stripe_local.validation import params_class
+
+    for method, path, _handler in ROUTES:
+        if "/test_helpers/charges/" in path or path.endswith("/advance_time"):
+            continue  # stand-in only
+        assert (method, path) in PARAMS, (method, path)
+        params_class(PARAMS[(method, path)])

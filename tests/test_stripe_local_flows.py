@@ -590,7 +590,9 @@ def test_invoice_for_a_pack_charged_to_the_default_card(
     card = c.v1.customers.payment_methods.list(customer.id).data[0]
     c.v1.customers.update(customer.id, {"invoice_settings": {"default_payment_method": card.id}})
     invoice = c.v1.invoices.create({"customer": customer.id, "metadata": {"auto_recharge": "1"}})
-    c.v1.invoice_items.create({"customer": customer.id, "price": catalog.pack.id, "invoice": invoice.id})
+    c.v1.invoice_items.create(
+        {"customer": customer.id, "pricing": {"price": catalog.pack.id}, "invoice": invoice.id}
+    )
     invoice = c.v1.invoices.finalize_invoice(invoice.id)
     assert (invoice.status, invoice.amount_due, invoice.billing_reason) == ("open", 1500, "manual")
     invoice = c.v1.invoices.pay(invoice.id)
@@ -610,3 +612,57 @@ def test_global_clock_helper_renews_subscriptions_not_on_a_test_clock(
     sub = c.v1.subscriptions.retrieve(sub.id)
     assert c.v1.invoices.retrieve(sub.latest_invoice).billing_reason == "subscription_cycle"
     assert sub.status == "active"
+
+
+def test_trial_then_first_payment_at_trial_end(
+    stripe_local: StripeLocalHarness, catalog: SimpleNamespace
+) -> None:
+    c = stripe_local.client
+    clock, customer = on_clock(stripe_local)
+    trial_end = START + 10 * DAY
+    session = c.v1.checkout.sessions.create(
+        {
+            "mode": "subscription",
+            "customer": customer.id,
+            "line_items": [{"price": catalog.monthly.id, "quantity": 1}],
+            "success_url": "https://x/ok",
+            "subscription_data": {"trial_end": trial_end, "metadata": {"chronote_account_id": "acct_ada"}},
+        }
+    )
+    assert session.amount_total == 0
+    stripe_local.pay_checkout(session)
+    session = c.v1.checkout.sessions.retrieve(session.id)
+    assert session.payment_status == "no_payment_required"
+    sub = c.v1.subscriptions.retrieve(session.subscription)
+    assert (sub.status, sub.trial_end, sub["items"].data[0].current_period_end) == (
+        "trialing",
+        trial_end,
+        trial_end,
+    )
+    first = c.v1.invoices.retrieve(sub.latest_invoice)
+    assert (first.status, first.total, first.billing_reason) == ("paid", 0, "subscription_create")
+
+    stripe_local.advance_clock(clock.id, to=trial_end + 60)
+    sub = c.v1.subscriptions.retrieve(sub.id)
+    assert sub.status == "active" and sub["items"].data[0].current_period_start == trial_end
+    renewal = c.v1.invoices.retrieve(sub.latest_invoice)
+    assert (renewal.billing_reason, renewal.status, renewal.amount_paid) == (
+        "subscription_cycle",
+        "paid",
+        900,
+    )
+
+
+def test_portal_resume_undoes_a_scheduled_cancellation(
+    stripe_local: StripeLocalHarness, catalog: SimpleNamespace
+) -> None:
+    c = stripe_local.client
+    _clock, customer = on_clock(stripe_local)
+    sub = subscribe(stripe_local, customer, catalog.monthly)
+    c.v1.subscriptions.update(sub.id, {"cancel_at_period_end": True})
+    portal = c.v1.billing_portal.sessions.create({"customer": customer.id})
+    assert "value=resume" in stripe_local.http.get(portal.url).text
+    assert stripe_local.portal(portal, "resume", sub.id).status_code == 303
+    sub = c.v1.subscriptions.retrieve(sub.id, {"expand": ["latest_invoice.payments"]})
+    assert (sub.cancel_at_period_end, sub.cancel_at, sub.canceled_at) == (False, None, None)
+    assert sub.latest_invoice.payments.data[0].status == "paid"

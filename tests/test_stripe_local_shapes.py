@@ -237,7 +237,9 @@ def world(stripe_local: StripeLocalHarness) -> dict[str, Any]:
     )
     dispute = stripe_local.dispute(other.latest_charge)
     manual = c.v1.invoices.create({"customer": customer.id})
-    item = c.v1.invoice_items.create({"customer": customer.id, "price": pack.id, "invoice": manual.id})
+    item = c.v1.invoice_items.create(
+        {"customer": customer.id, "pricing": {"price": pack.id}, "invoice": manual.id}
+    )
     deleted_product = c.v1.products.create({"name": "Gone"})
     return {
         "clock": clock.id,

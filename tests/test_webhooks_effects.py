@@ -15,7 +15,6 @@ from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.api.app import create_app
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
-from chronote_billing.ledger.models import Grant
 from chronote_billing.stripe_sync.entitlements import current_plan, ensure_free_allowance
 from chronote_billing.stripe_sync.models import PlanSubscription, StripeEvent
 
@@ -44,11 +43,15 @@ class Env:
         self.db.write(link)
         return account_id, customer
 
-    def deliver(self, ev: dict, secret: str = SECRET, timestamp: int | None = None, header: str | None = None):  # type: ignore[no-untyped-def]
+    def deliver(
+        self, ev: dict, secret: str = SECRET, timestamp: int | None = None, header: str | None = None
+    ):  # type: ignore[no-untyped-def]
         body = json.dumps(ev).encode()
         sig = header if header is not None else sp.sign(body, secret, timestamp)
         return self.client.post(
-            "/webhooks/stripe", content=body, headers={"Stripe-Signature": sig, "Content-Type": "application/json"}
+            "/webhooks/stripe",
+            content=body,
+            headers={"Stripe-Signature": sig, "Content-Type": "application/json"},
         )
 
     def ok(self, ev: dict) -> dict:
@@ -89,7 +92,9 @@ def pro_subscription(env: Env, account_id: str, customer: str, **kw):  # type: i
     start = env.now()
     sub_id = sp.oid("sub")
     meta = {"chronote_account_id": account_id, "chronote_plan_id": "personal_pro"}
-    sub = sp.subscription(sub_id, customer, "chronote_personal_pro_monthly", start, start + 30 * DAY, metadata=meta, **kw)
+    sub = sp.subscription(
+        sub_id, customer, "chronote_personal_pro_monthly", start, start + 30 * DAY, metadata=meta, **kw
+    )
     return sub_id, sub, start
 
 
@@ -126,7 +131,9 @@ def test_unknown_type_and_unknown_account_are_stored_and_acknowledged(env: Env) 
     stored = env.db.read(lambda s: s.get(StripeEvent, unknown["id"]))
     assert stored.payload["data"]["object"]["id"] == "txi_1"
 
-    inv = sp.invoice(sp.oid("in"), "cus_nobody", sp.oid("sub"), "subscription_create", 900, env.now(), env.now() + 30 * DAY)
+    inv = sp.invoice(
+        sp.oid("in"), "cus_nobody", sp.oid("sub"), "subscription_create", 900, env.now(), env.now() + 30 * DAY
+    )
     ev = sp.event("invoice.paid", inv, env.now())
     body = env.ok(ev)
     assert body["outcome"] == "unknown_account" and body["account_id"] is None
@@ -143,7 +150,13 @@ def test_subscription_and_first_invoice_grant_the_period_allowance_once(env: Env
     assert env.plan(account_id) == "personal_pro"
 
     inv = sp.invoice(
-        sp.oid("in"), customer, sub_id, "subscription_create", 900, start, start + 30 * DAY,
+        sp.oid("in"),
+        customer,
+        sub_id,
+        "subscription_create",
+        900,
+        start,
+        start + 30 * DAY,
         sub_metadata=sub["metadata"],
     )
     ev = sp.event("invoice.paid", inv, start + 1)
@@ -157,9 +170,14 @@ def test_subscription_and_first_invoice_grant_the_period_allowance_once(env: Env
     assert grants[0].amount == 1_500_000 and grants[0].cause_id == inv["id"]
     assert sp.ts(grants[0].expires_at) == start + 30 * DAY
     # A paid plan means no free allowance on top.
-    assert env.db.write(
-        lambda s: ensure_free_allowance(s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now())
-    ) is False
+    assert (
+        env.db.write(
+            lambda s: ensure_free_allowance(
+                s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now()
+            )
+        )
+        is False
+    )
 
 
 def test_older_update_is_stored_not_applied_and_deleted_is_final(env: Env) -> None:
@@ -187,8 +205,19 @@ def test_failed_renewal_keeps_the_plan_for_seven_days_then_free_allowance(env: E
     sub = sp.subscription(sub_id, customer, "chronote_basic_monthly", start, start + 30 * DAY)
     env.ok(sp.event("customer.subscription.created", sub, start))
     env.clock.advance(timedelta(days=30, seconds=10))
-    renewed = sp.subscription(sub_id, customer, "chronote_basic_monthly", start + 30 * DAY, start + 60 * DAY, status="past_due")
-    inv = sp.invoice(sp.oid("in"), customer, sub_id, "subscription_cycle", 1200, start + 30 * DAY, start + 60 * DAY, status="open")
+    renewed = sp.subscription(
+        sub_id, customer, "chronote_basic_monthly", start + 30 * DAY, start + 60 * DAY, status="past_due"
+    )
+    inv = sp.invoice(
+        sp.oid("in"),
+        customer,
+        sub_id,
+        "subscription_cycle",
+        1200,
+        start + 30 * DAY,
+        start + 60 * DAY,
+        status="open",
+    )
     env.ok(sp.event("invoice.payment_failed", inv, env.now()))
     env.ok(sp.event("customer.subscription.updated", renewed, env.now()))
     assert env.plan(account_id) == "server_basic"
@@ -200,7 +229,9 @@ def test_failed_renewal_keeps_the_plan_for_seven_days_then_free_allowance(env: E
     env.clock.advance(timedelta(hours=2))
     assert env.plan(account_id) == "server_free"
     granted = env.db.write(
-        lambda s: ensure_free_allowance(s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now())
+        lambda s: ensure_free_allowance(
+            s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now()
+        )
     )
     assert granted is True
     assert [g.source for g in env.grants(account_id)] == ["free_allowance"]
@@ -219,12 +250,23 @@ def test_yearly_price_issues_monthly_allowances_on_first_need(env: Env) -> None:
     end = start + 365 * DAY
     sub = sp.subscription(sub_id, customer, "chronote_personal_pro_annual", start, end, interval="year")
     env.ok(sp.event("customer.subscription.created", sub, start))
-    env.ok(sp.event("invoice.paid", sp.invoice(sp.oid("in"), customer, sub_id, "subscription_create", 9000, start, end), start))
+    env.ok(
+        sp.event(
+            "invoice.paid",
+            sp.invoice(sp.oid("in"), customer, sub_id, "subscription_create", 9000, start, end),
+            start,
+        )
+    )
     first = env.grants(account_id)
     assert len(first) == 1 and first[0].amount == 1_500_000
     assert first[0].expires_at < env.clock.now() + timedelta(days=32)
     env.clock.advance(timedelta(days=31))
-    ensure = lambda s: ensure_free_allowance(s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now())  # noqa: E731
+
+    def ensure(s):  # type: ignore[no-untyped-def]
+        return ensure_free_allowance(
+            s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now()
+        )
+
     assert env.db.write(ensure) is True
     assert env.db.write(ensure) is False
     assert len(env.grants(account_id)) == 2
@@ -236,7 +278,11 @@ def test_yearly_price_issues_monthly_allowances_on_first_need(env: Env) -> None:
 def buy_pack(env: Env, account_id: str, customer: str, pack: str = "credits_1000"):  # type: ignore[no-untyped-def]
     pi = sp.oid("pi")
     cs = sp.checkout_session(
-        sp.oid("cs_test"), customer, account_id, "payment", pi,
+        sp.oid("cs_test"),
+        customer,
+        account_id,
+        "payment",
+        pi,
         {"chronote_account_id": account_id, "chronote_pack_id": pack},
     )
     env.ok(sp.event("checkout.session.completed", cs, env.now()))
@@ -256,7 +302,9 @@ def test_pack_grants_credits_for_twelve_months_and_refund_claws_back_never_overd
 
     # Spend 400 credits, then refund the rest of the charge: only the 100 left is taken back.
     env.db.write(
-        lambda s: env.container.ledger.debit(s, account_id=account_id, amount=400_000, idempotency_key="spend-1", reason="meeting")
+        lambda s: env.container.ledger.debit(
+            s, account_id=account_id, amount=400_000, idempotency_key="spend-1", reason="meeting"
+        )
     )
     ev = sp.event("charge.refunded", sp.charge(ch, customer, pi, 1500, amount_refunded=1500), env.now())
     body = env.ok(ev)
@@ -274,12 +322,18 @@ def test_refund_and_dispute_before_the_purchase_apply_when_it_arrives(env: Env) 
     pi = sp.oid("pi")
     ch = sp.oid("ch")
     env.ok(sp.event("charge.refunded", sp.charge(ch, customer, pi, 6000, amount_refunded=1500), env.now()))
-    cs = sp.checkout_session(sp.oid("cs_test"), customer, account_id, "payment", pi, {"chronote_pack_id": "credits_5000"})
+    cs = sp.checkout_session(
+        sp.oid("cs_test"), customer, account_id, "payment", pi, {"chronote_pack_id": "credits_5000"}
+    )
     env.ok(sp.event("checkout.session.completed", cs, env.now()))
     (grant,) = env.grants(account_id)
     assert grant.remaining == 3_750_000
 
-    env.ok(sp.event("charge.dispute.created", sp.dispute(sp.oid("dp"), ch, pi, 6000, "needs_response"), env.now()))
+    env.ok(
+        sp.event(
+            "charge.dispute.created", sp.dispute(sp.oid("dp"), ch, pi, 6000, "needs_response"), env.now()
+        )
+    )
     assert env.available(account_id) == 0
     assert env.grants(account_id)[0].frozen is True
     env.ok(sp.event("charge.dispute.closed", sp.dispute(sp.oid("dp"), ch, pi, 6000, "won"), env.now() + 1))
@@ -288,7 +342,9 @@ def test_refund_and_dispute_before_the_purchase_apply_when_it_arrives(env: Env) 
 
 def test_wrong_scope_plan_on_subscription_is_ignored(env: Env) -> None:
     account_id, customer = env.account("server")
-    sub = sp.subscription(sp.oid("sub"), customer, "chronote_personal_pro_monthly", env.now(), env.now() + 30 * DAY)
+    sub = sp.subscription(
+        sp.oid("sub"), customer, "chronote_personal_pro_monthly", env.now(), env.now() + 30 * DAY
+    )
     body = env.ok(sp.event("customer.subscription.created", sub, env.now()))
     assert body["outcome"] == "ignored"
     assert env.plan(account_id) == "server_free"
@@ -299,8 +355,20 @@ def test_upgrade_invoice_grants_the_prorated_difference_and_downgrade_waits_for_
     start = env.now()
     end = start + 30 * DAY
     sub_id = sp.oid("sub")
-    env.ok(sp.event("customer.subscription.created", sp.subscription(sub_id, customer, "chronote_basic_monthly", start, end), start))
-    env.ok(sp.event("invoice.paid", sp.invoice(sp.oid("in"), customer, sub_id, "subscription_create", 1200, start, end), start))
+    env.ok(
+        sp.event(
+            "customer.subscription.created",
+            sp.subscription(sub_id, customer, "chronote_basic_monthly", start, end),
+            start,
+        )
+    )
+    env.ok(
+        sp.event(
+            "invoice.paid",
+            sp.invoice(sp.oid("in"), customer, sub_id, "subscription_create", 1200, start, end),
+            start,
+        )
+    )
 
     changed = start + 15 * DAY
     env.clock.advance(timedelta(days=15))
@@ -314,21 +382,30 @@ def test_upgrade_invoice_grants_the_prorated_difference_and_downgrade_waits_for_
     }
     upgraded = sp.subscription(sub_id, customer, "chronote_pro_monthly", start, end, metadata=meta)
     env.ok(sp.event("customer.subscription.updated", upgraded, changed))
-    inv = sp.invoice(sp.oid("in"), customer, sub_id, "subscription_update", 850, changed, end, sub_metadata=meta, lines=[])
+    inv = sp.invoice(
+        sp.oid("in"), customer, sub_id, "subscription_update", 850, changed, end, sub_metadata=meta, lines=[]
+    )
     env.ok(sp.event("invoice.paid", inv, changed))
     assert env.plan(account_id) == "server_pro"
     upgrade = [g for g in env.grants(account_id) if g.cause_id == inv["id"]]
     assert len(upgrade) == 1 and upgrade[0].amount == (20_000_000 - 4_800_000) // 2
 
     # Downgrade back to basic: Stripe's price changes now, the plan paid for stays until the end.
-    down_meta = dict(meta, chronote_plan_id="server_basic", chronote_downgrade_from="server_pro", chronote_downgrade_until=str(end))
+    down_meta = dict(
+        meta,
+        chronote_plan_id="server_basic",
+        chronote_downgrade_from="server_pro",
+        chronote_downgrade_until=str(end),
+    )
     down = sp.subscription(sub_id, customer, "chronote_basic_monthly", start, end, metadata=down_meta)
     env.ok(sp.event("customer.subscription.updated", down, changed + 60))
     assert env.plan(account_id) == "server_pro"
     assert env.sub_row(account_id).pending_plan_id == "server_basic"
     env.clock.advance(timedelta(days=15, seconds=1))
     assert env.plan(account_id) == "server_basic"  # even before the renewal's events arrive
-    renewed = sp.subscription(sub_id, customer, "chronote_basic_monthly", end, end + 30 * DAY, metadata=down_meta)
+    renewed = sp.subscription(
+        sub_id, customer, "chronote_basic_monthly", end, end + 30 * DAY, metadata=down_meta
+    )
     env.ok(sp.event("customer.subscription.updated", renewed, end + 1))
     row = env.sub_row(account_id)
     assert row.plan_id == "server_basic" and row.pending_plan_id is None

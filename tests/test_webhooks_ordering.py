@@ -25,7 +25,7 @@ from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.clock import ManualClock
 from chronote_billing.stripe_local.server import TEST_SECRET_KEY
-from chronote_billing.stripe_local.testing import started
+from chronote_billing.stripe_local.testing import StripeLocalHarness
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.models import PlanSubscription
 from chronote_billing.stripe_sync.service import account_metadata
@@ -36,15 +36,16 @@ _ID = re.compile(r"\b((?:evt|sub|in|pi|ch|py|cs_test|cus|re|dp|inpay|si|il|ii)_[
 
 
 @pytest.fixture(scope="module")
-def history(db, make_account_module) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def history(db, make_account_module, _stripe_local_server) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Run the scenario once against the stand-in and keep every event it emitted, in order."""
-    gen = started()
-    harness = next(gen)
+    harness = StripeLocalHarness(_stripe_local_server)
     try:
         start = harness.stand_in.engine.store.global_now()
         clock = ManualClock(datetime.fromtimestamp(start, tz=UTC))
         settings_ = Settings(
-            stripe_api_base=harness.url, stripe_secret_key=TEST_SECRET_KEY, stripe_webhook_secret=harness.webhook_secret
+            stripe_api_base=harness.url,
+            stripe_secret_key=TEST_SECRET_KEY,
+            stripe_webhook_secret=harness.webhook_secret,
         )
         container = Container(db=db, clock=clock, settings=settings_)
         from fastapi.testclient import TestClient
@@ -52,7 +53,11 @@ def history(db, make_account_module) -> dict[str, Any]:  # type: ignore[no-untyp
         from chronote_billing.api.app import create_app
 
         app = TestClient(create_app(container))
-        harness.send_webhooks_to(lambda payload, headers: app.post("/webhooks/stripe", content=payload, headers=headers).status_code)
+        harness.send_webhooks_to(
+            lambda payload, headers: (
+                app.post("/webhooks/stripe", content=payload, headers=headers).status_code
+            )
+        )
         billing = container.billing
         sync_catalog(billing.client)
         account_id = make_account_module("server")
@@ -78,7 +83,9 @@ def history(db, make_account_module) -> dict[str, Any]:  # type: ignore[no-untyp
             harness.advance_clock(test_clock.id, to=now + seconds)
 
         advance(5 * DAY)
-        billing.change_plan(operator, account_id, plan_id="server_pro", interval="month", idempotency_key="up")
+        billing.change_plan(
+            operator, account_id, plan_id="server_pro", interval="month", idempotency_key="up"
+        )
         pack = billing.start_checkout(operator, account_id, idempotency_key="pack", pack_id="credits_1000")
         harness.pay_checkout(pack.url)
         cs = billing.client.v1.checkout.sessions.retrieve(pack.id)
@@ -89,10 +96,7 @@ def history(db, make_account_module) -> dict[str, Any]:  # type: ignore[no-untyp
         return {"events": events, "account_id": account_id, "customer": customer.id, "start": start}
     finally:
         harness.send_webhooks_to(None)
-        try:
-            next(gen)
-        except StopIteration:
-            pass
+        harness.close()
 
 
 @pytest.fixture(scope="module")
@@ -147,18 +151,38 @@ class Replay:
                 sub_state = {
                     c: getattr(sub, c)
                     for c in (
-                        "plan_id", "price_lookup_key", "interval", "status", "current_period_start",
-                        "current_period_end", "cancel_at_period_end", "payment_failed_at", "pending_plan_id",
+                        "plan_id",
+                        "price_lookup_key",
+                        "interval",
+                        "status",
+                        "current_period_start",
+                        "current_period_end",
+                        "cancel_at_period_end",
+                        "payment_failed_at",
+                        "pending_plan_id",
                         "last_event_created",
                     )
                 }
                 sub_state["stripe_subscription_id"] = sub.stripe_subscription_id.replace(suffix, "")
             grants = sorted(
-                (g.source, g.amount, g.remaining, g.frozen, g.expires_at, g.cause_type, (g.cause_id or "").replace(suffix, ""))
+                (
+                    g.source,
+                    g.amount,
+                    g.remaining,
+                    g.frozen,
+                    g.expires_at,
+                    g.cause_type,
+                    (g.cause_id or "").replace(suffix, ""),
+                )
                 for g in container.ledger.list_grants(session, account_id)
             )
             balance = container.ledger.balance(session, account_id)
-            return {"sub": sub_state, "grants": grants, "available": balance.available, "posted": balance.posted}
+            return {
+                "sub": sub_state,
+                "grants": grants,
+                "available": balance.available,
+                "posted": balance.posted,
+            }
 
         return self.db.read(work)
 
@@ -175,7 +199,13 @@ def in_order(replay: Replay) -> dict[str, Any]:
 
 def test_history_is_realistic(replay: Replay, in_order: dict[str, Any]) -> None:
     types = [e["type"] for e in replay.history["events"]]
-    for needed in ("customer.subscription.created", "customer.subscription.updated", "invoice.paid", "charge.refunded", "checkout.session.completed"):
+    for needed in (
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "invoice.paid",
+        "charge.refunded",
+        "checkout.session.completed",
+    ):
         assert needed in types
     assert in_order["sub"]["plan_id"] == "server_pro"
     sources = [g[0] for g in in_order["grants"]]
@@ -185,13 +215,21 @@ def test_history_is_realistic(replay: Replay, in_order: dict[str, Any]) -> None:
     assert pack[2] == 1_000_000 - 1_000_000 * 500 // 1500
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
-def test_any_order_with_duplicates_reaches_the_in_order_state(replay: Replay, in_order: dict[str, Any], data: st.DataObject) -> None:
+def test_any_order_with_duplicates_reaches_the_in_order_state(
+    replay: Replay, in_order: dict[str, Any], data: st.DataObject
+) -> None:
     n = len(replay.history["events"])
     order = data.draw(st.permutations(list(range(n))), label="order")
     extra = data.draw(st.lists(st.integers(0, n - 1), max_size=n), label="duplicates")
-    positions = data.draw(st.lists(st.integers(0, 2 * n), min_size=len(extra), max_size=len(extra)), label="at")
+    positions = data.draw(
+        st.lists(st.integers(0, 2 * n), min_size=len(extra), max_size=len(extra)), label="at"
+    )
     delivery = list(order)
     for index, at in zip(extra, positions, strict=True):
         delivery.insert(min(at, len(delivery)), index)

@@ -31,18 +31,13 @@ _MOVES = ("posted", "post")
 def _posted_by_account(session: Session) -> tuple[dict[str, int], dict[str, int]]:
     credits: dict[str, int] = defaultdict(int)
     debits: dict[str, int] = defaultdict(int)
-    for account, total in session.execute(
-        select(Transfer.credit_account_id, func.sum(Transfer.amount))
+    for credit, debit, total in session.execute(
+        select(Transfer.credit_account_id, Transfer.debit_account_id, func.sum(Transfer.amount))
         .where(Transfer.phase.in_(_MOVES))
-        .group_by(Transfer.credit_account_id)
+        .group_by(Transfer.credit_account_id, Transfer.debit_account_id)
     ):
-        credits[account] = int(total)
-    for account, total in session.execute(
-        select(Transfer.debit_account_id, func.sum(Transfer.amount))
-        .where(Transfer.phase.in_(_MOVES))
-        .group_by(Transfer.debit_account_id)
-    ):
-        debits[account] = int(total)
+        credits[credit] += int(total)
+        debits[debit] += int(total)
     return credits, debits
 
 
@@ -120,7 +115,15 @@ def check_wallets(session: Session) -> Iterator[Violation]:
             )
         )
     }
-    for w in session.execute(select(LedgerAccount).where(LedgerAccount.kind == "wallet")).scalars():
+    for w in session.execute(
+        select(
+            LedgerAccount.id,
+            LedgerAccount.billing_account_id,
+            LedgerAccount.credits_posted,
+            LedgerAccount.debits_posted,
+            LedgerAccount.debits_pending,
+        ).where(LedgerAccount.kind == "wallet")
+    ):
         if w.credits_posted != credits.get(w.id, 0) or w.debits_posted != debits.get(w.id, 0):
             yield Violation(
                 "wallet_balance",
@@ -150,26 +153,19 @@ def check_wallets(session: Session) -> Iterator[Violation]:
 
 
 def check_grants(session: Session) -> Iterator[Violation]:
-    credit_by_grant = {
-        g: int(v)
-        for g, v in session.execute(
-            select(Transfer.grant_id, func.sum(Transfer.amount))
-            .join(Grant, Grant.id == Transfer.grant_id)
-            .where(Transfer.phase.in_(_MOVES), Transfer.credit_account_id == Grant.wallet_account_id)
-            .group_by(Transfer.grant_id)
-        )
-    }
-    debit_by_grant = {
-        g: int(v)
-        for g, v in session.execute(
-            select(Transfer.grant_id, func.sum(Transfer.amount))
-            .join(Grant, Grant.id == Transfer.grant_id)
-            .where(Transfer.phase.in_(_MOVES), Transfer.debit_account_id == Grant.wallet_account_id)
-            .group_by(Transfer.grant_id)
-        )
-    }
+    credit_by_grant: dict[str, int] = defaultdict(int)
+    debit_by_grant: dict[str, int] = defaultdict(int)
+    into_wallet = Transfer.credit_account_id == Transfer.wallet_account_id
+    for grant_id, credited, total in session.execute(
+        select(Transfer.grant_id, into_wallet, func.sum(Transfer.amount))
+        .where(Transfer.phase.in_(_MOVES))
+        .group_by(Transfer.grant_id, into_wallet)
+    ):
+        (credit_by_grant if credited else debit_by_grant)[grant_id] += int(total)
     pending = _open_pending_by(session, "grant_id")
-    for g in session.execute(select(Grant)).scalars():
+    for g in session.execute(
+        select(Grant.id, Grant.amount, Grant.remaining, Grant.held, Grant.status)
+    ):
         if not 0 <= g.held <= g.remaining <= g.amount:
             yield Violation(
                 "grant_bounds", f"grant {g.id} has amount {g.amount}, remaining {g.remaining}, held {g.held}"
@@ -194,24 +190,18 @@ def check_grants(session: Session) -> Iterator[Violation]:
 
 
 def check_holds(session: Session) -> Iterator[Violation]:
-    pending_all = {
-        h: int(v)
-        for h, v in session.execute(
-            select(Transfer.hold_id, func.sum(Transfer.amount))
-            .where(Transfer.phase == "pending", Transfer.hold_id.is_not(None))
-            .group_by(Transfer.hold_id)
-        )
-    }
+    pending_all: dict[str, int] = {}
+    captured: dict[str, int] = {}
+    for hold_id, phase, total in session.execute(
+        select(Transfer.hold_id, Transfer.phase, func.sum(Transfer.amount))
+        .where(Transfer.phase.in_(("pending", "post")), Transfer.hold_id.is_not(None))
+        .group_by(Transfer.hold_id, Transfer.phase)
+    ):
+        (pending_all if phase == "pending" else captured)[hold_id] = int(total)
     open_pending = _open_pending_by(session, "hold_id")
-    captured = {
-        h: int(v)
-        for h, v in session.execute(
-            select(Transfer.hold_id, func.sum(Transfer.amount))
-            .where(Transfer.phase == "post", Transfer.hold_id.is_not(None))
-            .group_by(Transfer.hold_id)
-        )
-    }
-    for h in session.execute(select(Hold)).scalars():
+    for h in session.execute(
+        select(Hold.id, Hold.status, Hold.amount_held, Hold.amount_captured, Hold.amount_requested)
+    ):
         if pending_all.get(h.id, 0) != h.amount_held:
             yield Violation(
                 "hold_backing",
@@ -248,7 +238,7 @@ def check_caps(session: Session) -> Iterator[Violation]:
     ):
         used[(cap_id, period)] += amount
     seen: set[tuple[str | None, str | None]] = set()
-    for row in session.execute(select(CapUsage)).scalars():
+    for row in session.execute(select(CapUsage.cap_id, CapUsage.period, CapUsage.held, CapUsage.used)):
         seen.add((row.cap_id, row.period))
         k = (row.cap_id, row.period)
         if row.held != held.get(k, 0) or row.used != used.get(k, 0):

@@ -498,10 +498,12 @@ class OrgService:
             "actor": actor_user_id,
         }
         org = self._lock_org(session, org_id)
-        self._require_admin(session, org_id, actor_user_id)
-        if subject_type == "member" and subject == str(actor_user_id):
+        actor_role = self._require_admin(session, org_id, actor_user_id)
+        # Owners control the organization's money outright, so a sole owner may authorize
+        # themselves; a billing admin may not set their own spending.
+        if subject_type == "member" and subject == str(actor_user_id) and actor_role != "owner":
             raise CannotChangeOwnAuthorization(
-                "You cannot authorize yourself; another owner or billing admin must.",
+                "You cannot authorize yourself; an owner must.",
                 missing_permission="another owner or billing_admin",
             )
         prior = idempotency.lookup(session, f"orgs.authorize:{org_id}", key, params)
@@ -762,10 +764,10 @@ class OrgService:
         return role
 
     def _check_may_change(self, session: Session, auth: SpendAuthorization, actor_user_id: str) -> None:
-        self._require_admin(session, auth.org_id, actor_user_id)
-        if auth.subject_type == "member" and auth.subject_id == str(actor_user_id):
+        actor_role = self._require_admin(session, auth.org_id, actor_user_id)
+        if auth.subject_type == "member" and auth.subject_id == str(actor_user_id) and actor_role != "owner":
             raise CannotChangeOwnAuthorization(
-                "You cannot change your own authorization; another owner or billing admin must.",
+                "You cannot change your own authorization; an owner must.",
                 missing_permission="another owner or billing_admin",
                 authorization_id=auth.id,
             )

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from chronote_billing.stripe_local import objects, pages
+from chronote_billing.stripe_local import objects, pages, validation
 from chronote_billing.stripe_local.checkout import PaymentFailed
 from chronote_billing.stripe_local.engine import Engine
 from chronote_billing.stripe_local.errors import (
@@ -149,6 +149,77 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/test_helpers/advance_time", lambda e, p: e.billing.advance_global(p)),
 ]
 
+# The SDK parameter type of each Stripe call: unknown parameters are refused (validation.py).
+PARAMS: dict[tuple[str, str], str] = {
+    ("POST", "/v1/customers"): "CustomerCreateParams",
+    ("GET", "/v1/customers"): "CustomerListParams",
+    ("GET", "/v1/customers/search"): "CustomerSearchParams",
+    ("GET", "/v1/customers/{id}"): "CustomerRetrieveParams",
+    ("POST", "/v1/customers/{id}"): "CustomerUpdateParams",
+    ("DELETE", "/v1/customers/{id}"): "CustomerDeleteParams",
+    ("GET", "/v1/customers/{id}/payment_methods"): "CustomerListPaymentMethodsParams",
+    ("POST", "/v1/products"): "ProductCreateParams",
+    ("GET", "/v1/products"): "ProductListParams",
+    ("GET", "/v1/products/{id}"): "ProductRetrieveParams",
+    ("POST", "/v1/products/{id}"): "ProductUpdateParams",
+    ("DELETE", "/v1/products/{id}"): "ProductDeleteParams",
+    ("POST", "/v1/prices"): "PriceCreateParams",
+    ("GET", "/v1/prices"): "PriceListParams",
+    ("GET", "/v1/prices/{id}"): "PriceRetrieveParams",
+    ("POST", "/v1/prices/{id}"): "PriceUpdateParams",
+    ("GET", "/v1/payment_methods"): "PaymentMethodListParams",
+    ("GET", "/v1/payment_methods/{id}"): "PaymentMethodRetrieveParams",
+    ("POST", "/v1/payment_methods/{id}/attach"): "PaymentMethodAttachParams",
+    ("POST", "/v1/payment_methods/{id}/detach"): "PaymentMethodDetachParams",
+    ("POST", "/v1/checkout/sessions"): "checkout:SessionCreateParams",
+    ("GET", "/v1/checkout/sessions"): "checkout:SessionListParams",
+    ("GET", "/v1/checkout/sessions/{id}"): "checkout:SessionRetrieveParams",
+    ("POST", "/v1/checkout/sessions/{id}/expire"): "checkout:SessionExpireParams",
+    ("GET", "/v1/checkout/sessions/{id}/line_items"): "checkout:SessionListLineItemsParams",
+    ("POST", "/v1/billing_portal/sessions"): "billing_portal:SessionCreateParams",
+    ("POST", "/v1/subscriptions"): "SubscriptionCreateParams",
+    ("GET", "/v1/subscriptions"): "SubscriptionListParams",
+    ("GET", "/v1/subscriptions/{id}"): "SubscriptionRetrieveParams",
+    ("POST", "/v1/subscriptions/{id}"): "SubscriptionUpdateParams",
+    ("DELETE", "/v1/subscriptions/{id}"): "SubscriptionCancelParams",
+    ("GET", "/v1/subscription_items"): "SubscriptionItemListParams",
+    ("POST", "/v1/invoices"): "InvoiceCreateParams",
+    ("GET", "/v1/invoices"): "InvoiceListParams",
+    ("GET", "/v1/invoices/{id}"): "InvoiceRetrieveParams",
+    ("GET", "/v1/invoices/{id}/lines"): "InvoiceListLinesParams",
+    ("POST", "/v1/invoices/{id}/finalize"): "InvoiceFinalizeInvoiceParams",
+    ("POST", "/v1/invoices/{id}/pay"): "InvoicePayParams",
+    ("POST", "/v1/invoices/{id}/void"): "InvoiceVoidInvoiceParams",
+    ("POST", "/v1/invoiceitems"): "InvoiceItemCreateParams",
+    ("GET", "/v1/invoiceitems"): "InvoiceItemListParams",
+    ("GET", "/v1/invoiceitems/{id}"): "InvoiceItemRetrieveParams",
+    ("GET", "/v1/invoice_payments"): "InvoicePaymentListParams",
+    ("GET", "/v1/invoice_payments/{id}"): "InvoicePaymentRetrieveParams",
+    ("POST", "/v1/payment_intents"): "PaymentIntentCreateParams",
+    ("GET", "/v1/payment_intents"): "PaymentIntentListParams",
+    ("GET", "/v1/payment_intents/{id}"): "PaymentIntentRetrieveParams",
+    ("POST", "/v1/payment_intents/{id}"): "PaymentIntentUpdateParams",
+    ("POST", "/v1/payment_intents/{id}/confirm"): "PaymentIntentConfirmParams",
+    ("POST", "/v1/payment_intents/{id}/cancel"): "PaymentIntentCancelParams",
+    ("GET", "/v1/charges"): "ChargeListParams",
+    ("GET", "/v1/charges/{id}"): "ChargeRetrieveParams",
+    ("POST", "/v1/refunds"): "RefundCreateParams",
+    ("GET", "/v1/refunds"): "RefundListParams",
+    ("GET", "/v1/refunds/{id}"): "RefundRetrieveParams",
+    ("POST", "/v1/refunds/{id}"): "RefundUpdateParams",
+    ("GET", "/v1/disputes"): "DisputeListParams",
+    ("GET", "/v1/disputes/{id}"): "DisputeRetrieveParams",
+    ("POST", "/v1/disputes/{id}"): "DisputeUpdateParams",
+    ("POST", "/v1/disputes/{id}/close"): "DisputeCloseParams",
+    ("GET", "/v1/events"): "EventListParams",
+    ("GET", "/v1/events/{id}"): "EventRetrieveParams",
+    ("POST", "/v1/test_helpers/test_clocks"): "test_helpers:TestClockCreateParams",
+    ("GET", "/v1/test_helpers/test_clocks"): "test_helpers:TestClockListParams",
+    ("GET", "/v1/test_helpers/test_clocks/{id}"): "test_helpers:TestClockRetrieveParams",
+    ("DELETE", "/v1/test_helpers/test_clocks/{id}"): "test_helpers:TestClockDeleteParams",
+    ("POST", "/v1/test_helpers/test_clocks/{id}/advance"): "test_helpers:TestClockAdvanceParams",
+}
+
 NOT_SAVED = {400, 401, 404, 409, 429}
 
 
@@ -164,6 +235,13 @@ class StripeLocalApp:
         engine.webhook_endpoints = webhooks.endpoints
         webhooks.on_delivered = self._delivered
 
+    def _tick(self) -> None:
+        """Let time pass before serving; a failure here is logged, never the request's failure."""
+        try:
+            self.engine.billing.tick()
+        except Exception:
+            log.error("stand-in error while processing what fell due:\n%s", traceback.format_exc())
+
     def _delivered(self, event_id: str) -> None:
         with self.engine.store.lock:
             event = self.engine.store.find(event_id)
@@ -171,7 +249,10 @@ class StripeLocalApp:
                 event["pending_webhooks"] = 0
 
     def build(self) -> Starlette:
-        routes = [Route(path, self._endpoint(handler), methods=[method]) for method, path, handler in ROUTES]
+        routes = [
+            Route(path, self._endpoint(handler, PARAMS.get((method, path))), methods=[method])
+            for method, path, handler in ROUTES
+        ]
         routes += [
             Route("/", self._index, methods=["GET"]),
             Route("/pay/{id}", self._checkout_page, methods=["GET", "POST"]),
@@ -185,7 +266,9 @@ class StripeLocalApp:
 
     # --- the API ---------------------------------------------------------------------------
 
-    def _endpoint(self, handler: Handler) -> Callable[[Request], Any]:
+    def _endpoint(self, handler: Handler, params_ref: str | None) -> Callable[[Request], Any]:
+        params_type = validation.params_class(params_ref) if params_ref else None
+
         async def endpoint(request: Request) -> Response:
             request_id = objects.new_id("req_", 14)
             headers = {
@@ -203,7 +286,7 @@ class StripeLocalApp:
             base_url = self._base_url(request)
             if key is None:
                 status, payload = await run_in_threadpool(
-                    self._run, handler, pairs, request.path_params, request_id, None, base_url
+                    self._run, handler, params_type, pairs, request.path_params, request_id, None, base_url
                 )
                 return Response(payload, status, headers, media_type="application/json")
             headers["Idempotency-Key"] = key
@@ -222,7 +305,7 @@ class StripeLocalApp:
             result = None
             try:
                 status, payload = await run_in_threadpool(
-                    self._run, handler, pairs, request.path_params, request_id, key, base_url
+                    self._run, handler, params_type, pairs, request.path_params, request_id, key, base_url
                 )
                 if status not in NOT_SAVED:
                     result = IdempotentResult(fingerprint, status, payload)
@@ -235,6 +318,7 @@ class StripeLocalApp:
     def _run(
         self,
         handler: Handler,
+        params_type: Any,
         pairs: list[tuple[str, str]],
         path: dict[str, Any],
         request_id: str,
@@ -248,8 +332,11 @@ class StripeLocalApp:
                 engine.request.idempotency_key = key
                 engine.request.base_url = base_url
                 try:
-                    engine.billing.tick()
-                    params = Params(parse_pairs(pairs))
+                    self._tick()
+                    decoded = parse_pairs(pairs)
+                    if params_type is not None:
+                        validation.check(decoded, params_type)
+                    params = Params(decoded)
                     result = handler(engine, params, **path)
                     if result.get("object") not in ("list", "search_result"):
                         result = engine.render_expanded(result, params.expand())
@@ -308,7 +395,7 @@ class StripeLocalApp:
         try:
             with engine.store.lock:
                 engine.request.base_url = base_url
-                engine.billing.tick()
+                self._tick()
                 cs = engine.store.find(session_id)
                 if cs is None or cs["object"] != "checkout.session":
                     return HTMLResponse(
@@ -350,7 +437,7 @@ class StripeLocalApp:
         try:
             with engine.store.lock:
                 engine.request.base_url = base_url
-                engine.billing.tick()
+                self._tick()
                 session = engine.checkout.portal_session(token)
                 if session is None:
                     return HTMLResponse(

@@ -117,8 +117,20 @@ class Billing:
     def _price_from_item(self, item: Params) -> dict[str, Any]:
         if item.has("price_data"):
             pd = item.sub("price_data")
-            product_id = pd.req_text("product")
-            self.store.get("product", product_id, f"{pd.prefix}[product]")
+            if pd.has("product_data"):
+                product = objects.product(
+                    id=objects.new_id("prod_", 14),
+                    created=self.e.now(),
+                    name=pd.sub("product_data").req_text("name"),
+                    description=pd.sub("product_data").text("description"),
+                    active=False,
+                    metadata=apply_metadata({}, pd.sub("product_data").raw("metadata")),
+                )
+                self.store.add(product)
+                product_id = product["id"]
+            else:
+                product_id = pd.req_text("product")
+                self.store.get("product", product_id, f"{pd.prefix}[product]")
             price = objects.price(
                 id=objects.new_id("price_1"),
                 created=self.e.now(),
@@ -1070,11 +1082,15 @@ class Billing:
     def create_invoice_item_api(self, p: Params) -> dict[str, Any]:
         customer = self.e.customer(p.req_text("customer"))
         quantity = p.integer("quantity", 1, minimum=1) or 1
-        if p.has("price") or p.has("price_data"):
-            price = self._price_from_item(p) if p.has("price_data") else self.e.price(p.text("price"))
+        priced = p.sub("pricing").text("price")  # since API version 2025-03-31: `pricing[price]`
+        if priced or p.has("price_data"):
+            price = (
+                self._price_from_item(p) if p.has("price_data") else self.e.price(priced, "pricing[price]")
+            )
             if price["recurring"]:
                 raise invalid_param(
-                    "price", "The price specified is a recurring price; invoice items take one-time prices."
+                    "pricing[price]",
+                    "The price specified is a recurring price; invoice items take one-time prices.",
                 )
             amount = price["unit_amount"] * quantity
         else:
@@ -1110,9 +1126,7 @@ class Billing:
             price=price,
             quantity=quantity,
             amount=amount,
-            description=p.text("description") or self.product_name(price)
-            if p.has("price")
-            else p.text("description") or "Invoice item",
+            description=p.text("description") or (self.product_name(price) if priced else "Invoice item"),
             period=(period.integer("start", now) or now, period.integer("end", now) or now),
             sub=sub,
             item=None,
@@ -1296,7 +1310,6 @@ class Billing:
                     if self._sub_of(inv) is obj and inv["status"] == "open":
                         self.void_api(inv["id"])
                 self.e.emit_updated("customer.subscription.updated", obj, before)
-                self.e.emit("customer.subscription.deleted", obj)
             elif action == "retry":
                 customer = self.e.customer(obj["customer"])
                 obj["next_payment_attempt"] = None
@@ -1358,6 +1371,11 @@ class Billing:
 
     def delete_clock(self, clock_id: str) -> dict[str, Any]:
         clock = self.store.get("test_helpers.test_clock", clock_id)
+        # Stripe deletes every object on a test clock with it.
+        for kind in ("subscription", "invoice", "invoiceitem"):
+            for obj in self.store.all(kind):
+                if obj.get("test_clock") == clock["id"]:
+                    self.store.remove(obj["id"])
         for cust in self.store.all("customer"):
             if cust.get("test_clock") == clock["id"]:
                 cust_id = cust["id"]

@@ -28,7 +28,7 @@ button.full{width:100%;margin-top:18px}button.secondary{background:#fff;color:#1
 .notice{background:#edfaf3;color:#0e6245;border:1px solid #a8e3c5;border-radius:6px;padding:10px;margin-bottom:16px}
 .status{font-size:12px;font-weight:700;border-radius:4px;padding:2px 6px;background:#eef1f5}.status.active,.status.trialing{background:#d7f7c2;color:#05690d}
 .status.past_due,.status.incomplete{background:#ffe7f2;color:#b3093c}.status.canceled{background:#eef1f5;color:#697386}
-.actions{display:flex;flex-wrap:wrap;gap:8px;margin-top:12px}.actions form{display:flex;gap:8px;align-items:center}
+.actions{display:flex;flex-wrap:wrap;gap:8px;margin-top:12px}.actions form{display:flex;gap:8px;align-items:center}.actions select{width:auto}button{white-space:nowrap}
 .sub{border:1px solid #e3e8ee;border-radius:8px;padding:16px;margin-bottom:16px}a{color:#635bff}
 """
 

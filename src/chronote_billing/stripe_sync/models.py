@@ -45,7 +45,7 @@ class StripeEvent(Base):
     type: Mapped[str] = mapped_column(String(80))
     created: Mapped[int] = mapped_column(BigInt)
     livemode: Mapped[bool] = mapped_column(Boolean, default=False)
-    object_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    object_id: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
     account_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     # applied, stale, ignored (known type, nothing to do), unhandled (unknown type), unknown_account
     outcome: Mapped[str] = mapped_column(String(24))
@@ -103,7 +103,7 @@ class StripeCheckoutSession(Base):
 
     __tablename__ = "stripe_checkout_sessions"
 
-    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(40), ForeignKey("billing_accounts.id"), index=True)
     mode: Mapped[str] = mapped_column(String(16))  # subscription, payment
     plan_id: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -54,7 +54,9 @@ class _Local:
     kind: str
     owner_ref: str
     customer: str
-    subs: dict[str, tuple[str, str, int, int, bool]]  # id -> (status, plan, start, end, deleted)
+    subs: dict[
+        str, tuple[str, str, int, int, bool, bool]
+    ]  # id -> (status, plan, start, end, deleted, cancel)
 
 
 def _item(sub: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +89,7 @@ class Reconciler:
                         to_ts(s.current_period_start),
                         to_ts(s.current_period_end),
                         s.deleted,
+                        s.cancel_at_period_end,
                     )
                     for s in session.execute(
                         select(StripeSubscription).where(StripeSubscription.account_id == account.id)
@@ -180,12 +183,15 @@ class Reconciler:
                     f"{sub['id']} ({sub.get('status')}) is not mirrored",
                 )
             else:
-                status, plan, l_start, l_end, deleted = mine
+                status, plan, l_start, l_end, deleted, cancel = mine
                 differences = []
                 if status != sub.get("status") and not (deleted and sub.get("status") == "canceled"):
                     differences.append(f"status {status} != {sub.get('status')}")
                 if (l_start, l_end) != (start, end):
                     differences.append("period")
+                remote_cancel = bool(sub.get("cancel_at_period_end")) or bool(sub.get("cancel_at"))
+                if cancel != remote_cancel and not deleted:
+                    differences.append(f"cancel_at_period_end {cancel} != {remote_cancel}")
                 if plan != found[0].id and not (sub.get("metadata") or {}).get("chronote_downgrade_from"):
                     differences.append(f"plan {plan} != {found[0].id}")
                 if differences:
@@ -197,7 +203,7 @@ class Reconciler:
                 self._apply_snapshot(sub)
                 drift.fixed = True
             report.drift.append(drift)
-        for sub_id, (status, _plan, _s, _e, deleted) in local.subs.items():
+        for sub_id, (status, _plan, _s, _e, deleted, _c) in local.subs.items():
             if sub_id not in seen and not deleted and status not in ("canceled", "incomplete_expired"):
                 report.drift.append(
                     Drift(
@@ -206,15 +212,17 @@ class Reconciler:
                 )
 
     def _apply_snapshot(self, sub: dict[str, Any]) -> None:
-        now = to_ts(self.clock.now())
+        """Stripe's current state is at least as new as any event we applied before reading it."""
         ended = sub.get("status") in ("canceled", "incomplete_expired")
-        event = {
-            "id": f"reconcile_{sub['id']}_{now}",
-            "type": "customer.subscription.deleted" if ended else "customer.subscription.updated",
-            "created": now,
-        }
 
         def work(session: Session) -> None:
+            row = session.get(StripeSubscription, sub["id"])
+            created = max(to_ts(self.clock.now()), row.last_event_created if row else 0)
+            event = {
+                "id": f"reconcile_{sub['id']}_{created}",
+                "type": "customer.subscription.deleted" if ended else "customer.subscription.updated",
+                "created": created,
+            }
             outcome = _Outcome()
             self.processor.on_subscription(session, event, sub, {}, outcome)
             log.info(

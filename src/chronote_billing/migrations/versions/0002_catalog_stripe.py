@@ -53,7 +53,7 @@ def upgrade() -> None:
         sa.Column("type", sa.String(length=80), nullable=False),
         sa.Column("created", sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"), nullable=False),
         sa.Column("livemode", sa.Boolean(), nullable=False),
-        sa.Column("object_id", sa.String(length=64), nullable=True),
+        sa.Column("object_id", sa.String(length=255), nullable=True),
         sa.Column("account_id", sa.String(length=40), nullable=True),
         sa.Column("outcome", sa.String(length=24), nullable=False),
         sa.Column("note", sa.Text(), nullable=False),
@@ -121,7 +121,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "stripe_checkout_sessions",
-        sa.Column("id", sa.String(length=80), nullable=False),
+        sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("account_id", sa.String(length=40), nullable=False),
         sa.Column("mode", sa.String(length=16), nullable=False),
         sa.Column("plan_id", sa.String(length=40), nullable=True),
