@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from chronote_billing.access.service import Principal
 from chronote_billing.accounts.models import BillingAccount
@@ -18,6 +19,7 @@ from chronote_billing.catalog.service import PlanScopeMismatch, UnknownPlan, loa
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.errors import PermissionDenied
+from chronote_billing.notifications.models import OutboxEntry
 from chronote_billing.stripe_local.server import TEST_SECRET_KEY
 from chronote_billing.stripe_local.testing import CARD_DECLINES_RENEWALS, StripeLocalHarness
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
@@ -274,6 +276,15 @@ def test_failed_renewal_goes_through_grace_to_free(billing: Billing) -> None:
     billing.advance(clock_id, 31 * DAY)
     view = billing.service.get_subscription(person, account_id)
     assert view.status == "past_due" and view.in_grace and view.plan == "personal_pro"
+    # Chronote is told through the outbox, once, in the transaction that recorded the failure.
+    failed = billing.db.read(
+        lambda s: s.execute(
+            select(OutboxEntry.type).where(
+                OutboxEntry.account_id == account_id, OutboxEntry.type == "payment.failed"
+            )
+        ).all()
+    )
+    assert len(failed) == 1
     billing.advance(clock_id, 8 * DAY)
     assert billing.plan(account_id) == "personal_free"
     assert billing.db.write(

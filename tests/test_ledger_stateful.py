@@ -675,8 +675,8 @@ def test_ledger_agrees_with_reference_model(db: Database) -> None:
     run_state_machine_as_test(
         LedgerMachine,
         settings=settings(
-            max_examples=60,
-            stateful_step_count=30,
+            max_examples=40,
+            stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),

@@ -204,14 +204,20 @@ def test_webhooks_are_signed_delivered_in_order_and_retried(
 ) -> None:
     url, handler = receiver
     handler.statuses = [500]  # the first delivery fails and is retried
-    stripe_local.send_webhooks_to(url)
-    c = stripe_local.client
-    customer = c.v1.customers.create({"email": "w@example.com"})
-    c.v1.customers.update(customer.id, {"name": "W"})
-    assert stripe_local.wait_for_webhooks(10)
-    deadline = time.monotonic() + 10
-    while len(handler.received) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    webhooks = stripe_local.stand_in.webhooks
+    backoff = webhooks.backoff
+    webhooks.backoff = 1.5  # the retry comes after the next event's first attempt
+    try:
+        stripe_local.send_webhooks_to(url)
+        c = stripe_local.client
+        customer = c.v1.customers.create({"email": "w@example.com"})
+        c.v1.customers.update(customer.id, {"name": "W"})
+        assert stripe_local.wait_for_webhooks(10)
+        deadline = time.monotonic() + 15
+        while len(handler.received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        webhooks.backoff = backoff
 
     bodies = [(json.loads(body)["id"], json.loads(body)["type"]) for body, _ in handler.received]
     created_id = stripe_local.events("customer.created")[0]["id"]

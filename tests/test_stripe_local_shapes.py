@@ -7,12 +7,14 @@ Rules, applied recursively to nested objects and to the elements of lists:
   resource (Stripe leaves some out of its examples, e.g. `pricing.price_details`);
 - values have the example's JSON type; `null` where the example has a value is allowed only
   where the SDK declares the field `Optional`; where the example is `null` any type is allowed;
-- `metadata` and hashes that are `{}` in the example are free-form.
+- `metadata` and hashes that are `{}` in the example are free-form;
+- a string whose SDK annotation lists `Literal[...]` values is one of them (e.g. a status).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,16 @@ def _optional(annotation: Any) -> bool:
     if isinstance(annotation, str):
         return annotation.startswith("Optional[") or "None" in annotation
     return typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation)
+
+
+_LITERAL = re.compile(r"Literal\[([^\]]*)\]")
+
+
+def _literal_values(annotation: Any) -> set[str]:
+    values: set[str] = set()
+    for group in _LITERAL.findall(repr(annotation)):
+        values |= {a or b for a, b in re.findall(r"'([^']*)'|\"([^\"]*)\"", group)}
+    return values
 
 
 def _json_type(value: Any) -> str:
@@ -76,6 +88,13 @@ def shape_problems(ours: Any, example: Any, cls: Any = None, path: str = "") -> 
                 problems.append(f"{path}.{key}: missing")
         for key, value in ours.items():
             where = f"{path}.{key}"
+            allowed = (
+                _literal_values(declared.get(key, ""))
+                if isinstance(value, str) and key != "object"
+                else set()
+            )
+            if allowed and value not in allowed:
+                problems.append(f"{where}: {value!r} is not one of the SDK's values {sorted(allowed)}")
             if key not in example:
                 if key not in declared:
                     problems.append(
@@ -147,6 +166,10 @@ def test_the_shape_checker_catches_differences() -> None:
     assert any(".amount: string" in p for p in problems)
     assert any(".invented" in p for p in problems)
     assert any(".charge: missing" in p for p in problems)
+    # Enumerations: a value the SDK does not know is a difference.
+    assert shape_problems(
+        dict(good, reason="oops"), FIXTURES["refund"], get_object_class("V1", "refund"), "refund"
+    )
     # null is fine only where the SDK says Optional: refund.amount is a plain int.
     assert shape_problems(
         dict(good, amount=None), FIXTURES["refund"], get_object_class("V1", "refund"), "refund"

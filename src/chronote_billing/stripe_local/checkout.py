@@ -40,9 +40,12 @@ class Checkout:
             raise invalid_param(
                 "mode", "The local Stripe stand-in supports mode=payment and mode=subscription."
             )
-        ui_mode = p.choice("ui_mode", ("hosted", "embedded", "custom"), "hosted")
-        if ui_mode != "hosted":
-            raise invalid_param("ui_mode", "The local Stripe stand-in serves only the hosted Checkout page.")
+        ui_mode = p.text("ui_mode", "hosted_page")
+        if ui_mode != "hosted_page":
+            raise invalid_param(
+                "ui_mode",
+                "The local Stripe stand-in serves only the hosted Checkout page (ui_mode=hosted_page).",
+            )
         success_url = p.text("success_url")
         if not success_url:
             raise missing_param("success_url")

@@ -1020,7 +1020,7 @@ def checkout_session(
         "subscription": None,
         "success_url": success_url,
         "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-        "ui_mode": "hosted",
+        "ui_mode": "hosted_page",
         "url": url,
         "wallet_options": None,
     }

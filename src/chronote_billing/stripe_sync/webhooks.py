@@ -36,6 +36,7 @@ from chronote_billing.core.db import Database
 from chronote_billing.core.errors import BillingError, ExternalServiceError
 from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.service import LedgerService
+from chronote_billing.notifications.service import NotificationService
 
 from .client import to_dict
 from .models import (
@@ -175,6 +176,7 @@ class WebhookProcessor:
         self.ledger = ledger
         self.webhook_secret = webhook_secret
         self.client_factory = client_factory
+        self.notifications = NotificationService(clock, ledger)
 
     # ------------------------------------------------------------------ entry point
 
@@ -282,10 +284,34 @@ class WebhookProcessor:
             handler(self, session, event, obj, hints, result)
         row.outcome = result.outcome
         row.account_id = result.account_id
+        self._notify(session, event, obj, result)
         row.note = "; ".join(result.notes)[:2000]
         log_fn = log.warning if result.outcome == "unknown_account" else log.info
         log_fn("stripe_event", event_id=event_id, type=etype, outcome=result.outcome, note=row.note)
         return WebhookResult(event_id, etype, result.outcome, result.account_id, row.note)
+
+    def _notify(self, session: Session, event: dict[str, Any], obj: dict[str, Any], result: _Outcome) -> None:
+        """Tell Chronote about failed payments, and re-arm low-balance alerts after credit arrives,
+        in the same transaction as the effect (the outbox commits with it or not at all)."""
+        if result.account_id is None or result.outcome in ("stale", "unknown_account", "unhandled"):
+            return
+        etype = str(event["type"])
+        if etype == "invoice.payment_failed":
+            self.notifications.emit(
+                session,
+                "payment.failed",
+                result.account_id,
+                {
+                    "invoice": obj.get("id"),
+                    "subscription": _invoice_subscription(obj),
+                    "amount_due": obj.get("amount_due"),
+                    "currency": obj.get("currency"),
+                    "attempt_count": obj.get("attempt_count"),
+                },
+                dedupe_key=f"payment.failed:{event['id']}",
+            )
+        elif etype in _CREDIT_EVENTS:
+            self.notifications.after_balance_change(session, result.account_id)
 
     # ------------------------------------------------------------------ resolution
 
@@ -1061,6 +1087,9 @@ def apply_charge_effects(
                 notes.append(f"dispute lost: took back {view.reversed} millicredits")
     session.flush()
     return True
+
+
+_CREDIT_EVENTS = ("invoice.paid", "checkout.session.completed", "payment_intent.succeeded")
 
 
 def _invoice_subscription(inv: dict[str, Any]) -> str | None:
