@@ -122,8 +122,7 @@ def test_capture_hold(db, ledger, clock, make_account):
     written = transfers(db, ledger, acct)
     clock.advance(timedelta(days=3))
     assert (
-        db.write(lambda s: ledger.capture_hold(s, hold_id=h.id, amount=2_000, idempotency_key="cap"))
-        == first
+        db.write(lambda s: ledger.capture_hold(s, hold_id=h.id, amount=2_000, idempotency_key="cap")) == first
     )
     with pytest.raises(IdempotencyConflict):
         db.write(lambda s: ledger.capture_hold(s, hold_id=h.id, amount=1_999, idempotency_key="cap"))

@@ -643,7 +643,9 @@ class LedgerMachine(RuleBasedStateMachine):
         except IdempotencyConflict:
             return
         except BillingError as exc:
-            raise AssertionError(f"{op} with a reused key raised {exc.code}, not idempotency_conflict") from exc
+            raise AssertionError(
+                f"{op} with a reused key raised {exc.code}, not idempotency_conflict"
+            ) from exc
         raise AssertionError(f"{op} with a reused key and other parameters succeeded")
 
     # -- checks after every step
@@ -658,8 +660,15 @@ class LedgerMachine(RuleBasedStateMachine):
             for wallet in self.model.wallets.values():
                 expected = self.model.balance(wallet, now)
                 bal = self.ledger.balance(session, wallet.account_id)
-                got = {"available": bal.available, "held": bal.held, "posted": bal.posted, "frozen": bal.frozen}
-                assert got == {k: expected[k] for k in got}, f"wallet {wallet.account_id}: {got} != {expected}"
+                got = {
+                    "available": bal.available,
+                    "held": bal.held,
+                    "posted": bal.posted,
+                    "frozen": bal.frozen,
+                }
+                assert got == {k: expected[k] for k in got}, (
+                    f"wallet {wallet.account_id}: {got} != {expected}"
+                )
                 # The balance lists every grant with credits left, in burn order.
                 assert [(g.id, g.remaining, g.held, g.frozen) for g in bal.grants] == expected["grants"]
             for period in {p for _c, p in self.model.caps}:

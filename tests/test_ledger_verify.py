@@ -80,12 +80,19 @@ def books() -> Iterator[Books]:
             s, account_id=account, amount=1_500, expires_at=exp, idempotency_key="h2", cap=cap
         )
     )
-    debit = db.write(
-        lambda s: ledger.debit(s, account_id=account, amount=700, idempotency_key="d1", cap=cap)
-    )
+    debit = db.write(lambda s: ledger.debit(s, account_id=account, amount=700, idempotency_key="d1", cap=cap))
     assert db.read(lambda s: verify(s, first_only=False)) == []
     yield Books(
-        db, account, wallet, g1.id, g2.id, captured.id, open_hold.id, debit.id, cap.cap_id, debit.cap_period or ""
+        db,
+        account,
+        wallet,
+        g1.id,
+        g2.id,
+        captured.id,
+        open_hold.id,
+        debit.id,
+        cap.cap_id,
+        debit.cap_period or "",
     )
     db.dispose()
 
@@ -114,91 +121,89 @@ def found(session: Session) -> set[tuple[str, str]]:
 
 
 def test_wallet_counter_off(books: Books) -> None:
-    corrupt(books.db, "UPDATE ledger_accounts SET debits_posted = debits_posted + 1 WHERE id = :w", w=books.wallet)
-    assert found(books.db) == {("wallet_balance", books.wallet), ("wallet_grants", books.wallet)}
-    first = books.db.read(lambda s: verify(s))
+    sql = "UPDATE ledger_accounts SET debits_posted = debits_posted + 1 WHERE id = :w"
+    with corrupted(books.db, sql, w=books.wallet) as session:
+        assert found(session) == {("wallet_balance", books.wallet), ("wallet_grants", books.wallet)}
+        first = verify(session)
     assert len(first) == 1 and first[0].check == "wallet_balance"
     assert f"account {books.account}" in first[0].message
 
 
 def test_wallet_pending_counter_off(books: Books) -> None:
-    corrupt(books.db, "UPDATE ledger_accounts SET debits_pending = debits_pending - 1 WHERE id = :w", w=books.wallet)
-    assert found(books.db) == {("wallet_pending", books.wallet), ("wallet_grants", books.wallet)}
+    sql = "UPDATE ledger_accounts SET debits_pending = debits_pending - 1 WHERE id = :w"
+    with corrupted(books.db, sql, w=books.wallet) as session:
+        assert found(session) == {("wallet_pending", books.wallet), ("wallet_grants", books.wallet)}
 
 
 def test_grant_remaining_off(books: Books) -> None:
-    corrupt(books.db, "UPDATE ledger_grants SET remaining = remaining - 1 WHERE id = :g", g=books.other_grant)
-    assert found(books.db) == {("wallet_grants", books.wallet), ("grant_balance", books.other_grant)}
+    sql = "UPDATE ledger_grants SET remaining = remaining - 1 WHERE id = :g"
+    with corrupted(books.db, sql, g=books.other_grant) as session:
+        assert found(session) == {("wallet_grants", books.wallet), ("grant_balance", books.other_grant)}
 
 
 def test_grant_held_off(books: Books) -> None:
-    corrupt(books.db, "UPDATE ledger_grants SET held = held + 1 WHERE id = :g", g=books.other_grant)
-    assert found(books.db) == {("wallet_grants", books.wallet), ("grant_held", books.other_grant)}
+    sql = "UPDATE ledger_grants SET held = held + 1 WHERE id = :g"
+    with corrupted(books.db, sql, g=books.other_grant) as session:
+        assert found(session) == {("wallet_grants", books.wallet), ("grant_held", books.other_grant)}
 
 
 def test_transfer_amount_mismatch(books: Books) -> None:
-    corrupt(
-        books.db,
-        "UPDATE ledger_transfers SET amount = amount + 5 WHERE debit_id = :d AND phase = 'posted'",
-        d=books.debit,
-    )
-    assert found(books.db) == {
-        ("wallet_balance", books.wallet),
-        ("grant_balance", books.grant),
-        ("debit", books.debit),
-    }
+    sql = "UPDATE ledger_transfers SET amount = amount + 5 WHERE debit_id = :d AND phase = 'posted'"
+    with corrupted(books.db, sql, d=books.debit) as session:
+        assert found(session) == {
+            ("wallet_balance", books.wallet),
+            ("grant_balance", books.grant),
+            ("debit", books.debit),
+        }
 
 
 def test_capture_posting_more_than_its_pending(books: Books) -> None:
-    corrupt(
-        books.db,
-        "UPDATE ledger_transfers SET amount = amount + 2000 WHERE hold_id = :h AND phase = 'post'",
-        h=books.captured_hold,
-    )
-    violations = books.db.read(lambda s: verify(s, first_only=False))
+    sql = "UPDATE ledger_transfers SET amount = amount + 2000 WHERE hold_id = :h AND phase = 'post'"
+    with corrupted(books.db, sql, h=books.captured_hold) as session:
+        violations = verify(session, first_only=False)
     assert violations[0].check == "two_phase"
     assert {v.check for v in violations} >= {"two_phase", "wallet_balance", "hold_capture"}
 
 
 def test_unresolved_pending_on_captured_hold(books: Books) -> None:
-    corrupt(
-        books.db,
+    sql = (
         "INSERT INTO ledger_transfers (debit_account_id, credit_account_id, wallet_account_id, amount, phase,"
         " kind, grant_id, hold_id, balance_after, reason, created_at)"
         " SELECT debit_account_id, credit_account_id, wallet_account_id, 250, 'pending', 'hold', grant_id,"
         " hold_id, balance_after, 'stray', created_at FROM ledger_transfers"
-        " WHERE hold_id = :h AND phase = 'pending'",
-        h=books.captured_hold,
+        " WHERE hold_id = :h AND phase = 'pending'"
     )
-    assert found(books.db) == {
-        ("wallet_pending", books.wallet),
-        ("grant_held", books.grant),
-        ("hold_backing", books.captured_hold),
-        ("hold_settled", books.captured_hold),
-    }
+    with corrupted(books.db, sql, h=books.captured_hold) as session:
+        assert found(session) == {
+            ("wallet_pending", books.wallet),
+            ("grant_held", books.grant),
+            ("hold_backing", books.captured_hold),
+            ("hold_settled", books.captured_hold),
+        }
 
 
 def test_cap_counter_off(books: Books) -> None:
-    corrupt(
-        books.db,
-        "UPDATE ledger_cap_usage SET used = used + 1 WHERE cap_id = :c AND period = :p",
-        c=books.cap_id,
-        p=books.period,
-    )
-    violations = books.db.read(lambda s: verify(s, first_only=False))
+    sql = "UPDATE ledger_cap_usage SET used = used + 1 WHERE cap_id = :c AND period = :p"
+    with corrupted(books.db, sql, c=books.cap_id, p=books.period) as session:
+        violations = verify(session, first_only=False)
     assert [v.check for v in violations] == ["cap_usage"]
     assert f"cap {books.cap_id} {books.period}" in violations[0].message
     assert "used 701" in violations[0].message
 
 
 def test_issued_differs_from_grant_amount(books: Books) -> None:
-    corrupt(books.db, "UPDATE ledger_grants SET amount = amount + 100 WHERE id = :g", g=books.other_grant)
-    violations = books.db.read(lambda s: verify(s, first_only=False))
+    sql = "UPDATE ledger_grants SET amount = amount + 100 WHERE id = :g"
+    with corrupted(books.db, sql, g=books.other_grant) as session:
+        violations = verify(session, first_only=False)
     assert [(v.check, books.other_grant in v.message) for v in violations] == [
         ("issuance", False),
         ("grant_issue", True),
     ]
     assert "issued 15000 but grants total 15100" in violations[0].message
+
+
+def test_every_corruption_was_rolled_back(books: Books) -> None:
+    assert books.db.read(lambda s: verify(s, first_only=False)) == []
 
 
 # ------------------------------------------------------------------------ the command
@@ -218,11 +223,18 @@ def test_verify_command_on_clean_ledger(cli: CliRunner) -> None:
 
 
 def test_verify_command_on_corrupted_ledger(cli: CliRunner, books: Books) -> None:
-    corrupt(books.db, "UPDATE ledger_grants SET held = held + 1 WHERE id = :g", g=books.other_grant)
-    result = cli.invoke(app, ["verify"])
+    change = "UPDATE ledger_grants SET held = held + :n WHERE id = :g"
+    with books.db.engine.begin() as conn:
+        conn.execute(text(change), {"n": 1, "g": books.other_grant})
+    try:
+        result = cli.invoke(app, ["verify"])
+    finally:
+        with books.db.engine.begin() as conn:
+            conn.execute(text(change), {"n": -1, "g": books.other_grant})
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     assert lines[0].startswith("error: ledger invariant violated: wallet_grants")
     assert books.wallet in lines[0]
     assert "Traceback" not in result.output
+    assert cli.invoke(app, ["verify"]).exit_code == 0

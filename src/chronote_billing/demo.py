@@ -18,18 +18,86 @@ DEMO_SERVERS = {"study": ("200000000000000001", "Study Hall"), "guild": ("200000
 
 
 def load(c: Container) -> str:
+    """Accounts, an organization with members, a linked server and authorizations, and some
+    history: recordings and metered events charged through the usage engine like real ones."""
+    from chronote_billing.usage.schemas import EventRequest, UsageRequest
+
+    ada, ben, cy = (DEMO_USERS[k][0] for k in ("ada", "ben", "cy"))
+    study, acme_guild = DEMO_SERVERS["study"][0], DEMO_SERVERS["guild"][0]
     now = c.clock.now()
 
-    def work(session):  # type: ignore[no-untyped-def]
-        created = []
-        for _key, (uid, name) in DEMO_USERS.items():
-            created.append(c.accounts.get_or_create(session, "personal", uid, name))
-        for _key, (gid, name) in DEMO_SERVERS.items():
-            created.append(c.accounts.get_or_create(session, "server", gid, name))
-        ada = created[0]
+    def accounts_and_org(session):  # type: ignore[no-untyped-def]
+        for uid, name in DEMO_USERS.values():
+            c.accounts.get_or_create(session, "personal", uid, name)
+        for gid, name in DEMO_SERVERS.values():
+            c.accounts.get_or_create(session, "server", gid, name)
+        org = c.orgs.create_org(session, actor_user_id=ben, name="Acme", idempotency_key="demo-org-acme")
+        c.orgs.add_member(
+            session,
+            actor_user_id=ben,
+            org_id=org.id,
+            user_id=ada,
+            role="billing_admin",
+            idempotency_key="demo-acme-ada",
+        )
+        c.orgs.add_member(
+            session,
+            actor_user_id=ben,
+            org_id=org.id,
+            user_id=cy,
+            role="member",
+            idempotency_key="demo-acme-cy",
+        )
+        c.orgs.link_server(
+            session,
+            actor_user_id=ben,
+            actor_manages_guild=True,
+            org_id=org.id,
+            guild_id=acme_guild,
+            idempotency_key="demo-acme-link",
+        )
+        cy_authorization = c.orgs.create_authorization(
+            session,
+            actor_user_id=ben,
+            org_id=org.id,
+            subject_type="member",
+            subject_id=cy,
+            monthly_cap_credits=600,
+            capture_sources=["desktop", "web"],
+            valid_from=None,
+            valid_until=None,
+            idempotency_key="demo-acme-auth-cy",
+        )
+        c.orgs.create_authorization(
+            session,
+            actor_user_id=ben,
+            org_id=org.id,
+            subject_type="server",
+            subject_id=acme_guild,
+            monthly_cap_credits=None,
+            capture_sources=None,
+            valid_from=None,
+            valid_until=None,
+            idempotency_key="demo-acme-auth-guild",
+        )
+        org_account = c.accounts.find(session, "organization", org.id)
+        assert org_account is not None
         c.ledger.issue_grant(
             session,
-            account_id=ada.id,
+            account_id=org_account.id,
+            amount=20_000_000,
+            source="promotional",
+            idempotency_key="demo-acme-credits",
+            cause_type="admin",
+            cause_id="demo",
+            expires_at=now + timedelta(days=365),
+            description="Demo credits for Acme",
+        )
+        ada_account = c.accounts.find(session, "personal", ada)
+        assert ada_account is not None
+        c.ledger.issue_grant(
+            session,
+            account_id=ada_account.id,
             amount=50_000,
             source="promotional",
             idempotency_key="demo-ada-welcome",
@@ -38,22 +106,84 @@ def load(c: Container) -> str:
             expires_at=now + timedelta(days=90),
             description="Welcome credits",
         )
-        hold = c.ledger.place_hold(
-            session,
-            account_id=ada.id,
-            amount=30_000,
-            expires_at=now + timedelta(hours=2),
-            idempotency_key="demo-ada-hold-1",
-            reason="Desktop recording (demo)",
-        )
-        if hold.status == "open":
-            c.ledger.capture_hold(
-                session, hold_id=hold.id, amount=23_000, idempotency_key="demo-ada-capture-1"
-            )
-        return len(created)
+        return cy_authorization.id
 
-    count = c.db.write(work)
-    return f"demo data ready: {count} accounts"
+    cy_authorization_id = c.db.write(accounts_and_org)
+
+    history = [
+        (
+            "ada-desktop",
+            UsageRequest(
+                context="personal",
+                capture_source="desktop",
+                user_id=ada,
+                meeting_id="demo-m1",
+                requested_minutes=60,
+            ),
+            23 * 60 + 10,
+        ),
+        (
+            "study-weekly",
+            UsageRequest(
+                context="server",
+                capture_source="discord_voice",
+                user_id=ada,
+                guild_id=study,
+                meeting_id="demo-m2",
+                requested_minutes=90,
+            ),
+            47 * 60,
+        ),
+        (
+            "cy-desktop",
+            UsageRequest(
+                context="personal",
+                capture_source="desktop",
+                user_id=cy,
+                meeting_id="demo-m3",
+                requested_minutes=60,
+                funding_source=cy_authorization_id,
+            ),
+            31 * 60 + 5,
+        ),
+        (
+            "acme-standup",
+            UsageRequest(
+                context="server",
+                capture_source="discord_voice",
+                user_id=ben,
+                guild_id=acme_guild,
+                meeting_id="demo-m4",
+                requested_minutes=60,
+            ),
+            15 * 60,
+        ),
+    ]
+    for key, request, seconds in history:
+        recording = c.db.write(lambda s, r=request, k=key: c.usage.start_recording(s, r, f"demo-{k}-start"))
+        c.db.write(
+            lambda s, rid=recording.id, k=key, sec=seconds, src=request.capture_source: (
+                c.usage.finish_recording(s, rid, {src: sec}, f"demo-{k}-finish")
+            )
+        )
+    c.db.write(
+        lambda s: c.usage.charge_event(
+            s,
+            EventRequest(
+                event_id="demo-ask-1",
+                event_type="ask_question",
+                context="server",
+                user_id=ada,
+                guild_id=study,
+                meeting_id="demo-m2",
+            ),
+        )
+    )
+    return (
+        f"demo data ready: users {', '.join(n for _, n in DEMO_USERS.values())}; servers "
+        f"{', '.join(n for _, n in DEMO_SERVERS.values())}; organization Acme (owner Ben, billing admin Ada, "
+        "member Cy) with history"
+    )
 
 
 def start_side_services(c: Container, host: str, port: int, stripe_port: int) -> None:
@@ -67,3 +197,9 @@ def start_side_services(c: Container, host: str, port: int, stripe_port: int) ->
         webhook_secret=c.settings.stripe_webhook_secret,
     )
     print(f"local Stripe: {stand_in.url} (webhooks to http://{host}:{port}/webhooks/stripe)")
+    # The stand-in starts empty: give it the catalog's products and prices, as an operator
+    # would with `chronote-billing catalog sync` against a new Stripe account.
+    from chronote_billing.stripe_sync.catalog_sync import sync_catalog
+
+    report = sync_catalog(c.billing.client)
+    print(f"catalog synced to the local Stripe: {report.count('create')} created")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,8 +32,16 @@ _HTTP_CODES = {
 }
 
 
-def problem(status: int, code: str, title: str, detail: str, instance: str, **extra: Any) -> JSONResponse:
-    body = {
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    instance: str,
+    extra: Mapping[str, Any] | None = None,
+    **more: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
         "type": PROBLEM_BASE + code,
         "title": title,
         "status": status,
@@ -39,14 +49,15 @@ def problem(status: int, code: str, title: str, detail: str, instance: str, **ex
         "code": code,
         "instance": instance,
     }
-    body.update({k: v for k, v in extra.items() if k not in body})
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+    # Details never overwrite the standard members (an error's own `status` detail, say).
+    body.update({k: v for k, v in {**(extra or {}), **more}.items() if k not in body})
+    return JSONResponse(jsonable_encoder(body), status_code=status, media_type="application/problem+json")
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(BillingError)
     async def _billing_error(request: Request, exc: BillingError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.title, exc.message, request.url.path, **exc.details)
+        return problem(exc.status, exc.code, exc.title, exc.message, request.url.path, exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

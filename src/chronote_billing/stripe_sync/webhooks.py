@@ -203,6 +203,8 @@ class WebhookProcessor:
         """Ask Stripe what a charge paid for when our own records cannot say (never inside a
         transaction). The answer only adds links; ordering does not depend on it."""
         etype = event.get("type", "")
+        if etype.startswith("customer.subscription."):
+            return self._prefetch_subscription_tie(event)
         if not (etype == "charge.refunded" or etype.startswith("charge.dispute.")):
             return {}
         obj = (event.get("data") or {}).get("object") or {}
@@ -248,6 +250,27 @@ class WebhookProcessor:
         except stripe.StripeError as exc:
             raise ExternalServiceError(f"Could not read charge '{charge_id}' from Stripe: {exc}") from exc
         return hints
+
+    def _prefetch_subscription_tie(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Stripe's `created` has one-second resolution: two changes to a subscription in the
+        same second cannot be ordered from the events alone. When this event ties with the
+        newest one applied, ask Stripe for the subscription as it is now and apply that."""
+        obj = (event.get("data") or {}).get("object") or {}
+        sub_id = obj.get("id")
+        if not sub_id or self.client_factory is None or event["type"] == "customer.subscription.deleted":
+            return {}
+        newest = self.db.read(
+            lambda s: s.execute(
+                select(StripeSubscription.last_event_created).where(StripeSubscription.id == sub_id)
+            ).scalar()
+        )
+        if newest is None or int(event.get("created") or 0) != newest:
+            return {}
+        try:
+            current = to_dict(self.client_factory().v1.subscriptions.retrieve(sub_id))
+        except stripe.StripeError as exc:
+            raise ExternalServiceError(f"Could not read subscription '{sub_id}' from Stripe: {exc}") from exc
+        return {"subscription": current}
 
     # ------------------------------------------------------------------ the transaction
 
@@ -400,7 +423,17 @@ class WebhookProcessor:
                 result.outcome = "stale"
                 result.note(f"subscription {sub_id} was already deleted; a deletion is final")
                 return
-            if not deleted and (created, rank) <= (row.last_event_created, row.last_event_rank):
+            current = hints.get("subscription")
+            if not deleted and created == row.last_event_created and current is not None:
+                # A same-second tie: Stripe's current state of the subscription decides.
+                return self.on_subscription(
+                    session, {**event, "created": created}, current, {"tie": True}, result
+                )
+            if (
+                not deleted
+                and not hints.get("tie")
+                and (created, rank) <= (row.last_event_created, row.last_event_rank)
+            ):
                 result.outcome = "stale"
                 result.note(f"older than the newest event applied to {sub_id}; stored, not applied")
                 return

@@ -14,9 +14,40 @@ from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, Principal
 from chronote_billing.core.errors import ValidationFailed
 from chronote_billing.ledger.schemas import BalanceView, GrantView, HoldView, StatementPage
 
-router = APIRouter(prefix="/v1", tags=["ledger"])
 
-Millicredits = Annotated[int, Field(gt=0, le=10**15, description="Millicredits (1 credit = 1,000).")]
+
+class Problem(BaseModel):
+    """An RFC 9457 problem; errors may add members such as ``field`` or ``available``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable error code, e.g. insufficient_credits.")
+    instance: str
+
+
+_PROBLEM = {"application/problem+json": {"schema": Problem.model_json_schema()}}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "unauthenticated", "content": _PROBLEM},
+    402: {"description": "insufficient_credits or cap_reached", "content": _PROBLEM},
+    403: {"description": "permission_denied", "content": _PROBLEM},
+    404: {"description": "not_found", "content": _PROBLEM},
+    409: {
+        "description": "hold_expired, hold_already_settled, idempotency_conflict or conflict",
+        "content": _PROBLEM,
+    },
+    422: {"description": "validation_error or capture_exceeds_hold", "content": _PROBLEM},
+}
+
+router = APIRouter(prefix="/v1", tags=["ledger"], responses=PROBLEM_RESPONSES)
+
+# Strict: "100" or 1.0 is not an amount of money.
+Millicredits = Annotated[
+    int, Field(gt=0, le=10**15, strict=True, description="Millicredits (1 credit = 1,000).")
+]
 
 
 class StrictModel(BaseModel):
@@ -58,14 +89,18 @@ class HoldCreate(StrictModel):
 
 
 class HoldExtend(StrictModel):
-    amount: int = Field(default=0, ge=0, le=10**15, description="Additional millicredits to reserve.")
+    amount: int = Field(
+        default=0, ge=0, le=10**15, strict=True, description="Additional millicredits to reserve."
+    )
     expires_at: datetime | None = None
     ttl_seconds: int | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     allow_partial: bool = False
 
 
 class HoldCapture(StrictModel):
-    amount: int = Field(ge=0, le=10**15, description="Millicredits to charge; at most what is held.")
+    amount: int = Field(
+        ge=0, le=10**15, strict=True, description="Millicredits to charge; at most what is held."
+    )
     reason: str | None = Field(default=None, max_length=500)
 
 
