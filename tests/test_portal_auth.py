@@ -3,6 +3,7 @@ managed servers from permission bits, demo sign-in only in demo mode, CSRF and l
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -230,6 +231,11 @@ def test_discord_sign_in_walks_the_redirect_flow_and_keeps_managed_servers(
     assert "Plain Hall" not in page.text
     assert ("POST", "/api/oauth2/token") in discord.requests
     assert ("GET", "/api/users/@me/guilds") in discord.requests
+    # The session cookie is signed, not encrypted: the Discord token must not be readable in it.
+    cookie = "".join(c.value for c in client.cookies.jar)
+    decoded = base64.b64decode(cookie.split(".")[0] + "==").decode(errors="replace")
+    assert '"uid"' in decoded and user in decoded
+    assert not any(tok in decoded or tok in cookie for tok in discord.tokens)
 
     # Only managed servers open; the other one is refused naming the permission.
     assert client.get(f"/portal/server/{managed}/billing").status_code == 200

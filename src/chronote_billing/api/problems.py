@@ -74,6 +74,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            # A body that is not even text (bad UTF-8) is bad JSON like any other.
+            return problem(
+                422,
+                "validation_error",
+                "Invalid request",
+                "body: the request body is not valid JSON",
+                request.url.path,
+                errors=[{"field": "", "message": "the request body is not valid JSON"}],
+            )
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return problem(
             exc.status_code, code, code.replace("_", " ").capitalize(), str(exc.detail), request.url.path

@@ -7,6 +7,8 @@ was fetched, and the per-session CSRF token. Nothing in it is trusted without th
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import secrets
 import time
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 import authlib.deprecate  # (installs Authlib's own warning filter, overridden below)
 import httpx
 import structlog
+from cryptography.fernet import Fernet, InvalidToken
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
@@ -114,7 +117,27 @@ def sign_in(
         }
     )
     if access_token:
-        request.session["dtok"] = access_token
+        request.session["dtok"] = _seal(container_of(request).settings, access_token)
+
+
+def _cipher(settings: Settings) -> Fernet:
+    # The session cookie is signed, not encrypted: the Discord token in it is encrypted so a
+    # leaked cookie does not also leak a token usable against Discord.
+    key = hashlib.sha256(b"chronote-portal-discord-token:" + settings.session_secret.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _seal(settings: Settings, token: str) -> str:
+    return _cipher(settings).encrypt(token.encode()).decode()
+
+
+def _unseal(settings: Settings, sealed: Any) -> str | None:
+    if not isinstance(sealed, str) or not sealed:
+        return None
+    try:
+        return _cipher(settings).decrypt(sealed.encode()).decode()
+    except InvalidToken:
+        return None
 
 
 def csrf_token(request: Request) -> str:
@@ -207,11 +230,11 @@ async def refresh_guilds_if_stale(request: Request) -> None:
     Demo sessions have no Discord token and keep their fixed list. If Discord no longer accepts
     the token, the managed list is emptied (the write is then refused) rather than trusted.
     """
-    token = request.session.get("dtok")
+    settings = container_of(request).settings
+    token = _unseal(settings, request.session.get("dtok"))
     fetched = float(request.session.get("guilds_at") or 0)
     if not token or time.time() - fetched < GUILDS_MAX_AGE_SECONDS:
         return
-    settings = container_of(request).settings
     url = settings.discord_api_base.rstrip("/") + "/users/@me/guilds"
     try:
         async with httpx.AsyncClient(timeout=10.0) as http:
