@@ -264,6 +264,19 @@ def test_other_validation_errors(api: Api, make_account) -> None:  # type: ignor
         422,
         "validation_error",
     )
+    # A body that is not even UTF-8.
+    problem(
+        api.call(
+            "POST",
+            f"/v1/accounts/{acct}/holds",
+            api.reader,
+            "h-bytes",
+            content=b"\xff\xfe",
+            headers={"Content-Type": "application/json"},
+        ),
+        422,
+        "validation_error",
+    )
     # Holds: zero, negative, no expiry, both expiries, an expiry in the past.
     api.grant(acct, 1_000, "g3")
     for n, hold_body in enumerate(

@@ -27,7 +27,9 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def ledger_api(db, clock, make_account):  # type: ignore[no-untyped-def]
     container = Container(db=db, clock=clock)
     secret = db.write(
-        lambda s: container.api_keys.create(s, "schema", ["accounts:read", "holds:write", "grants:write"]).secret
+        lambda s: (
+            container.api_keys.create(s, "schema", ["accounts:read", "holds:write", "grants:write"]).secret
+        )
     )
     account = make_account()
     db.write(
@@ -62,7 +64,11 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP).include(tag="ledge
 @settings(
     max_examples=12,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 def test_ledger_endpoints_match_their_schema(case, ledger_api) -> None:  # type: ignore[no-untyped-def]
     secret, account, hold_id = ledger_api

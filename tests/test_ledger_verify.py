@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-from conftest import fresh_database
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -27,6 +26,7 @@ from chronote_billing.core.clock import ManualClock
 from chronote_billing.core.db import Database
 from chronote_billing.ledger.service import CapSpec, LedgerService
 from chronote_billing.ledger.verify import verify
+from conftest import fresh_database
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Annotated
 
 import typer
@@ -127,7 +127,11 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--idempotency-key", "-k", help="Retrying with the same key grants once.")
         ],
         expires_in_days: Annotated[
-            int | None, typer.Option(min=1, help="Expire this many days from now.")
+            int | None,
+            typer.Option(
+                min=1,
+                help="Expire at the end of the UTC day this many days from today (a retry the same day matches).",
+            ),
         ] = None,
         source: Annotated[
             str, typer.Option(help="promotional, comp, adjustment or migration")
@@ -140,7 +144,11 @@ def register(app: typer.Typer) -> None:
         if source not in ("promotional", "comp", "adjustment", "migration"):
             fail(f"source must be promotional, comp, adjustment or migration, not '{source}'")
         amount = parse_credits(credits)
-        expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+        expires = None
+        if expires_in_days:
+            # Whole days, so that retrying the command with the same key asks for the same grant.
+            today = c.clock.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            expires = today + timedelta(days=expires_in_days + 1)
 
         def work(session):  # type: ignore[no-untyped-def]
             acct = resolve_account(session, account)

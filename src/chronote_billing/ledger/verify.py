@@ -163,9 +163,7 @@ def check_grants(session: Session) -> Iterator[Violation]:
     ):
         (credit_by_grant if credited else debit_by_grant)[grant_id] += int(total)
     pending = _open_pending_by(session, "grant_id")
-    for g in session.execute(
-        select(Grant.id, Grant.amount, Grant.remaining, Grant.held, Grant.status)
-    ):
+    for g in session.execute(select(Grant.id, Grant.amount, Grant.remaining, Grant.held, Grant.status)):
         if not 0 <= g.held <= g.remaining <= g.amount:
             yield Violation(
                 "grant_bounds", f"grant {g.id} has amount {g.amount}, remaining {g.remaining}, held {g.held}"
@@ -197,7 +195,7 @@ def check_holds(session: Session) -> Iterator[Violation]:
         .where(Transfer.phase.in_(("pending", "post")), Transfer.hold_id.is_not(None))
         .group_by(Transfer.hold_id, Transfer.phase)
     ):
-        (pending_all if phase == "pending" else captured)[hold_id] = int(total)
+        (pending_all if phase == "pending" else captured)[str(hold_id)] = int(total)
     open_pending = _open_pending_by(session, "hold_id")
     for h in session.execute(
         select(Hold.id, Hold.status, Hold.amount_held, Hold.amount_captured, Hold.amount_requested)

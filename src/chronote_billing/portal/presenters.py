@@ -134,7 +134,14 @@ def bar_chart(points: list[tuple[str, int]], width: int = 640, height: int = 160
     return {"width": width, "height": height, "plot": plot, "bars": bars, "peak": peak}
 
 
+def sentence_start(text: str) -> str:
+    """Reasons are written to sit inside a sentence ("personal Pro allowance"); a heading
+    starts with a capital without lowering the rest (Jinja's `capitalize` would)."""
+    return text[:1].upper() + text[1:]
+
+
 FILTERS = {
+    "sentence_start": sentence_start,
     "credits": credits,
     "money": money,
     "date": date,

@@ -15,7 +15,6 @@ from chronote_billing.core.errors import ValidationFailed
 from chronote_billing.ledger.schemas import BalanceView, GrantView, HoldView, StatementPage
 
 
-
 class Problem(BaseModel):
     """An RFC 9457 problem; errors may add members such as ``field`` or ``available``."""
 
