@@ -7,7 +7,6 @@ version is the one in force. Everything here is read-only and cached per process
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -97,7 +96,7 @@ class RateCard:
         """Meeting audio is charged per started minute of wall-clock time, rounded up once."""
         if wall_clock_seconds <= 0:
             return 0
-        return math.ceil(wall_clock_seconds / 60) * self.meeting_audio_per_started_minute
+        return -(-wall_clock_seconds // 60) * self.meeting_audio_per_started_minute
 
     def metered_cost(self, event_type: str) -> int:
         costs = {"chat_to_speech_message": self.chat_to_speech_message, "ask_question": self.ask_question}

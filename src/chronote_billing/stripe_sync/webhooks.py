@@ -666,9 +666,10 @@ class WebhookProcessor:
             return
         diff = new.included_millicredits - old.included_millicredits
         _, slice_start, slice_end = allowance_slice(start, end, changed)
-        total = (slice_end - slice_start).total_seconds()
-        left = max(0.0, (slice_end - max(changed, slice_start)).total_seconds())
-        amount = int(diff * left // total) if total > 0 else 0
+        # Whole seconds and integer division: credits never pass through a float.
+        total = int((slice_end - slice_start).total_seconds())
+        left = max(0, int((slice_end - max(changed, slice_start)).total_seconds()))
+        amount = diff * left // total if total > 0 else 0
         if amount <= 0:
             result.note(f"invoice {inv_id}: upgrade {old.id} to {new.id} leaves no credits to add")
             return

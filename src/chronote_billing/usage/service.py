@@ -19,7 +19,6 @@ its notification is recorded in a committed write of its own (:func:`write_or_re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -433,7 +432,7 @@ class UsageService:
         wall = max(seconds.values())
         cost = rate.meeting_cost(wall)
         label = SOURCE_LABELS.get(rec.capture_source or "", "Recording")
-        minutes = math.ceil(wall / 60) if wall else 0
+        minutes = -(-wall // 60)
         if rec.kind == "upload" and minutes > rec.max_minutes:
             self.ledger.release_hold(
                 session,
@@ -1144,10 +1143,10 @@ class UsageService:
         if req.capture_source != "upload":
             return req.requested_minutes or 0
         if req.declared_duration_seconds is not None:
-            return math.ceil(req.declared_duration_seconds / 60)
+            return -(-req.declared_duration_seconds // 60)
         kbps = load_catalog().rate_card.upload_conservative_kbps
-        seconds = (req.file_size_bytes or 0) * 8 / (kbps * 1000)
-        return max(1, math.ceil(seconds / 60))
+        # Integer ceilings all the way: bits over bits per minute.
+        return max(1, -(-(req.file_size_bytes or 0) * 8 // (kbps * 1000 * 60)))
 
     # ================================================================== internals
 
