@@ -684,8 +684,8 @@ def test_ledger_agrees_with_reference_model(db: Database) -> None:
     run_state_machine_as_test(
         LedgerMachine,
         settings=settings(
-            max_examples=40,
-            stateful_step_count=25,
+            max_examples=30,
+            stateful_step_count=20,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from chronote_billing.core import idempotency
@@ -224,7 +224,7 @@ class LedgerService:
         self._settle_due(session, wallet, now)
 
         grant_id = new_id("grt")
-        session.execute(
+        _conn(session).execute(
             insert(Grant).values(
                 id=grant_id,
                 wallet_account_id=wallet.id,
@@ -429,7 +429,7 @@ class LedgerService:
                 )
             )
         wallet.debits_pending += approved
-        session.execute(
+        _conn(session).execute(
             insert(Hold).values(
                 id=hold_id,
                 wallet_account_id=wallet.id,
@@ -539,7 +539,7 @@ class LedgerService:
             if hold.cap_id and hold.cap_period:
                 self._bump_cap(session, hold.cap_id, hold.cap_period, held=added)
         expires = max(hold.expires_at, new_expiry) if new_expiry else hold.expires_at
-        session.execute(
+        _conn(session).execute(
             update(Hold)
             .where(Hold.id == hold_id)
             .values(
@@ -584,7 +584,9 @@ class LedgerService:
         self._resolve_hold(session, wallet, hold, amount, "captured", now, reason)
         self._settle_due(session, wallet, now)
         self._save_wallet(session, wallet)
-        view = self._hold_view(session, hold_id)
+        view = self._hold_to_view(hold).model_copy(
+            update={"status": "captured", "amount_captured": amount, "settled_at": now}
+        )
         idempotency.remember(
             session,
             f"ledger.hold_capture:{wallet.billing_account_id}",
@@ -615,7 +617,9 @@ class LedgerService:
         self._resolve_hold(session, wallet, hold, 0, status, now, reason)
         self._settle_due(session, wallet, now)
         self._save_wallet(session, wallet)
-        view = self._hold_view(session, hold_id)
+        view = self._hold_to_view(hold).model_copy(
+            update={"status": status, "amount_captured": 0, "settled_at": now}
+        )
         idempotency.remember(
             session,
             f"ledger.hold_release:{wallet.billing_account_id}",
@@ -683,7 +687,7 @@ class LedgerService:
                     reason=reason or "debit",
                 )
             )
-        session.execute(
+        _conn(session).execute(
             insert(Debit).values(
                 id=debit_id,
                 wallet_account_id=wallet.id,
@@ -740,10 +744,10 @@ class LedgerService:
     def balance(self, session: Session, account_id: str) -> BalanceView:
         now = self.clock.now()
         wallet = self._wallet(session, account_id)
-        stale = self._stale_held_by_grant(session, wallet.id, now)
-        grant_rows = session.execute(
-            select(Grant).where(Grant.wallet_account_id == wallet.id, Grant.status == "active")
-        ).scalars()
+        stale = self._stale_held_by_grant(session, wallet.id, now, wallet.next_due_at)
+        grant_rows = _conn(session).execute(
+            select(*Grant.__table__.c).where(Grant.wallet_account_id == wallet.id, Grant.status == "active")
+        )
         grants: list[GrantView] = []
         available = frozen = 0
         for g in grant_rows:
@@ -766,7 +770,7 @@ class LedgerService:
     def list_grants(self, session: Session, account_id: str, include_closed: bool = True) -> list[GrantView]:
         now = self.clock.now()
         wallet = self._wallet(session, account_id)
-        stale = self._stale_held_by_grant(session, wallet.id, now)
+        stale = self._stale_held_by_grant(session, wallet.id, now, wallet.next_due_at)
         query = select(Grant).where(Grant.wallet_account_id == wallet.id)
         if not include_closed:
             query = query.where(Grant.status == "active")
@@ -782,10 +786,10 @@ class LedgerService:
         if not 1 <= limit <= 500:
             raise ValidationFailed("limit must be from 1 to 500.", field="limit")
         wallet = self._wallet(session, account_id)
-        query = select(Transfer).where(Transfer.wallet_account_id == wallet.id)
+        query = select(*Transfer.__table__.c).where(Transfer.wallet_account_id == wallet.id)
         if starting_after is not None:
             query = query.where(Transfer.id < starting_after)
-        rows = list(session.execute(query.order_by(Transfer.id.desc()).limit(limit + 1)).scalars())
+        rows = list(_conn(session).execute(query.order_by(Transfer.id.desc()).limit(limit + 1)))
         lines = [_statement_line(t, wallet.id) for t in rows[:limit]]
         has_more = len(rows) > limit
         return StatementPage(
@@ -829,7 +833,10 @@ class LedgerService:
 
     # ------------------------------------------------------------------ internals
 
-    def _wallet(self, session: Session, account_id: str, lock: bool = False) -> _Wallet:
+    def _wallet(
+        self, session: Session, account_id: str | None = None, lock: bool = False, hold_id: str | None = None
+    ) -> _Wallet:
+        """The wallet of an account, or of the account a hold belongs to."""
         query = select(
             LedgerAccount.id,
             LedgerAccount.billing_account_id,
@@ -837,10 +844,16 @@ class LedgerService:
             LedgerAccount.debits_posted,
             LedgerAccount.debits_pending,
             LedgerAccount.next_due_at,
-        ).where(LedgerAccount.billing_account_id == account_id)
+        )
+        if hold_id is not None:
+            query = query.join(Hold, Hold.wallet_account_id == LedgerAccount.id).where(Hold.id == hold_id)
+        else:
+            query = query.where(LedgerAccount.billing_account_id == account_id)
         if lock:
-            query = query.with_for_update()
-        row = session.execute(query).first()
+            query = query.with_for_update(of=LedgerAccount)
+        row = _conn(session).execute(query).first()
+        if row is None and hold_id is not None:
+            raise NotFound(f"No hold '{hold_id}'.", hold_id=hold_id)
         if row is None:
             raise NotFound(f"No billing account '{account_id}'.", account_id=account_id)
         return _Wallet(
@@ -856,12 +869,12 @@ class LedgerService:
         return self._wallet(session, account_id, lock=True)
 
     def _lock_hold(self, session: Session, hold_id: str) -> tuple[_Wallet, Hold]:
-        owner = session.execute(select(Hold.billing_account_id).where(Hold.id == hold_id)).scalar()
-        if owner is None:
-            raise NotFound(f"No hold '{hold_id}'.", hold_id=hold_id)
-        wallet = self._lock_wallet(session, owner)
-        hold = session.execute(select(Hold).where(Hold.id == hold_id)).scalar_one()
-        session.refresh(hold)
+        # The hold's wallet, locked in the same statement (a hold never changes wallet); the hold
+        # itself is read after the lock, so it reflects every write that held the lock before.
+        wallet = self._wallet(session, hold_id=hold_id, lock=True)
+        hold = session.execute(
+            select(Hold).where(Hold.id == hold_id).execution_options(populate_existing=True)
+        ).scalar_one()
         return wallet, hold
 
     @staticmethod
@@ -908,7 +921,7 @@ class LedgerService:
                 expires_at=as_utc(r.expires_at) if r.expires_at else None,
                 created_at=as_utc(r.created_at),
             )
-            for r in session.execute(query)
+            for r in _conn(session).execute(query)
         ]
         lots.sort(key=lambda lot: burn_order_key(lot.expires_at, lot.priority, lot.created_at, lot.id))
         return lots
@@ -928,11 +941,15 @@ class LedgerService:
         room: int | None = None
         if cap is not None and cap.limit is not None:
             period = cap_period or month_key(now)
-            usage = session.execute(
-                select(CapUsage.held, CapUsage.used)
-                .where(CapUsage.cap_id == cap.cap_id, CapUsage.period == period)
-                .with_for_update()
-            ).first()
+            usage = (
+                _conn(session)
+                .execute(
+                    select(CapUsage.held, CapUsage.used)
+                    .where(CapUsage.cap_id == cap.cap_id, CapUsage.period == period)
+                    .with_for_update()
+                )
+                .first()
+            )
             room = max(0, cap.limit - ((usage.held + usage.used) if usage else 0))
         approvable = available if room is None else min(available, room)
         if amount <= approvable:
@@ -964,11 +981,15 @@ class LedgerService:
         now: datetime,
         reason: str | None,
     ) -> None:
-        pending = session.execute(
-            select(Transfer.id, Transfer.amount, Transfer.grant_id).where(
-                Transfer.hold_id == hold.id, Transfer.phase == "pending"
+        pending = (
+            _conn(session)
+            .execute(
+                select(Transfer.id, Transfer.amount, Transfer.grant_id).where(
+                    Transfer.hold_id == hold.id, Transfer.phase == "pending"
+                )
             )
-        ).all()
+            .all()
+        )
         lots = {
             lot.id: lot for lot in self._lots(session, wallet.id, ids=sorted({p.grant_id for p in pending}))
         }
@@ -1033,7 +1054,7 @@ class LedgerService:
                 transfers.append(self._expire_lot(wallet, lot, now))
         self._insert_transfers(session, transfers)
         self._save_lots(session, list(lots.values()))
-        session.execute(
+        _conn(session).execute(
             update(Hold)
             .where(Hold.id == hold.id)
             .values(status=status, amount_captured=capture, settled_at=now)
@@ -1063,9 +1084,9 @@ class LedgerService:
             return 0
         settled = 0
         expired_holds = session.execute(
-            select(Hold).where(
-                Hold.wallet_account_id == wallet.id, Hold.status == "open", Hold.expires_at <= now
-            )
+            select(Hold)
+            .where(Hold.wallet_account_id == wallet.id, Hold.status == "open", Hold.expires_at <= now)
+            .execution_options(populate_existing=True)
         ).scalars()
         for hold in list(expired_holds):
             self._resolve_hold(session, wallet, hold, 0, "expired", now, "hold expired unsettled")
@@ -1079,44 +1100,70 @@ class LedgerService:
             self._insert_transfers(session, [self._expire_lot(wallet, lot, now) for lot in lots])
             self._save_lots(session, lots)
             settled += len(lots)
-        next_hold = session.execute(
-            select(func.min(Hold.expires_at)).where(
-                Hold.wallet_account_id == wallet.id, Hold.status == "open"
+        next_hold = (
+            _conn(session)
+            .execute(
+                select(func.min(Hold.expires_at)).where(
+                    Hold.wallet_account_id == wallet.id, Hold.status == "open"
+                )
             )
-        ).scalar()
-        next_grant = session.execute(
-            select(func.min(Grant.expires_at)).where(
-                Grant.wallet_account_id == wallet.id, Grant.status == "active", Grant.expires_at > now
+            .scalar()
+        )
+        next_grant = (
+            _conn(session)
+            .execute(
+                select(func.min(Grant.expires_at)).where(
+                    Grant.wallet_account_id == wallet.id, Grant.status == "active", Grant.expires_at > now
+                )
             )
-        ).scalar()
+            .scalar()
+        )
         wallet.next_due_at = _earliest(
             as_utc(next_hold) if next_hold else None, as_utc(next_grant) if next_grant else None
         )
         return settled
 
-    def _stale_held_by_grant(self, session: Session, wallet_id: str, now: datetime) -> dict[str, int]:
-        """Held amounts of open holds past their expiry (not swept yet), per grant."""
-        rows = session.execute(
-            select(Transfer.grant_id, func.sum(Transfer.amount))
-            .join(Hold, Hold.id == Transfer.hold_id)
-            .where(
-                Hold.wallet_account_id == wallet_id,
-                Hold.status == "open",
-                Hold.expires_at <= now,
-                Transfer.phase == "pending",
+    def _stale_held_by_grant(
+        self, session: Session, wallet_id: str, now: datetime, next_due_at: Any = ...
+    ) -> dict[str, int]:
+        """Held amounts of open holds past their expiry (not swept yet), per grant.
+
+        ``next_due_at``: the wallet's, when the caller has it. It is never later than any open
+        hold's expiry, so while it lies in the future no hold can be stale and nothing is read.
+        """
+        if next_due_at is None or (isinstance(next_due_at, datetime) and next_due_at > now):
+            return {}
+        rows = (
+            _conn(session)
+            .execute(
+                select(Transfer.grant_id, func.sum(Transfer.amount))
+                .join(Hold, Hold.id == Transfer.hold_id)
+                .where(
+                    Hold.wallet_account_id == wallet_id,
+                    Hold.status == "open",
+                    Hold.expires_at <= now,
+                    Transfer.phase == "pending",
+                )
+                .group_by(Transfer.grant_id)
             )
-            .group_by(Transfer.grant_id)
-        ).all()
+            .all()
+        )
         return {r[0]: int(r[1]) for r in rows}
 
     def _bump_cap(self, session: Session, cap_id: str, period: str, held: int = 0, used: int = 0) -> None:
-        changed = session.execute(
-            update(CapUsage)
-            .where(CapUsage.cap_id == cap_id, CapUsage.period == period)
-            .values(held=CapUsage.held + held, used=CapUsage.used + used)
-        ).rowcount  # type: ignore[attr-defined]
+        changed = (
+            _conn(session)
+            .execute(
+                update(CapUsage)
+                .where(CapUsage.cap_id == cap_id, CapUsage.period == period)
+                .values(held=CapUsage.held + held, used=CapUsage.used + used)
+            )
+            .rowcount
+        )  # type: ignore[attr-defined]
         if not changed:
-            session.execute(insert(CapUsage).values(cap_id=cap_id, period=period, held=held, used=used))
+            _conn(session).execute(
+                insert(CapUsage).values(cap_id=cap_id, period=period, held=held, used=used)
+            )
 
     def _transfer(
         self,
@@ -1155,12 +1202,12 @@ class LedgerService:
     @staticmethod
     def _insert_transfers(session: Session, rows: list[dict[str, Any]]) -> None:
         if rows:
-            session.execute(insert(Transfer), rows)
+            _conn(session).execute(insert(Transfer), rows)
 
     @staticmethod
     def _save_lots(session: Session, lots: Sequence[_Lot]) -> None:
         for lot in lots:
-            session.execute(
+            _conn(session).execute(
                 update(Grant)
                 .where(Grant.id == lot.id)
                 .values(
@@ -1172,7 +1219,7 @@ class LedgerService:
 
     @staticmethod
     def _save_wallet(session: Session, wallet: _Wallet) -> None:
-        session.execute(
+        _conn(session).execute(
             update(LedgerAccount)
             .where(LedgerAccount.id == wallet.id)
             .values(
@@ -1184,15 +1231,17 @@ class LedgerService:
         )
 
     def _grant_view(self, session: Session, grant_id: str, now: datetime) -> GrantView:
-        grant = session.execute(select(Grant).where(Grant.id == grant_id)).scalar()
+        grant = session.execute(
+            select(Grant).where(Grant.id == grant_id).execution_options(populate_existing=True)
+        ).scalar()
         if grant is None:
             raise NotFound(f"No grant '{grant_id}'.", grant_id=grant_id)
-        session.refresh(grant)
         stale = self._stale_held_by_grant(session, grant.wallet_account_id, now)
         return self._grant_to_view(grant, now, stale.get(grant.id, 0))
 
     @staticmethod
-    def _grant_to_view(g: Grant, now: datetime, stale_held: int) -> GrantView:
+    def _grant_to_view(g: Any, now: datetime, stale_held: int) -> GrantView:
+        """``g``: a Grant, or a row with its columns."""
         held = g.held - stale_held
         spendable = (
             g.status == "active"
@@ -1222,10 +1271,15 @@ class LedgerService:
         )
 
     def _hold_view(self, session: Session, hold_id: str) -> HoldView:
-        hold = session.execute(select(Hold).where(Hold.id == hold_id)).scalar()
+        hold = session.execute(
+            select(Hold).where(Hold.id == hold_id).execution_options(populate_existing=True)
+        ).scalar()
         if hold is None:
             raise NotFound(f"No hold '{hold_id}'.", hold_id=hold_id)
-        session.refresh(hold)
+        return self._hold_to_view(hold)
+
+    @staticmethod
+    def _hold_to_view(hold: Hold) -> HoldView:
         return HoldView(
             id=hold.id,
             account_id=hold.billing_account_id,
@@ -1242,6 +1296,11 @@ class LedgerService:
             created_at=hold.created_at,
             settled_at=hold.settled_at,
         )
+
+
+def _conn(session: Session) -> Connection:
+    """The session's connection: statements on the hot path skip the ORM layer."""
+    return session.connection()
 
 
 def _draw(lots: list[_Lot], amount: int) -> list[tuple[_Lot, int]]:
@@ -1268,7 +1327,7 @@ def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     return min(a, b)
 
 
-def _statement_line(t: Transfer, wallet_id: str) -> StatementLine:
+def _statement_line(t: Any, wallet_id: str) -> StatementLine:
     sign = 1 if t.credit_account_id == wallet_id else -1
     return StatementLine(
         id=t.id,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
@@ -26,9 +28,27 @@ class Violation:
 
 
 _MOVES = ("posted", "post")
+T = TypeVar("T")
+
+# Aggregates shared by several checks are computed once per ``verify`` call.
+_shared: ContextVar[dict[Any, Any] | None] = ContextVar("ledger_verify_shared", default=None)
+
+
+def _once(key: Any, compute: Callable[[], T]) -> T:
+    memo = _shared.get()
+    if memo is None:
+        return compute()
+    if key not in memo:
+        memo[key] = compute()
+    result: T = memo[key]
+    return result
 
 
 def _posted_by_account(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    return _once("posted", lambda: _compute_posted_by_account(session))
+
+
+def _compute_posted_by_account(session: Session) -> tuple[dict[str, int], dict[str, int]]:
     credits: dict[str, int] = defaultdict(int)
     debits: dict[str, int] = defaultdict(int)
     for credit, debit, total in session.execute(
@@ -43,15 +63,27 @@ def _posted_by_account(session: Session) -> tuple[dict[str, int], dict[str, int]
 
 def _open_pending_by(session: Session, column: str) -> dict[str, int]:
     """Sum of pending transfers that no post/void resolved yet, grouped by a transfer column."""
+    index = _PENDING_KEYS.index(column)
+    totals: dict[str, int] = defaultdict(int)
+    for *keys, total in _once("open_pending", lambda: _open_pending(session)):
+        if keys[index] is not None:
+            totals[str(keys[index])] += total
+    return dict(totals)
+
+
+_PENDING_KEYS = ("debit_account_id", "grant_id", "hold_id")
+
+
+def _open_pending(session: Session) -> list[tuple[Any, ...]]:
     resolution = aliased(Transfer)
-    col = getattr(Transfer, column)
+    keys = [getattr(Transfer, k) for k in _PENDING_KEYS]
     rows = session.execute(
-        select(col, func.sum(Transfer.amount))
+        select(*keys, func.sum(Transfer.amount))
         .outerjoin(resolution, resolution.pending_id == Transfer.id)
         .where(Transfer.phase == "pending", resolution.id.is_(None))
-        .group_by(col)
+        .group_by(*keys)
     )
-    return {k: int(v) for k, v in rows if k is not None}
+    return [(*row[:3], int(row[3])) for row in rows]
 
 
 def check_transfers(session: Session) -> Iterator[Violation]:
@@ -277,12 +309,16 @@ CHECKS: list[tuple[str, Callable[[Session], Iterator[Violation]]]] = [
 
 def verify(session: Session, first_only: bool = True) -> list[Violation]:
     found: list[Violation] = []
-    for _name, check in CHECKS:
-        for violation in check(session):
-            found.append(violation)
-            if first_only:
-                return found
-    return found
+    token = _shared.set({})
+    try:
+        for _name, check in CHECKS:
+            for violation in check(session):
+                found.append(violation)
+                if first_only:
+                    return found
+        return found
+    finally:
+        _shared.reset(token)
 
 
 __all__ = ["Violation", "verify", "CHECKS"]

@@ -1,0 +1,313 @@
+"""Ledger throughput and balance-read latency against PostgreSQL, compared with pgbench's TPC-B.
+
+    .venv/bin/python bench/ledger.py --seconds 10
+
+Uses the server named by CHRONOTE_DATABASE_URL but never its database: it creates
+``chronote_bench`` (the ledger) and ``chronote_bench_pgbench`` (TPC-B) beside it and drops
+neither, so the figures can be inspected afterwards.
+
+What one op is (the same in every case and every ratio):
+- ``place_capture``: one hold placed and then captured, i.e. two ledger transactions, counts as
+  ONE op (it is one metered recording);
+- ``debit``: one direct debit, one transaction, is one op.
+The ratio divides ops/s by pgbench's TPC-B-like transactions/s at the same number of clients
+(one TPC-B transaction: three UPDATEs, a SELECT and an INSERT).
+
+Cases run on many wallets (a random one of ``--wallets`` per op) and on one hot wallet. Workers
+are processes, each with its own engine and connection, so the client side is not limited by
+one interpreter's lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from chronote_billing.accounts.service import AccountService
+from chronote_billing.config import normalize_database_url
+from chronote_billing.core import migrate
+from chronote_billing.core.db import Database
+from chronote_billing.ledger.service import LedgerService
+from chronote_billing.ledger.verify import verify
+
+BENCH_DB = "chronote_bench"
+PGBENCH_DB = "chronote_bench_pgbench"
+PLENTY = 10**12  # millicredits per seeded wallet: no case ever runs a wallet dry
+
+
+def recreate_database(base_url: str, name: str) -> str:
+    url = make_url(base_url)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def seed(db: Database, wallets: int) -> tuple[list[str], str]:
+    ledger = LedgerService()
+    accounts = AccountService(ledger=ledger)
+
+    def open_funded(owner: str) -> str:
+        def work(session: Any) -> str:
+            account = accounts.get_or_create(session, "organization", owner)
+            ledger.issue_grant(
+                session,
+                account_id=account.id,
+                amount=PLENTY,
+                source="promotional",
+                idempotency_key="seed",
+                cause_type="bench",
+            )
+            return account.id
+
+        return db.write(work)
+
+    many = [open_funded(f"org_bench_{n}") for n in range(wallets)]
+    hot = open_funded("org_bench_hot")
+    return many, hot
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _worker(
+    url: str, case: str, targets: list[str], seconds: float, go: Any, results: Any, worker: int
+) -> None:
+    db = Database(url)
+    ledger = LedgerService()
+    rng = random.Random(worker * 7919 + os.getpid())
+    db.read(lambda s: s.execute(text("select 1")).scalar())  # connect before the start
+    go.wait()
+    deadline = time.perf_counter() + seconds
+    ops = 0
+    tag = f"{case}-{worker}-{os.getpid()}-{time.time_ns()}"
+    while time.perf_counter() < deadline:
+        account = rng.choice(targets)
+        key = f"{tag}-{ops}"
+        if case == "debit":
+            db.write(
+                lambda s, a=account, k=key: ledger.debit(s, account_id=a, amount=1_000, idempotency_key=k)
+            )
+        else:
+            expires = datetime.now(UTC) + timedelta(hours=1)
+            hold = db.write(
+                lambda s, a=account, k=key, e=expires: ledger.place_hold(
+                    s, account_id=a, amount=5_000, expires_at=e, idempotency_key=k
+                )
+            )
+            db.write(
+                lambda s, h=hold.id, k=key: ledger.capture_hold(s, hold_id=h, amount=3_000, idempotency_key=k)
+            )
+        ops += 1
+    results.put(ops)
+    db.dispose()
+
+
+def run_case(url: str, case: str, targets: list[str], workers: int, seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    go = ctx.Event()
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=(url, case, targets, seconds, go, results, n))
+        for n in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.5)  # let every worker import and connect
+    go.set()
+    total = sum(results.get(timeout=seconds + 120) for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+# ----------------------------------------------------------------------------- pgbench
+
+
+def pgbench_tps(base_url: str, clients: list[int], seconds: float) -> dict[int, float]:
+    if shutil.which("pgbench") is None:
+        sys.exit("pgbench is not installed (apt-get install postgresql-client)")
+    url = make_url(recreate_database(base_url, PGBENCH_DB))
+    conn = ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
+    env = dict(os.environ)
+    if url.password:
+        env["PGPASSWORD"] = url.password
+    subprocess.run(
+        ["pgbench", "-i", "-s", "1", "-q", *conn, PGBENCH_DB], check=True, env=env, capture_output=True
+    )
+    tps = {}
+    for n in clients:
+        out = subprocess.run(
+            ["pgbench", "-c", str(n), "-j", str(n), "-T", str(int(seconds)), "-n", *conn, PGBENCH_DB],
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+        if match is None:
+            sys.exit("could not read pgbench's tps:\n" + out)
+        tps[n] = float(match.group(1))
+    return tps
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def build_history(db: Database, entries: int) -> str:
+    """A wallet with ``entries`` transfers: one grant, then ``entries - 1`` posted debits of 1.
+
+    Written set-based in SQL; every counter, running balance and debit row matches what the
+    service would have written, so ``verify`` holds over it.
+    """
+    ledger = LedgerService()
+    accounts = AccountService(ledger=ledger)
+    debits = entries - 1
+    amount = 10 * entries
+
+    def work(session: Any) -> tuple[str, str, str]:
+        account = accounts.get_or_create(session, "organization", "org_bench_history")
+        grant = ledger.issue_grant(
+            session,
+            account_id=account.id,
+            amount=amount,
+            source="promotional",
+            idempotency_key="history",
+            cause_type="bench",
+        )
+        return account.id, account.wallet_account_id, grant.id
+
+    account_id, wallet_id, grant_id = db.write(work)
+    start = datetime.now(UTC) - timedelta(days=365)
+    params = {
+        "acct": account_id,
+        "wallet": wallet_id,
+        "grant": grant_id,
+        "n": debits,
+        "amount": amount,
+        "t0": start,
+    }
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ledger_debits (id, wallet_account_id, billing_account_id, amount, reason, metadata,"
+                " cap_id, cap_period, created_at)"
+                " SELECT 'deb_hist' || lpad(g::text, 9, '0'), :wallet, :acct, 1, 'history', '{}'::jsonb,"
+                " NULL, NULL, :t0 + g * interval '30 seconds'"
+                " FROM generate_series(1, :n) AS g"
+            ),
+            params,
+        )
+        conn.execute(
+            text(
+                "INSERT INTO ledger_transfers (debit_account_id, credit_account_id, wallet_account_id, amount,"
+                " phase, pending_id, kind, grant_id, hold_id, debit_id, balance_after, reason, created_at)"
+                " SELECT :wallet, 'la_system_consumption', :wallet, 1, 'posted', NULL, 'debit', :grant, NULL,"
+                " 'deb_hist' || lpad(g::text, 9, '0'), :amount - g, 'history', :t0 + g * interval '30 seconds'"
+                " FROM generate_series(1, :n) AS g ORDER BY g"
+            ),
+            params,
+        )
+        conn.execute(
+            text("UPDATE ledger_accounts SET debits_posted = debits_posted + :n WHERE id = :wallet"), params
+        )
+        conn.execute(text("UPDATE ledger_grants SET remaining = remaining - :n WHERE id = :grant"), params)
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE"))
+    return account_id
+
+
+def balance_p99(db: Database, account_id: str, reads: int) -> float:
+    ledger = LedgerService()
+    for _ in range(50):  # warm the pool, caches and compiled statements
+        db.read(lambda s: ledger.balance(s, account_id))
+    timings = []
+    for _ in range(reads):
+        t = time.perf_counter()
+        db.read(lambda s: ledger.balance(s, account_id))
+        timings.append((time.perf_counter() - t) * 1000)
+    return statistics.quantiles(timings, n=100)[98]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10, help="Length of each case and pgbench run.")
+    parser.add_argument("--workers", default="1,4,8", help="Comma-separated worker counts.")
+    parser.add_argument("--wallets", type=int, default=1_000)
+    parser.add_argument("--history", type=int, default=1_000_000, help="Transfers on the history wallet.")
+    parser.add_argument("--reads", type=int, default=2_000, help="Balance reads for the p99.")
+    parser.add_argument("--allow-sqlite", action="store_true", help="Run on SQLite, without pgbench ratios.")
+    args = parser.parse_args()
+
+    base = normalize_database_url(os.environ.get("CHRONOTE_DATABASE_URL", ""))
+    is_pg = base.startswith("postgresql")
+    if not is_pg and not args.allow_sqlite:
+        sys.exit(
+            "bench/ledger.py measures PostgreSQL: set CHRONOTE_DATABASE_URL=postgresql://... "
+            "(or pass --allow-sqlite for SQLite figures without TPC-B ratios)"
+        )
+    workers = [int(w) for w in args.workers.split(",")]
+    if is_pg:
+        url = recreate_database(base, BENCH_DB)
+    else:
+        url = "sqlite:///var/bench/ledger.db"
+        if os.path.exists("var/bench/ledger.db"):
+            os.remove("var/bench/ledger.db")
+    db = Database(url)
+    migrate.upgrade(db.engine)
+    print(f"# seeding {args.wallets} wallets ...", file=sys.stderr, flush=True)
+    many, hot = seed(db, args.wallets)
+
+    tpcb = pgbench_tps(base, workers, args.seconds) if is_pg else {}
+    for case in ("place_capture", "debit"):
+        for where, targets in (("many_wallets", many), ("hot_wallet", [hot])):
+            for n in workers:
+                ops = run_case(url, case, targets, n, args.seconds)
+                ratio = f"{ops / tpcb[n]:.2f}" if n in tpcb else "n/a"
+                print(
+                    f"case={case}_{where} workers={n} ops_per_s={ops:.1f} ratio_vs_tpcb={ratio}", flush=True
+                )
+    for n, tps in tpcb.items():
+        print(f"# pgbench tpcb clients={n} tps={tps:.1f}", file=sys.stderr, flush=True)
+
+    if is_pg:
+        print(f"# building a wallet with {args.history} transfers ...", file=sys.stderr, flush=True)
+        history_account = build_history(db, args.history)
+        count = db.read(
+            lambda s: s.execute(
+                text(
+                    "SELECT count(*) FROM ledger_transfers t JOIN billing_accounts a"
+                    " ON a.wallet_account_id = t.wallet_account_id WHERE a.id = :a"
+                ),
+                {"a": history_account},
+            ).scalar_one()
+        )
+        p99 = balance_p99(db, history_account, args.reads)
+        print(f"balance_read_p99_ms={p99:.2f} history_entries={count}", flush=True)
+    violations = db.read(lambda s: verify(s, first_only=False))
+    print(f"# verify: {'ok' if not violations else violations[:3]}", file=sys.stderr, flush=True)
+    db.dispose()
+
+
+if __name__ == "__main__":
+    main()
