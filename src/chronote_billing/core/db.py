@@ -107,7 +107,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs a round trip on every transaction. Connections are recycled before
+    # server-side timeouts instead, and a connection that died anyway fails its transaction,
+    # which `Database.write` does not retry (the caller's idempotency key makes its retry safe).
+    kwargs.setdefault("pool_recycle", 1800)
     return create_engine(url, **kwargs)
 
 

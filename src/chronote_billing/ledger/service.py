@@ -1075,7 +1075,9 @@ class LedgerService:
             phase="posted",
             kind="expiry",
             grant_id=lot.id,
-            reason="expired credits",
+            reason=f"expired credits (expired {lot.expires_at:%Y-%m-%d %H:%M} UTC)"
+            if lot.expires_at
+            else "expired credits",
         )
 
     def _settle_due(self, session: Session, wallet: _Wallet, now: datetime, force: bool = False) -> int:
