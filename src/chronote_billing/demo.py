@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy.orm import Session
+
 from chronote_billing.container import Container
+from chronote_billing.usage.schemas import UsageRequest
 
 DEMO_USERS = {
     "ada": ("100000000000000001", "Ada"),
@@ -20,7 +23,7 @@ DEMO_SERVERS = {"study": ("200000000000000001", "Study Hall"), "guild": ("200000
 def load(c: Container) -> str:
     """Accounts, an organization with members, a linked server and authorizations, and some
     history: recordings and metered events charged through the usage engine like real ones."""
-    from chronote_billing.usage.schemas import EventRequest, UsageRequest
+    from chronote_billing.usage.schemas import EventRequest
 
     ada, ben, cy = (DEMO_USERS[k][0] for k in ("ada", "ben", "cy"))
     study, acme_guild = DEMO_SERVERS["study"][0], DEMO_SERVERS["guild"][0]
@@ -160,12 +163,7 @@ def load(c: Container) -> str:
         ),
     ]
     for key, request, seconds in history:
-        recording = c.db.write(lambda s, r=request, k=key: c.usage.start_recording(s, r, f"demo-{k}-start"))
-        c.db.write(
-            lambda s, rid=recording.id, k=key, sec=seconds, src=request.capture_source: (
-                c.usage.finish_recording(s, rid, {src: sec}, f"demo-{k}-finish")
-            )
-        )
+        record_one(c, key, request, seconds)
     c.db.write(
         lambda s: c.usage.charge_event(
             s,
@@ -184,6 +182,22 @@ def load(c: Container) -> str:
         f"{', '.join(n for _, n in DEMO_SERVERS.values())}; organization Acme (owner Ben, billing admin Ada, "
         "member Cy) with history"
     )
+
+
+def record_one(c: Container, key: str, request: UsageRequest, seconds: int) -> None:
+    """One recording of the demo history: started, then finished after ``seconds``."""
+
+    def start(session: Session) -> str:
+        return c.usage.start_recording(session, request, f"demo-{key}-start").id
+
+    recording_id = c.db.write(start)
+
+    def finish(session: Session) -> None:
+        c.usage.finish_recording(
+            session, recording_id, {request.capture_source: seconds}, f"demo-{key}-finish"
+        )
+
+    c.db.write(finish)
 
 
 def start_side_services(c: Container, host: str, port: int, stripe_port: int) -> None:

@@ -185,7 +185,13 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         )
     packs = {
         c["id"]: CreditPack(
-            c["id"], c["name"], c["credits"], c["unit_amount"], currency, c["lookup_key"], c["expires_after_months"]
+            c["id"],
+            c["name"],
+            c["credits"],
+            c["unit_amount"],
+            currency,
+            c["lookup_key"],
+            c["expires_after_months"],
         )
         for c in raw["credit_packs"]
     }
@@ -202,7 +208,9 @@ def _parse(raw: dict[str, Any]) -> Catalog:
 
 def catalog_versions() -> list[str]:
     files = resources.files("chronote_billing.catalog").joinpath("data").iterdir()
-    return sorted(f.name.removeprefix("catalog-").removesuffix(".json") for f in files if f.name.endswith(".json"))
+    return sorted(
+        f.name.removeprefix("catalog-").removesuffix(".json") for f in files if f.name.endswith(".json")
+    )
 
 
 @cache
