@@ -180,17 +180,19 @@ def test_member_reorders_funding_sources_in_place(portal: Portal, browser: Brows
     sign_in(page, portal, "Cy")
     expect(page.get_by_test_id("billed-to")).to_have_text("Billed to: you")
     order = page.get_by_test_id("funding-order")
-    expect(order.locator("li").nth(1)).to_contain_text("Ben Studio authorization")
-    expect(order.locator("li").nth(2)).to_contain_text("Ben Works authorization")
-    expect(order.locator("li").nth(1)).to_contain_text("120 credits/month")
+    # The demo data already authorizes Cy on Acme: it stays first among the authorizations.
+    expect(order.locator("li").nth(1)).to_contain_text("Acme authorization")
+    expect(order.locator("li").nth(2)).to_contain_text("Ben Studio authorization")
+    expect(order.locator("li").nth(3)).to_contain_text("Ben Works authorization")
+    expect(order.locator("li").nth(2)).to_contain_text("120 credits/month")
 
     page.evaluate("window.notReloaded = true")
     page.get_by_role("button", name="Move Ben Studio authorization down").click()
-    expect(order.locator("li").nth(1)).to_contain_text("Ben Works authorization")
-    expect(order.locator("li").nth(2)).to_contain_text("Ben Studio authorization")
+    expect(order.locator("li").nth(2)).to_contain_text("Ben Works authorization")
+    expect(order.locator("li").nth(3)).to_contain_text("Ben Studio authorization")
     assert page.evaluate("window.notReloaded") is True  # swapped by HTMX, not a page load
     page.reload()
-    expect(page.get_by_test_id("funding-order").locator("li").nth(1)).to_contain_text(
+    expect(page.get_by_test_id("funding-order").locator("li").nth(2)).to_contain_text(
         "Ben Works authorization"
     )
 
