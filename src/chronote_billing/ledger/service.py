@@ -410,25 +410,7 @@ class LedgerService:
         approved = self._approvable(session, wallet, lots, amount, allow_partial, cap, now)
         hold_id = new_id("hold")
         period = month_key(now) if cap else None
-        draws = _draw(lots, approved)
-        transfers = []
-        for lot, take in draws:
-            lot.held += take
-            transfers.append(
-                self._transfer(
-                    now,
-                    debit=wallet.id,
-                    credit=self.system_account_id("consumption"),
-                    wallet=wallet,
-                    amount=take,
-                    phase="pending",
-                    kind="hold",
-                    grant_id=lot.id,
-                    hold_id=hold_id,
-                    reason=reason or "hold",
-                )
-            )
-        wallet.debits_pending += approved
+        draws, transfers = self._reserve(wallet, lots, approved, hold_id, "hold", reason or "hold", now)
         _conn(session).execute(
             insert(Hold).values(
                 id=hold_id,
@@ -515,25 +497,9 @@ class LedgerService:
             added = self._approvable(
                 session, wallet, lots, amount, allow_partial, cap, now, cap_period=hold.cap_period
             )
-            draws = _draw(lots, added)
-            transfers = []
-            for lot, take in draws:
-                lot.held += take
-                transfers.append(
-                    self._transfer(
-                        now,
-                        debit=wallet.id,
-                        credit=self.system_account_id("consumption"),
-                        wallet=wallet,
-                        amount=take,
-                        phase="pending",
-                        kind="hold_extend",
-                        grant_id=lot.id,
-                        hold_id=hold_id,
-                        reason=hold.reason or "hold extended",
-                    )
-                )
-            wallet.debits_pending += added
+            draws, transfers = self._reserve(
+                wallet, lots, added, hold_id, "hold_extend", hold.reason or "hold extended", now
+            )
             self._insert_transfers(session, transfers)
             self._save_lots(session, [lot for lot, _ in draws])
             if hold.cap_id and hold.cap_period:
@@ -1061,6 +1027,38 @@ class LedgerService:
         )
         if hold.cap_id and hold.cap_period:
             self._bump_cap(session, hold.cap_id, hold.cap_period, held=-hold.amount_held, used=capture)
+
+    def _reserve(
+        self,
+        wallet: _Wallet,
+        lots: list[_Lot],
+        amount: int,
+        hold_id: str,
+        kind: str,
+        reason: str,
+        now: datetime,
+    ) -> tuple[list[tuple[_Lot, int]], list[dict[str, Any]]]:
+        """Draw ``amount`` from the lots in burn order as pending transfers of one hold."""
+        draws = _draw(lots, amount)
+        transfers = []
+        for lot, take in draws:
+            lot.held += take
+            transfers.append(
+                self._transfer(
+                    now,
+                    debit=wallet.id,
+                    credit=self.system_account_id("consumption"),
+                    wallet=wallet,
+                    amount=take,
+                    phase="pending",
+                    kind=kind,
+                    grant_id=lot.id,
+                    hold_id=hold_id,
+                    reason=reason,
+                )
+            )
+        wallet.debits_pending += amount
+        return draws, transfers
 
     def _expire_lot(self, wallet: _Wallet, lot: _Lot, now: datetime) -> dict[str, Any]:
         amount = lot.free
