@@ -5,6 +5,7 @@ from the stand-in, signed, into the app's `POST /webhooks/stripe`."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+import stripe_payloads
 from chronote_billing.access.service import Principal
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.api.app import create_app
@@ -23,7 +25,9 @@ from chronote_billing.notifications.models import OutboxEntry
 from chronote_billing.stripe_local.server import TEST_SECRET_KEY
 from chronote_billing.stripe_local.testing import CARD_DECLINES_RENEWALS, StripeLocalHarness
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
+from chronote_billing.stripe_sync.client import to_dict
 from chronote_billing.stripe_sync.entitlements import current_plan, ensure_free_allowance
+from chronote_billing.stripe_sync.models import PlanSubscription, StripeSubscription
 from chronote_billing.stripe_sync.service import NoStripeCustomer, SubscriptionExists
 
 DAY = 86400
@@ -363,3 +367,34 @@ def test_cli_catalog_sync_and_subscription(billing: Billing) -> None:
         assert missing.exit_code == 1 and "No billing account" in missing.output
     finally:
         output.set_container(None)
+
+
+def test_same_second_subscription_events_are_settled_by_stripes_current_state(billing: Billing) -> None:
+    """Stripe's `created` has one-second resolution: an earlier state delivered late in the same
+    second, with an event id that sorts later, must not undo a cancellation."""
+    account_id, person = billing.person("personal")
+    billing.buy_plan(account_id, person, "personal_pro")
+    client = billing.service.client
+    sub_id = billing.db.read(lambda s: s.get(PlanSubscription, account_id).stripe_subscription_id)
+    earlier_state = to_dict(client.v1.subscriptions.retrieve(sub_id))
+    assert earlier_state["cancel_at_period_end"] is False
+
+    client.v1.subscriptions.update(sub_id, {"cancel_at_period_end": True})
+    billing.harness.wait_for_webhooks()
+    assert billing.service.get_subscription(person, account_id).cancel_at_period_end
+    newest = billing.db.read(lambda s: s.get(StripeSubscription, sub_id).last_event_created)
+
+    late = stripe_payloads.event(
+        "customer.subscription.updated", earlier_state, created=newest, event_id="evt_" + "z" * 24
+    )
+    body = json.dumps(late, default=str).encode()
+    reply = billing.app.post(
+        "/webhooks/stripe",
+        content=body,
+        headers={
+            "Stripe-Signature": stripe_payloads.sign(body, billing.harness.webhook_secret),
+            "Content-Type": "application/json",
+        },
+    )
+    assert reply.status_code == 200
+    assert billing.service.get_subscription(person, account_id).cancel_at_period_end
