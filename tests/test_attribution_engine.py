@@ -663,3 +663,24 @@ def test_a_member_never_changes_their_own_authorization(c):
     assert c.db.read(lambda s: c.orgs.authorization_view(s, auth.id)).monthly_cap_credits == 100
     # An owner controls the organization's money and may authorize themselves.
     assert authorize(c, org, owner, owner, cap=50).monthly_cap_credits == 50
+
+
+def test_the_org_statement_names_the_member_where_the_member_reads_for_you(c):
+    owner, user = snowflake(), snowflake()
+    acme = make_org(c, owner, "Acme")
+    add_member(c, acme, owner, user)
+    auth = authorize(c, acme, owner, user, cap=100)
+    rec = start(
+        c,
+        context="personal",
+        capture_source="desktop",
+        user_id=user,
+        requested_minutes=10,
+        funding_source=auth.id,
+    )
+    assert rec.reason.startswith("Acme authorization for you")
+    finish(c, rec.id, {"desktop": 5 * 60})
+    lines = c.db.read(lambda s: c.ledger.statement(s, org_account(c, acme))).data
+    (capture,) = [line for line in lines if line.kind == "capture"]
+    assert f"Acme authorization for member {user}" in capture.reason
+    assert "for you" not in " ".join(line.reason for line in lines)

@@ -20,7 +20,7 @@ its notification is recorded in a committed write of its own (:func:`write_or_re
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -450,7 +450,7 @@ class UsageService:
             hold_id=rec.hold_id,
             amount=charge,
             idempotency_key=f"usage:{rec.id}:capture",
-            reason=f"{label}, {minutes} min · {rec.reason}",
+            reason=f"{label}, {minutes} min · {self._statement_reason_of(session, rec)}",
         )
         self.notifications.after_balance_change(session, rec.payer_account_id)
         return self._settle_record(
@@ -908,6 +908,7 @@ class UsageService:
         now: datetime,
     ) -> _Placed:
         reason = self._payer_reason(cand, approvable - amount)
+        statement_reason = self._statement_reason(cand, approvable - amount)
         metadata = {
             "usage_record_id": record_id,
             "context": req.context,
@@ -919,6 +920,7 @@ class UsageService:
             "authorization_id": cand.authorization.id if cand.authorization else None,
             "funding_source": cand.funding_source,
             "reason": reason,
+            "statement_reason": statement_reason,
             "rate_card_version": load_catalog().rate_card.version,
         }
         if mode == "debit":
@@ -927,7 +929,7 @@ class UsageService:
                 account_id=cand.account.id,
                 amount=amount,
                 idempotency_key=f"{ledger_key}:debit",
-                reason=f"{what} · {reason}",
+                reason=f"{what} · {statement_reason}",
                 metadata=metadata,
                 cap=cand.cap,
             )
@@ -940,7 +942,7 @@ class UsageService:
             amount=amount,
             expires_at=expires,
             idempotency_key=f"{ledger_key}:hold",
-            reason=f"{what}, {minutes} min · {reason}",
+            reason=f"{what}, {minutes} min · {statement_reason}",
             metadata=metadata,
             cap=cand.cap,
         )
@@ -1055,6 +1057,21 @@ class UsageService:
         if auth.monthly_cap is None:
             return f"{cand.label}, no monthly cap"
         return f"{cand.label}, {credits_text(left_after)} of {credits_text(auth.monthly_cap)} credits left this month"
+
+    def _statement_reason(self, cand: _Candidate, left_after: int) -> str:
+        """The payer's statement is read by the payer's admins: it names the member, where the
+        person recording reads "for you"."""
+        auth = cand.authorization
+        if auth is None or auth.subject_type != "member" or cand.org is None:
+            return self._payer_reason(cand, left_after)
+        named = replace(cand, label=f"{cand.org.name} authorization for member {auth.subject_id}")
+        return self._payer_reason(named, left_after)
+
+    def _statement_reason_of(self, session: Session, rec: UsageRecord) -> str:
+        if rec.hold_id is None:
+            return rec.reason
+        metadata = self.ledger.get_hold(session, rec.hold_id).metadata
+        return str(metadata.get("statement_reason") or rec.reason)
 
     # ================================================================== validation
 
