@@ -684,3 +684,25 @@ def test_the_org_statement_names_the_member_where_the_member_reads_for_you(c):
     (capture,) = [line for line in lines if line.kind == "capture"]
     assert f"Acme authorization for member {user}" in capture.reason
     assert "for you" not in " ".join(line.reason for line in lines)
+
+
+def test_chat_to_speech_is_limited_per_month_by_the_payers_plan(c, clock):
+    guild, user = snowflake(), snowflake()
+
+    def speak(n: int):
+        event = EventRequest(
+            event_id=f"tts-{guild}-{clock.now():%Y%m}-{n}",
+            event_type="chat_to_speech_message",
+            context="server",
+            user_id=user,
+            guild_id=guild,
+        )
+        return write_or_record_decline(c.db, c.usage, lambda s: c.usage.charge_event(s, event))
+
+    for n in range(50):  # Server Free: 50 chat-to-speech messages a month
+        assert speak(n).charged == 50
+    with pytest.raises(UsageDeclined) as err:
+        speak(50)
+    assert err.value.code == "feature_limit_reached" and err.value.status == 402
+    clock.advance(timedelta(days=31))
+    assert speak(51).charged == 50  # a new month, a new quota

@@ -24,14 +24,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import AccountService, check_snowflake
 from chronote_billing.catalog.service import CAPTURE_SOURCES, Plan, load_catalog
 from chronote_billing.core import idempotency
-from chronote_billing.core.clock import Clock, month_key, system_clock
+from chronote_billing.core.clock import Clock, month_bounds, month_key, system_clock
 from chronote_billing.core.db import Database
 from chronote_billing.core.errors import (
     BillingError,
@@ -84,6 +84,8 @@ SOURCE_LABELS = {
 }
 EVENT_LABELS = {"chat_to_speech_message": "Chat-to-speech message", "ask_question": "Ask question"}
 GATE_CODES = ("recording_too_long", "capture_source_not_allowed")
+# Metered events limited per calendar month by a plan feature (None in the plan: unlimited).
+MONTHLY_QUOTAS = {"chat_to_speech_message": "chat_to_speech_per_month"}
 CREDIT_CODES = ("insufficient_credits", "cap_reached")
 
 
@@ -839,6 +841,15 @@ class UsageService:
             if cand.account.kind != AccountKind.ORGANIZATION:
                 ensure_free_allowance(session, self.ledger, cand.account, now)
             self._lock_account_wallet(session, cand.account.id)
+            # Monthly feature quotas of the payer's plan (chat-to-speech messages), counted
+            # under the payer's wallet lock so two concurrent events cannot both take the last one.
+            limit = cand.features.get(MONTHLY_QUOTAS.get(event_type or "", ""))
+            if (
+                isinstance(limit, int)
+                and self._events_this_month(session, cand.account.id, event_type, now) >= limit
+            ):
+                attempt("feature_limit_reached", f"{limit} {what.lower()}s a month on this plan, all used")
+                continue
             available = self.ledger.balance(session, cand.account.id).available
             room = (
                 self.ledger.cap_room(session, cand.authorization.id, cand.authorization.monthly_cap, now)
@@ -1057,6 +1068,24 @@ class UsageService:
         if auth.monthly_cap is None:
             return f"{cand.label}, no monthly cap"
         return f"{cand.label}, {credits_text(left_after)} of {credits_text(auth.monthly_cap)} credits left this month"
+
+    def _events_this_month(
+        self, session: Session, account_id: str, event_type: str | None, now: datetime
+    ) -> int:
+        start, _ = month_bounds(now)
+        return int(
+            session.execute(
+                select(func.count())
+                .select_from(UsageRecord)
+                .where(
+                    UsageRecord.payer_account_id == account_id,
+                    UsageRecord.event_type == event_type,
+                    UsageRecord.status == "charged",
+                    UsageRecord.created_at >= start,
+                )
+            ).scalar()
+            or 0
+        )
 
     def _statement_reason(self, cand: _Candidate, left_after: int) -> str:
         """The payer's statement is read by the payer's admins: it names the member, where the
