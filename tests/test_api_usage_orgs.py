@@ -164,3 +164,55 @@ def test_api_bad_input_and_missing_scope_have_stable_codes_and_write_nothing(c, 
     assert (
         c.db.read(lambda s: s.execute(select(func.count()).select_from(OrgAuditEntry)).scalar()) == audit_rows
     )
+
+
+def test_recording_lifecycle_shares_and_funding_order_over_http(c, client):
+    admin_key = key(c, "orgs:read", "orgs:write", "accounts:read")
+    bot_key = key(c, "holds:write", "usage:write", "accounts:read")
+    owner, user, guild = snowflake(), snowflake(), snowflake()
+    org = client.post("/v1/orgs", json={"name": "Globex"}, headers=h(admin_key, owner)).json()
+    client.post(f"/v1/orgs/{org['id']}/members", json={"user_id": user}, headers=h(admin_key, owner))
+    auth = client.post(
+        f"/v1/orgs/{org['id']}/authorizations",
+        json={"subject_type": "member", "subject_id": user, "monthly_cap_credits": 100},
+        headers=h(admin_key, owner),
+    ).json()
+    body = {"context": "personal", "capture_source": "web", "requested_minutes": 10}
+
+    # Extend while it runs, then finish: charged once, by wall-clock minutes.
+    rec = client.post(
+        "/v1/recordings", json={**body, "meeting_id": "m1-" + user}, headers=h(bot_key, user)
+    ).json()
+    extended = client.post(
+        f"/v1/recordings/{rec['id']}/extend", json={"additional_minutes": 5}, headers=h(bot_key, user)
+    )
+    assert extended.status_code == 200 and extended.json()["approved_minutes"] == 15
+    done = client.post(
+        f"/v1/recordings/{rec['id']}/finish",
+        json={"seconds_by_source": {"web": 12 * 60}},
+        headers=h(bot_key, user),
+    ).json()
+    assert done["status"] == "finished" and done["charged"] == 12_000
+
+    # Cancelled and failed recordings charge nothing.
+    for action in ("cancel", "fail"):
+        other = client.post(
+            "/v1/recordings", json={**body, "meeting_id": f"{action}-{user}"}, headers=h(bot_key, user)
+        ).json()
+        ended = client.post(f"/v1/recordings/{other['id']}/{action}", headers=h(bot_key, user))
+        assert ended.status_code == 200 and ended.json()["charged"] == 0
+        assert ended.json()["status"] == ("cancelled" if action == "cancel" else "failed")
+
+    # Sharing with a server charges nothing and keeps the original payer.
+    shared = client.post(f"/v1/meetings/m1-{user}/shares", json={"guild_id": guild}, headers=h(bot_key, user))
+    assert shared.status_code == 201 and shared.json()["shared_with_guilds"] == [guild]
+    who = client.get(f"/v1/meetings/m1-{user}/attribution", headers=h(bot_key, idem=False)).json()
+    assert who["payer_account_id"] == rec["payer_account_id"] and who["authorization_id"] is None
+
+    # The default order lists the user's authorizations; a source they do not hold is refused.
+    order = client.put("/v1/funding-sources/order", json={"order": [auth["id"]]}, headers=h(bot_key, user))
+    assert order.status_code == 200
+    bad = client.put("/v1/funding-sources/order", json={"order": ["auth_nothing"]}, headers=h(bot_key, user))
+    assert bad.status_code in (403, 404, 422) and bad.headers["content-type"] == "application/problem+json"
+    sources = client.get("/v1/funding-sources", headers=h(bot_key, user, idem=False)).json()
+    assert [s["id"] for s in sources] == ["personal", auth["id"]]
