@@ -105,14 +105,7 @@ def ensure_free_allowance(
         return _ensure_paid_allowance(session, ledger, account, plan, now)
     month = month_key(now)
     cause_id = f"{plan.id}:{month}"
-    exists = session.execute(
-        select(Grant.id).where(
-            Grant.billing_account_id == account.id,
-            Grant.cause_type == "free_plan",
-            Grant.cause_id == cause_id,
-        )
-    ).first()
-    if exists:
+    if _already_granted(session, account.id, "free_plan", cause_id):
         return False
     start, end = month_bounds(now)
     ledger.issue_grant(
@@ -176,14 +169,7 @@ def _ensure_paid_allowance(
         return False
     month = month_key(now)
     cause_id = f"{comp[0].id}:{month}"
-    exists = session.execute(
-        select(Grant.id).where(
-            Grant.billing_account_id == account.id,
-            Grant.cause_type == "complimentary_plan",
-            Grant.cause_id == cause_id,
-        )
-    ).first()
-    if exists:
+    if _already_granted(session, account.id, "complimentary_plan", cause_id):
         return False
     start, end = month_bounds(now)
     if comp[0].ends_at is not None:
@@ -202,3 +188,18 @@ def _ensure_paid_allowance(
         description=f"Complimentary {plan.name} allowance for {month}",
     )
     return True
+
+
+def _already_granted(session: Session, account_id: str, cause_type: str, cause_id: str) -> bool:
+    """A cheap read before taking the wallet lock; the ledger's idempotency key still guards
+    against two first needs racing each other."""
+    return (
+        session.execute(
+            select(Grant.id).where(
+                Grant.billing_account_id == account_id,
+                Grant.cause_type == cause_type,
+                Grant.cause_id == cause_id,
+            )
+        ).first()
+        is not None
+    )
