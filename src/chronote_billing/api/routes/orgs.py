@@ -180,7 +180,7 @@ def list_servers(org_id: str, container: ContainerDep, principal: PrincipalDep) 
         _require_member(session, principal, org_id, admin=True)
         return container.orgs.list_servers(session, org_id)
 
-    return container.db.write(work)
+    return container.db.read(work)
 
 
 @router.post(
