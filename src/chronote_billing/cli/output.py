@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -81,4 +80,4 @@ def parse_credits(text: str) -> int:
     return value
 
 
-__all__ = ["console", "err_console", "container", "fail", "handle_errors", "sys"]
+__all__ = ["console", "err_console", "container", "fail", "handle_errors"]
