@@ -10,6 +10,8 @@ What one op is (the same in every case and every ratio):
 - ``place_capture``: one hold placed and then captured, i.e. two ledger transactions, counts as
   ONE op (it is one metered recording);
 - ``debit``: one direct debit, one transaction, is one op.
+For place+capture cases a ``#`` line on stderr also gives ledger transactions per second (two
+per op) and their ratio, which compares one ledger transaction with one TPC-B transaction.
 The ratio divides ops/s by pgbench's TPC-B-like transactions/s at the same number of clients
 (one TPC-B transaction: three UPDATEs, a SELECT and an INSERT).
 
@@ -86,10 +88,17 @@ def seed(db: Database, wallets: int) -> tuple[list[str], str]:
 
 
 def _worker(
-    url: str, case: str, targets: list[str], seconds: float, go: Any, results: Any, worker: int
+    url: str,
+    case: str,
+    targets: list[str],
+    seconds: float,
+    go: Any,
+    results: Any,
+    worker: int,
+    db_functions: bool,
 ) -> None:
     db = Database(url)
-    ledger = LedgerService()
+    ledger = LedgerService(db_functions=db_functions)
     rng = random.Random(worker * 7919 + os.getpid())
     db.read(lambda s: s.execute(text("select 1")).scalar())  # connect before the start
     go.wait()
@@ -118,12 +127,14 @@ def _worker(
     db.dispose()
 
 
-def run_case(url: str, case: str, targets: list[str], workers: int, seconds: float) -> float:
+def run_case(
+    url: str, case: str, targets: list[str], workers: int, seconds: float, db_functions: bool
+) -> float:
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(url, case, targets, seconds, go, results, n))
+        ctx.Process(target=_worker, args=(url, case, targets, seconds, go, results, n, db_functions))
         for n in range(workers)
     ]
     for p in procs:
@@ -256,6 +267,11 @@ def main() -> None:
     parser.add_argument("--wallets", type=int, default=1_000)
     parser.add_argument("--history", type=int, default=1_000_000, help="Transfers on the history wallet.")
     parser.add_argument("--reads", type=int, default=2_000, help="Balance reads for the p99.")
+    parser.add_argument(
+        "--python-path",
+        action="store_true",
+        help="Run writes through the Python path only, without PostgreSQL's one-round-trip functions.",
+    )
     parser.add_argument("--allow-sqlite", action="store_true", help="Run on SQLite, without pgbench ratios.")
     args = parser.parse_args()
 
@@ -282,11 +298,19 @@ def main() -> None:
     for case in ("place_capture", "debit"):
         for where, targets in (("many_wallets", many), ("hot_wallet", [hot])):
             for n in workers:
-                ops = run_case(url, case, targets, n, args.seconds)
+                ops = run_case(url, case, targets, n, args.seconds, not args.python_path)
                 ratio = f"{ops / tpcb[n]:.2f}" if n in tpcb else "n/a"
                 print(
                     f"case={case}_{where} workers={n} ops_per_s={ops:.1f} ratio_vs_tpcb={ratio}", flush=True
                 )
+                if case == "place_capture":  # two ledger transactions per op
+                    per_tx = f"{2 * ops / tpcb[n]:.2f}" if n in tpcb else "n/a"
+                    print(
+                        f"# {case}_{where} workers={n} ledger_transactions_per_s={2 * ops:.1f}"
+                        f" transactions_ratio_vs_tpcb={per_tx}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     for n, tps in tpcb.items():
         print(f"# pgbench tpcb clients={n} tps={tps:.1f}", file=sys.stderr, flush=True)
 

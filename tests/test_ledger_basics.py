@@ -64,6 +64,18 @@ def test_burn_order_earliest_expiry_then_priority_then_oldest(db, ledger, clock,
     assert left[late.id] == 500 and left[never.id] == 1_000
 
 
+def test_grants_without_expiry_burn_by_priority_before_age(db, ledger, clock, make_account):
+    acct = make_account()
+    older_low = grant(db, ledger, acct, 1_000, "a", priority=80)
+    clock.advance(timedelta(minutes=1))
+    newer_high = grant(db, ledger, acct, 1_000, "b", priority=10)
+    clock.advance(timedelta(minutes=1))
+    newest_high = grant(db, ledger, acct, 1_000, "c", priority=10)
+    db.write(lambda s: ledger.debit(s, account_id=acct, amount=1_500, idempotency_key="x"))
+    left = {g.id: g.remaining for g in db.read(lambda s: ledger.list_grants(s, acct))}
+    assert (left[newer_high.id], left[newest_high.id], left[older_low.id]) == (0, 500, 1_000)
+
+
 def test_expiry_moves_remainder_to_breakage_but_not_held_part(db, ledger, clock, make_account):
     acct = make_account()
     g = grant(db, ledger, acct, 5_000, "g", expires_at=clock.now() + timedelta(hours=1))

@@ -37,7 +37,7 @@ from chronote_billing.core.errors import (
     InsufficientCredits,
     ValidationFailed,
 )
-from chronote_billing.ledger.service import CapSpec, CaptureExceedsHold, LedgerService, burn_order_key
+from chronote_billing.ledger.service import CapSpec, CaptureExceedsHold, LedgerService
 from chronote_billing.ledger.verify import verify
 
 # ----------------------------------------------------------------------------- the model
@@ -60,7 +60,10 @@ class MGrant:
         return self.remaining - self.held
 
     def order(self) -> tuple[Any, ...]:
-        return burn_order_key(self.expires_at, self.priority, self.created_at, self.id)
+        # Earliest expiry first, no expiry last; then lower priority; then oldest.
+        if self.expires_at is None:
+            return (1, self.priority, self.created_at, self.id)
+        return (0, self.expires_at, self.priority, self.created_at, self.id)
 
 
 @dataclass

@@ -13,9 +13,10 @@ A validation failure raises before anything is written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -56,6 +57,7 @@ GRANT_SOURCES = (
     "comp",
     "adjustment",
 )
+_NO_EXPIRY = datetime.min.replace(tzinfo=UTC)
 MAX_AMOUNT = 10**15  # millicredits; far above any real balance, below BIGINT's limit
 
 
@@ -110,8 +112,12 @@ class _Lot:
 def burn_order_key(
     expires_at: datetime | None, priority: int, created_at: datetime, grant_id: str
 ) -> tuple[Any, ...]:
-    """Earliest expiry first (no expiry last), then priority (lower first), then oldest."""
-    return (expires_at is None, expires_at or created_at, priority, created_at, grant_id)
+    """Earliest expiry first (no expiry last), then priority (lower first), then oldest.
+
+    Grants without expiry tie on the first two elements, so priority decides among them. The
+    fast-path functions (migration 0005) sort by the same key in SQL.
+    """
+    return (expires_at is None, expires_at or _NO_EXPIRY, priority, created_at, grant_id)
 
 
 def _check_amount(amount: Any, field: str = "amount", allow_zero: bool = False) -> int:
@@ -125,8 +131,11 @@ def _check_amount(amount: Any, field: str = "amount", allow_zero: bool = False) 
 
 
 class LedgerService:
-    def __init__(self, clock: Clock = system_clock) -> None:
+    def __init__(self, clock: Clock = system_clock, db_functions: bool = True) -> None:
         self.clock = clock
+        # On PostgreSQL, debits, holds and captures first try the database's one-round-trip
+        # functions (docs/decisions/0023); they decline anything but the common case.
+        self.db_functions = db_functions
 
     # ------------------------------------------------------------------ accounts
 
@@ -397,6 +406,48 @@ class LedgerService:
             "metadata": metadata,
             "reason": reason,
         }
+        hold_id = new_id("hold")
+        period = month_key(now) if cap else None
+        if self._in_database(session):
+            # The result as if fully approved; the function corrects it for a partial hold.
+            full = HoldView(
+                id=hold_id,
+                account_id=account_id,
+                status="open",
+                amount_requested=amount,
+                amount_held=amount,
+                amount_captured=0,
+                partial=False,
+                expires_at=expires,
+                reason=reason,
+                metadata=metadata,
+                cap_id=cap.cap_id if cap else None,
+                cap_period=period,
+                created_at=now,
+                settled_at=None,
+            )
+            done = _call(
+                session,
+                "ledger_try_place_hold",
+                account=account_id,
+                amount=amount,
+                allow_partial=allow_partial,
+                expires_at=expires,
+                now=now,
+                cap_id=cap.cap_id if cap else None,
+                cap_limit=cap.limit if cap else None,
+                cap_period=period,
+                scope=f"ledger.hold:{account_id}",
+                key=key,
+                hash=idempotency.request_fingerprint(params),
+                result=full.model_dump(mode="json"),
+                hold_id=hold_id,
+                reason=reason,
+                metadata=metadata,
+                transfer_reason=(reason or "hold")[:500],
+            )
+            if done is not None:
+                return HoldView.model_validate(done)
         wallet = self._lock_wallet(session, account_id)
         prior = idempotency.lookup(session, f"ledger.hold:{account_id}", key, params)
         if prior is not None:
@@ -408,8 +459,6 @@ class LedgerService:
 
         lots = self._lots(session, wallet.id, spendable_at=now)
         approved = self._approvable(session, wallet, lots, amount, allow_partial, cap, now)
-        hold_id = new_id("hold")
-        period = month_key(now) if cap else None
         draws, transfers = self._reserve(wallet, lots, approved, hold_id, "hold", reason or "hold", now)
         _conn(session).execute(
             insert(Hold).values(
@@ -536,6 +585,20 @@ class LedgerService:
         key = idempotency.check_key(idempotency_key)
         _check_amount(amount, allow_zero=True)
         params = {"hold_id": hold_id, "amount": amount}
+        if self._in_database(session):
+            done = _call(
+                session,
+                "ledger_try_capture_hold",
+                hold_id=hold_id,
+                amount=amount,
+                now=now,
+                scope_prefix="ledger.hold_capture:",
+                key=key,
+                hash=idempotency.request_fingerprint(params),
+                reason=reason,
+            )
+            if done is not None:
+                return HoldView.model_validate(done)
         wallet, hold = self._lock_hold(session, hold_id)
         prior = idempotency.lookup(session, f"ledger.hold_capture:{wallet.billing_account_id}", key, params)
         if prior is not None:
@@ -625,6 +688,39 @@ class LedgerService:
             "metadata": metadata,
             "reason": reason,
         }
+        debit_id = new_id("deb")
+        period = month_key(now) if cap else None
+        view = DebitView(
+            id=debit_id,
+            account_id=account_id,
+            amount=amount,
+            reason=reason,
+            metadata=metadata,
+            cap_id=cap.cap_id if cap else None,
+            cap_period=period,
+            created_at=now,
+        )
+        if self._in_database(session):
+            done = _call(
+                session,
+                "ledger_try_debit",
+                account=account_id,
+                amount=amount,
+                now=now,
+                cap_id=cap.cap_id if cap else None,
+                cap_limit=cap.limit if cap else None,
+                cap_period=period,
+                scope=f"ledger.debit:{account_id}",
+                key=key,
+                hash=idempotency.request_fingerprint(params),
+                result=view.model_dump(mode="json"),
+                debit_id=debit_id,
+                reason=reason,
+                metadata=metadata,
+                transfer_reason=(reason or "debit")[:500],
+            )
+            if done is not None:
+                return DebitView.model_validate(done)
         wallet = self._lock_wallet(session, account_id)
         prior = idempotency.lookup(session, f"ledger.debit:{account_id}", key, params)
         if prior is not None:
@@ -632,8 +728,6 @@ class LedgerService:
         self._settle_due(session, wallet, now)
         lots = self._lots(session, wallet.id, spendable_at=now)
         self._approvable(session, wallet, lots, amount, False, cap, now)
-        debit_id = new_id("deb")
-        period = month_key(now) if cap else None
         draws = _draw(lots, amount)
         transfers = []
         for lot, take in draws:
@@ -671,16 +765,6 @@ class LedgerService:
         if cap is not None and period is not None:
             self._bump_cap(session, cap.cap_id, period, used=amount)
         self._save_wallet(session, wallet)
-        view = DebitView(
-            id=debit_id,
-            account_id=account_id,
-            amount=amount,
-            reason=reason,
-            metadata=metadata,
-            cap_id=cap.cap_id if cap else None,
-            cap_period=period,
-            created_at=now,
-        )
         idempotency.remember(
             session, f"ledger.debit:{account_id}", key, params, view.model_dump(mode="json"), now, debit_id
         )
@@ -798,6 +882,9 @@ class LedgerService:
         return max(0, limit - usage.used - usage.held)
 
     # ------------------------------------------------------------------ internals
+
+    def _in_database(self, session: Session) -> bool:
+        return self.db_functions and _conn(session).dialect.name == "postgresql"
 
     def _wallet(
         self, session: Session, account_id: str | None = None, lock: bool = False, hold_id: str | None = None
@@ -1301,6 +1388,68 @@ class LedgerService:
 def _conn(session: Session) -> Connection:
     """The session's connection: statements on the hot path skip the ORM layer."""
     return session.connection()
+
+
+# Argument names and SQL types of the fast-path functions (migration 0005), in order.
+_FUNCTION_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "ledger_try_debit": (
+        ("account", "text"),
+        ("amount", "bigint"),
+        ("now", "timestamptz"),
+        ("cap_id", "text"),
+        ("cap_limit", "bigint"),
+        ("cap_period", "text"),
+        ("scope", "text"),
+        ("key", "text"),
+        ("hash", "text"),
+        ("result", "jsonb"),
+        ("debit_id", "text"),
+        ("reason", "text"),
+        ("metadata", "jsonb"),
+        ("transfer_reason", "text"),
+    ),
+    "ledger_try_place_hold": (
+        ("account", "text"),
+        ("amount", "bigint"),
+        ("allow_partial", "boolean"),
+        ("expires_at", "timestamptz"),
+        ("now", "timestamptz"),
+        ("cap_id", "text"),
+        ("cap_limit", "bigint"),
+        ("cap_period", "text"),
+        ("scope", "text"),
+        ("key", "text"),
+        ("hash", "text"),
+        ("result", "jsonb"),
+        ("hold_id", "text"),
+        ("reason", "text"),
+        ("metadata", "jsonb"),
+        ("transfer_reason", "text"),
+    ),
+    "ledger_try_capture_hold": (
+        ("hold_id", "text"),
+        ("amount", "bigint"),
+        ("now", "timestamptz"),
+        ("scope_prefix", "text"),
+        ("key", "text"),
+        ("hash", "text"),
+        ("reason", "text"),
+    ),
+}
+_FUNCTION_SQL = {
+    name: f"SELECT {name}({', '.join(f'%({arg})s::{sql_type}' for arg, sql_type in args)})"
+    for name, args in _FUNCTION_ARGS.items()
+}
+
+
+def _call(session: Session, function: str, **args: Any) -> Any:
+    """One fast-path function call at the driver level: its result document, or None when the
+    function declined and the Python path must answer."""
+    params = {
+        name: json.dumps(args[name]) if sql_type == "jsonb" else args[name]
+        for name, sql_type in _FUNCTION_ARGS[function]
+    }
+    return _conn(session).exec_driver_sql(_FUNCTION_SQL[function], params).scalar()
 
 
 def _draw(lots: list[_Lot], amount: int) -> list[tuple[_Lot, int]]:

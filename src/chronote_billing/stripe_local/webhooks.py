@@ -225,11 +225,13 @@ class WebhookDispatcher:
         self, event_id: str, event_type: str, attempt: int, status: int | None, error: str | None
     ) -> bool:
         delivery = Delivery(event_id, event_type, attempt, status, error)
+        # Mark the event delivered before the attempt is visible, so whoever watches
+        # `deliveries` never sees a success whose event still counts as pending.
+        if delivery.ok and self.on_delivered is not None:
+            self.on_delivered(event_id)
         with self._cond:
             self.deliveries.append(delivery)
             self._cond.notify_all()
-        if delivery.ok and self.on_delivered is not None:
-            self.on_delivered(event_id)
         return delivery.ok
 
     # --- control ---------------------------------------------------------------------------
