@@ -108,20 +108,15 @@ def _worker(
     while time.perf_counter() < deadline:
         account = rng.choice(targets)
         key = f"{tag}-{ops}"
+        # As the HTTP API calls them: each write is its own unit of work.
         if case == "debit":
-            db.write(
-                lambda s, a=account, k=key: ledger.debit(s, account_id=a, amount=1_000, idempotency_key=k)
-            )
+            ledger.commit_debit(db, account_id=account, amount=1_000, idempotency_key=key)
         else:
             expires = datetime.now(UTC) + timedelta(hours=1)
-            hold = db.write(
-                lambda s, a=account, k=key, e=expires: ledger.place_hold(
-                    s, account_id=a, amount=5_000, expires_at=e, idempotency_key=k
-                )
+            hold = ledger.commit_place_hold(
+                db, account_id=account, amount=5_000, expires_at=expires, idempotency_key=key
             )
-            db.write(
-                lambda s, h=hold.id, k=key: ledger.capture_hold(s, hold_id=h, amount=3_000, idempotency_key=k)
-            )
+            ledger.commit_capture_hold(db, hold_id=hold.id, amount=3_000, idempotency_key=key)
         ops += 1
     results.put(ops)
     db.dispose()

@@ -66,11 +66,27 @@ def grant(db: Database, ledger: LedgerService, account: str, amount: int) -> Non
 
 
 def spender(
-    db: Database, ledger: LedgerService, clock: Any, accounts: list[str], seed: int, ops: int
+    db: Database,
+    ledger: LedgerService,
+    clock: Any,
+    accounts: list[str],
+    seed: int,
+    ops: int,
+    own_transaction: bool = False,
 ) -> Tally:
-    """Random holds (captured, extended or released) and debits; declines are counted, not raised."""
+    """Random holds (captured, extended or released) and debits; declines are counted, not raised.
+
+    ``own_transaction``: debits, holds and captures as writes of their own (``commit_*``), as the
+    HTTP API makes them; otherwise each inside a ``db.write`` transaction.
+    """
     rng = random.Random(seed)
     tally = Tally()
+
+    def write(operation: str, **request: Any) -> Any:
+        if own_transaction and operation in ("debit", "place_hold", "capture_hold"):
+            return getattr(ledger, f"commit_{operation}")(db, **request)
+        return db.write(lambda s: getattr(ledger, operation)(s, **request))
+
     for n in range(ops):
         account = rng.choice(accounts)
         key = f"t{seed}-{n}"
@@ -78,22 +94,16 @@ def spender(
             action = rng.random()
             if action < 0.35:
                 amount = rng.randint(1, 900)
-                db.write(
-                    lambda s, a=account, m=amount, k=key: ledger.debit(
-                        s, account_id=a, amount=m, idempotency_key=k
-                    )
-                )
+                write("debit", account_id=account, amount=amount, idempotency_key=key)
                 tally.add(account, amount)
                 continue
-            hold = db.write(
-                lambda s, a=account, k=key: ledger.place_hold(
-                    s,
-                    account_id=a,
-                    amount=rng.randint(1, 1_500),
-                    expires_at=clock.now() + timedelta(hours=1),
-                    idempotency_key=k,
-                    allow_partial=rng.random() < 0.3,
-                )
+            hold = write(
+                "place_hold",
+                account_id=account,
+                amount=rng.randint(1, 1_500),
+                expires_at=clock.now() + timedelta(hours=1),
+                idempotency_key=key,
+                allow_partial=rng.random() < 0.3,
             )
             held = hold.amount_held
             if action < 0.55:
@@ -108,11 +118,7 @@ def spender(
                     tally.declines += 1
             if action < 0.85:
                 amount = rng.randint(0, held)
-                db.write(
-                    lambda s, h=hold.id, m=amount, k=key: ledger.capture_hold(
-                        s, hold_id=h, amount=m, idempotency_key=k + "-capture"
-                    )
-                )
+                write("capture_hold", hold_id=hold.id, amount=amount, idempotency_key=key + "-capture")
                 tally.add(account, amount)
             else:
                 db.write(
@@ -148,10 +154,13 @@ def check_books(db: Database, ledger: LedgerService, granted: dict[str, int], ta
 
 
 @pytest.mark.postgres
-def test_sixteen_threads_on_one_wallet(db, ledger, clock, make_account):
+@pytest.mark.parametrize("own_transaction", [False, True], ids=["in_transaction", "own_transaction"])
+def test_sixteen_threads_on_one_wallet(db, ledger, clock, make_account, own_transaction):
     account = make_account()
     grant(db, ledger, account, 60_000)
-    tallies = race(16, lambda i: spender(db, ledger, clock, [account], seed=i, ops=12))
+    tallies = race(
+        16, lambda i: spender(db, ledger, clock, [account], seed=i, ops=12, own_transaction=own_transaction)
+    )
     check_books(db, ledger, {account: 60_000}, tallies)
     assert sum(t.declines for t in tallies) > 0, "the wallet was meant to run dry"
     assert sum(t.successes for t in tallies) > 0
@@ -164,37 +173,36 @@ def test_sixteen_threads_over_fifty_wallets(db, ledger, clock, make_account):
         grant(db, ledger, account, 3_000)
     rng = random.Random(7)
     triples = [rng.sample(accounts, 3) for _ in range(16)]
-    tallies = race(16, lambda i: spender(db, ledger, clock, triples[i], seed=100 + i, ops=10))
+    tallies = race(
+        16, lambda i: spender(db, ledger, clock, triples[i], seed=100 + i, ops=10, own_transaction=i % 2 == 1)
+    )
     check_books(db, ledger, dict.fromkeys(accounts, 3_000), tallies)
 
 
 @pytest.mark.postgres
 def test_duplicate_keys_take_effect_once(db, ledger, clock, make_account):
+    """Odd threads write on their own (``commit_*``), even ones inside a transaction."""
     account = make_account()
     grant(db, ledger, account, 100_000)
     expires = clock.now() + timedelta(hours=1)
+
+    def write(i: int, operation: str, **request: Any) -> Any:
+        if i % 2:
+            return getattr(ledger, f"commit_{operation}")(db, **request)
+        return db.write(lambda s: getattr(ledger, operation)(s, **request))
+
     holds = race(
         16,
-        lambda i: db.write(
-            lambda s: ledger.place_hold(
-                s, account_id=account, amount=4_000, expires_at=expires, idempotency_key="same"
-            )
+        lambda i: write(
+            i, "place_hold", account_id=account, amount=4_000, expires_at=expires, idempotency_key="same"
         ),
     )
     assert len({h.id for h in holds}) == 1 and all(h == holds[0] for h in holds)
     captures = race(
-        16,
-        lambda i: db.write(
-            lambda s: ledger.capture_hold(s, hold_id=holds[0].id, amount=3_000, idempotency_key="cap")
-        ),
+        16, lambda i: write(i, "capture_hold", hold_id=holds[0].id, amount=3_000, idempotency_key="cap")
     )
     assert all(c == captures[0] for c in captures) and captures[0].amount_captured == 3_000
-    debits = race(
-        16,
-        lambda i: db.write(
-            lambda s: ledger.debit(s, account_id=account, amount=1_000, idempotency_key="same")
-        ),
-    )
+    debits = race(16, lambda i: write(i, "debit", account_id=account, amount=1_000, idempotency_key="same"))
     assert len({d.id for d in debits}) == 1 and all(d == debits[0] for d in debits)
     count = db.read(
         lambda s: (

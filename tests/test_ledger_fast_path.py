@@ -23,10 +23,17 @@ from chronote_billing.core.db import Database
 from chronote_billing.core.errors import BillingError
 from chronote_billing.core.idempotency import IdempotencyRecord
 from chronote_billing.ledger.models import CapUsage, Grant, Hold, LedgerAccount, Transfer
-from chronote_billing.ledger.service import CapSpec, LedgerService, _call
+from chronote_billing.ledger.schemas import HoldView
+from chronote_billing.ledger.service import _FUNCTION_SQL, CapSpec, LedgerService, _LedgerWrite
 from chronote_billing.ledger.verify import verify
 
 pytestmark = pytest.mark.postgres
+
+
+def _call(session: Any, function: str, **args: Any) -> Any:
+    """Call one database function directly, inside the session's transaction."""
+    driver_args = _LedgerWrite(function, args, HoldView, lambda _session: None).driver_args()
+    return session.connection().exec_driver_sql(_FUNCTION_SQL[function], driver_args).scalar()
 
 
 def _open(db: Database, clock: ManualClock, *grants: dict[str, Any]) -> tuple[str, list[str]]:
@@ -183,9 +190,10 @@ OPS = st.one_of(
 class Twin:
     """One wallet driven through one service; ids are recorded in creation order."""
 
-    def __init__(self, db: Database, clock: ManualClock, fast: bool) -> None:
+    def __init__(self, db: Database, clock: ManualClock, fast: bool, own_transaction: bool = False) -> None:
         self.db = db
         self.ledger = LedgerService(clock, db_functions=fast)
+        self.own_transaction = own_transaction  # use commit_* where the ledger has one
         self.account, _ = _open(db, clock)
         self.cap_id = "cap_" + secrets.token_hex(4)
         self.grants: list[str] = []
@@ -194,8 +202,12 @@ class Twin:
 
     def run(self, op: str, kwargs: dict[str, Any]) -> Any:
         method = getattr(self.ledger, op)
+        committed = getattr(self.ledger, f"commit_{op}", None)
         try:
-            result = self.db.write(lambda s: method(s, **kwargs))
+            if self.own_transaction and committed is not None:
+                result = committed(self.db, **kwargs)
+            else:
+                result = self.db.write(lambda s: method(s, **kwargs))
         except BillingError as exc:
             return self.normalize(("error", type(exc).__name__, str(exc)))
         self.done.append((op, kwargs))
@@ -371,18 +383,56 @@ def test_the_functions_leave_the_ledger_the_python_path_leaves(
     db: Database, grants: list[Any], ops: list[Any]
 ) -> None:
     clock = ManualClock()
-    fast, slow = Twin(db, clock, fast=True), Twin(db, clock, fast=False)
+    twins = [
+        Twin(db, clock, fast=False),  # the Python path: the reference
+        Twin(db, clock, fast=True),  # the functions inside the caller's transaction
+        Twin(db, clock, fast=True, own_transaction=True),  # the functions, committed at once
+    ]
     for step, op in enumerate(grants + ops):
         if op[0] == "advance":
             clock.advance(timedelta(minutes=op[1]))
             continue
-        calls = [(twin, _kwargs(twin, op, clock, step)) for twin in (fast, slow)]
+        calls = [(twin, _kwargs(twin, op, clock, step)) for twin in twins]
         if any(call is None for _, call in calls):
             continue
         outcomes = [twin.run(*call) for twin, call in calls if call is not None]
-        assert outcomes[0] == outcomes[1], (op, outcomes)
+        assert outcomes[1] == outcomes[0] and outcomes[2] == outcomes[0], (op, outcomes)
         # Distinct creation times: spend order never falls back to comparing random ids.
         clock.advance(timedelta(seconds=1))
-    assert fast.rows() == slow.rows()
-    for twin in (fast, slow):
+    reference = twins[0].rows()
+    assert twins[1].rows() == reference
+    assert twins[2].rows() == reference
+    for twin in twins:
         assert twin.db.read(lambda s, t=twin: t.ledger.balance(s, t.account)).available >= 0
+
+
+def test_a_write_of_its_own_is_one_statement(db: Database) -> None:
+    from sqlalchemy import event
+
+    clock = ManualClock()
+    ledger = LedgerService(clock)
+    account, _ = _open(db, clock, {"amount": 10_000})
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        hold = ledger.commit_place_hold(
+            db,
+            account_id=account,
+            amount=3_000,
+            expires_at=clock.now() + timedelta(hours=1),
+            idempotency_key="h",
+        )
+        ledger.commit_capture_hold(db, hold_id=hold.id, amount=1_000, idempotency_key="c")
+        ledger.commit_debit(db, account_id=account, amount=500, idempotency_key="d")
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert [s.split("(")[0] for s in statements] == [
+        "SELECT ledger_try_place_hold",
+        "SELECT ledger_try_capture_hold",
+        "SELECT ledger_try_debit",
+    ]
+    assert db.read(lambda s: ledger.balance(s, account)).available == 8_500

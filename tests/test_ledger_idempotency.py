@@ -220,3 +220,42 @@ def test_reversal_of_nothing_keeps_counters_after_expiry(scratch_db, clock, ledg
     assert result.reversed == 0
     assert db.read(lambda s: verify(s)) == []
     assert db.read(lambda s: ledger.balance(s, acct)).posted == 0
+
+
+def test_writes_of_their_own_retry_conflict_and_decline_like_the_rest(db, ledger, clock, make_account):
+    """commit_place_hold, commit_capture_hold and commit_debit: their own transaction, the same rules."""
+    from chronote_billing.core.errors import HoldAlreadySettled, InsufficientCredits
+
+    acct = make_account("organization")
+    grant(db, ledger, acct, 10_000, "g")
+    expires = clock.now() + timedelta(hours=1)
+    placed = ledger.commit_place_hold(
+        db, account_id=acct, amount=4_000, expires_at=expires, idempotency_key="h"
+    )
+    assert (
+        ledger.commit_place_hold(db, account_id=acct, amount=4_000, expires_at=expires, idempotency_key="h")
+        == placed
+    )
+    with pytest.raises(IdempotencyConflict):
+        ledger.commit_place_hold(db, account_id=acct, amount=4_001, expires_at=expires, idempotency_key="h")
+    with pytest.raises(InsufficientCredits):
+        ledger.commit_place_hold(db, account_id=acct, amount=7_000, expires_at=expires, idempotency_key="big")
+    partial = ledger.commit_place_hold(
+        db, account_id=acct, amount=7_000, expires_at=expires, idempotency_key="part", allow_partial=True
+    )
+    assert (partial.amount_held, partial.partial) == (6_000, True)
+
+    captured = ledger.commit_capture_hold(db, hold_id=placed.id, amount=2_500, idempotency_key="c")
+    assert (captured.status, captured.amount_captured) == ("captured", 2_500)
+    assert ledger.commit_capture_hold(db, hold_id=placed.id, amount=2_500, idempotency_key="c") == captured
+    with pytest.raises(HoldAlreadySettled):
+        ledger.commit_capture_hold(db, hold_id=placed.id, amount=1, idempotency_key="c2")
+
+    debited = ledger.commit_debit(db, account_id=acct, amount=1_000, idempotency_key="d")
+    assert ledger.commit_debit(db, account_id=acct, amount=1_000, idempotency_key="d") == debited
+    with pytest.raises(InsufficientCredits):
+        ledger.commit_debit(db, account_id=acct, amount=1_000, idempotency_key="d2")  # 6,000 held, 500 left
+    balance = db.read(lambda s: ledger.balance(s, acct))
+    assert (balance.available, balance.held, balance.posted) == (500, 6_000, 6_500)
+    assert rows(db, Hold, acct) == 2 and rows(db, Debit, acct) == 1
+    assert db.read(lambda s: verify(s)) == []

@@ -121,6 +121,7 @@ class Database:
         self.url = url or get_settings().database_url
         self.engine = engine or make_engine(self.url)
         self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False, autoflush=False)
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._read_sessions = sessionmaker(
             bind=self.engine.execution_options(chronote_readonly=True),
             expire_on_commit=False,
@@ -144,6 +145,19 @@ class Database:
             try:
                 with self.session() as session:
                     return work(session)
+            except DBAPIError as exc:
+                if attempt == attempts or not _is_retryable(exc):
+                    raise
+                time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
+        raise AssertionError("unreachable")
+
+    def run_autocommit(self, sql: str, params: dict[str, Any], attempts: int = 8) -> Any:
+        """One driver-level statement that is its own transaction (committed by the server as it
+        finishes, in the same round trip); returns its scalar result. Retries like ``write``."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self._autocommit.connect() as conn:
+                    return conn.exec_driver_sql(sql, params).scalar()
             except DBAPIError as exc:
                 if attempt == attempts or not _is_retryable(exc):
                     raise

@@ -14,7 +14,7 @@ A validation failure raises before anything is written.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import Clock, as_utc, month_key, system_clock
+from chronote_billing.core.db import Database
 from chronote_billing.core.errors import (
     CapReached,
     Conflict,
@@ -391,6 +392,32 @@ class LedgerService:
         metadata: dict[str, Any] | None = None,
         cap: CapSpec | None = None,
     ) -> HoldView:
+        return self._run(
+            session,
+            self._plan_place_hold(
+                account_id=account_id,
+                amount=amount,
+                expires_at=expires_at,
+                idempotency_key=idempotency_key,
+                allow_partial=allow_partial,
+                reason=reason,
+                metadata=metadata,
+                cap=cap,
+            ),
+        )
+
+    def _plan_place_hold(
+        self,
+        *,
+        account_id: str,
+        amount: int,
+        expires_at: datetime,
+        idempotency_key: str,
+        allow_partial: bool = False,
+        reason: str = "",
+        metadata: dict[str, Any] | None = None,
+        cap: CapSpec | None = None,
+    ) -> _LedgerWrite:
         now = self.clock.now()
         key = idempotency.check_key(idempotency_key)
         _check_amount(amount)
@@ -408,27 +435,70 @@ class LedgerService:
         }
         hold_id = new_id("hold")
         period = month_key(now) if cap else None
-        if self._in_database(session):
-            # The result as if fully approved; the function corrects it for a partial hold.
-            full = HoldView(
-                id=hold_id,
-                account_id=account_id,
-                status="open",
-                amount_requested=amount,
-                amount_held=amount,
-                amount_captured=0,
-                partial=False,
-                expires_at=expires,
-                reason=reason,
-                metadata=metadata,
-                cap_id=cap.cap_id if cap else None,
-                cap_period=period,
-                created_at=now,
-                settled_at=None,
+        # The result as if fully approved; the function corrects it for a partial hold.
+        full = HoldView(
+            id=hold_id,
+            account_id=account_id,
+            status="open",
+            amount_requested=amount,
+            amount_held=amount,
+            amount_captured=0,
+            partial=False,
+            expires_at=expires,
+            reason=reason,
+            metadata=metadata,
+            cap_id=cap.cap_id if cap else None,
+            cap_period=period,
+            created_at=now,
+            settled_at=None,
+        )
+
+        def python(session: Session) -> HoldView:
+            wallet = self._lock_wallet(session, account_id)
+            prior = idempotency.lookup(session, f"ledger.hold:{account_id}", key, params)
+            if prior is not None:
+                return HoldView.model_validate(prior)
+            # Checked after the key: a retry returns the first result however late it comes.
+            if expires <= now:
+                raise ValidationFailed("A hold must expire in the future.", field="expires_at")
+            self._settle_due(session, wallet, now)
+
+            lots = self._lots(session, wallet.id, spendable_at=now)
+            approved = self._approvable(session, wallet, lots, amount, allow_partial, cap, now)
+            draws, transfers = self._reserve(wallet, lots, approved, hold_id, "hold", reason or "hold", now)
+            _conn(session).execute(
+                insert(Hold).values(
+                    id=hold_id,
+                    wallet_account_id=wallet.id,
+                    billing_account_id=account_id,
+                    amount_requested=amount,
+                    amount_held=approved,
+                    amount_captured=0,
+                    status="open",
+                    expires_at=expires,
+                    reason=reason,
+                    metadata=metadata,
+                    cap_id=cap.cap_id if cap else None,
+                    cap_period=period,
+                    created_at=now,
+                    settled_at=None,
+                )
             )
-            done = _call(
-                session,
-                "ledger_try_place_hold",
+            self._insert_transfers(session, transfers)
+            self._save_lots(session, [lot for lot, _ in draws])
+            if cap is not None and period is not None:
+                self._bump_cap(session, cap.cap_id, period, held=approved)
+            wallet.next_due_at = _earliest(wallet.next_due_at, expires)
+            self._save_wallet(session, wallet)
+            view = full.model_copy(update={"amount_held": approved, "partial": approved < amount})
+            idempotency.remember(
+                session, f"ledger.hold:{account_id}", key, params, view.model_dump(mode="json"), now, hold_id
+            )
+            return view
+
+        return _LedgerWrite(
+            "ledger_try_place_hold",
+            dict(
                 account=account_id,
                 amount=amount,
                 allow_partial=allow_partial,
@@ -445,65 +515,10 @@ class LedgerService:
                 reason=reason,
                 metadata=metadata,
                 transfer_reason=(reason or "hold")[:500],
-            )
-            if done is not None:
-                return HoldView.model_validate(done)
-        wallet = self._lock_wallet(session, account_id)
-        prior = idempotency.lookup(session, f"ledger.hold:{account_id}", key, params)
-        if prior is not None:
-            return HoldView.model_validate(prior)
-        # Checked after the key: a retry returns the first result however late it comes.
-        if expires <= now:
-            raise ValidationFailed("A hold must expire in the future.", field="expires_at")
-        self._settle_due(session, wallet, now)
-
-        lots = self._lots(session, wallet.id, spendable_at=now)
-        approved = self._approvable(session, wallet, lots, amount, allow_partial, cap, now)
-        draws, transfers = self._reserve(wallet, lots, approved, hold_id, "hold", reason or "hold", now)
-        _conn(session).execute(
-            insert(Hold).values(
-                id=hold_id,
-                wallet_account_id=wallet.id,
-                billing_account_id=account_id,
-                amount_requested=amount,
-                amount_held=approved,
-                amount_captured=0,
-                status="open",
-                expires_at=expires,
-                reason=reason,
-                metadata=metadata,
-                cap_id=cap.cap_id if cap else None,
-                cap_period=period,
-                created_at=now,
-                settled_at=None,
-            )
+            ),
+            HoldView,
+            python,
         )
-        self._insert_transfers(session, transfers)
-        self._save_lots(session, [lot for lot, _ in draws])
-        if cap is not None and period is not None:
-            self._bump_cap(session, cap.cap_id, period, held=approved)
-        wallet.next_due_at = _earliest(wallet.next_due_at, expires)
-        self._save_wallet(session, wallet)
-        view = HoldView(
-            id=hold_id,
-            account_id=account_id,
-            status="open",
-            amount_requested=amount,
-            amount_held=approved,
-            amount_captured=0,
-            partial=approved < amount,
-            expires_at=expires,
-            reason=reason,
-            metadata=metadata,
-            cap_id=cap.cap_id if cap else None,
-            cap_period=period,
-            created_at=now,
-            settled_at=None,
-        )
-        idempotency.remember(
-            session, f"ledger.hold:{account_id}", key, params, view.model_dump(mode="json"), now, hold_id
-        )
-        return view
 
     def extend_hold(
         self,
@@ -581,14 +596,46 @@ class LedgerService:
         self, session: Session, *, hold_id: str, amount: int, idempotency_key: str, reason: str | None = None
     ) -> HoldView:
         """Charge ``amount`` (at most what is held) and return the rest, in one step."""
+        return self._run(
+            session,
+            self._plan_capture_hold(
+                hold_id=hold_id, amount=amount, idempotency_key=idempotency_key, reason=reason
+            ),
+        )
+
+    def _plan_capture_hold(
+        self, *, hold_id: str, amount: int, idempotency_key: str, reason: str | None = None
+    ) -> _LedgerWrite:
         now = self.clock.now()
         key = idempotency.check_key(idempotency_key)
         _check_amount(amount, allow_zero=True)
         params = {"hold_id": hold_id, "amount": amount}
-        if self._in_database(session):
-            done = _call(
-                session,
-                "ledger_try_capture_hold",
+
+        def python(session: Session) -> HoldView:
+            wallet, hold = self._lock_hold(session, hold_id)
+            scope = f"ledger.hold_capture:{wallet.billing_account_id}"
+            prior = idempotency.lookup(session, scope, key, params)
+            if prior is not None:
+                return HoldView.model_validate(prior)
+            self._check_open(hold, now, "capture")
+            if amount > hold.amount_held:
+                raise CaptureExceedsHold(
+                    f"Cannot capture {amount} millicredits: the hold has {hold.amount_held}.",
+                    field="amount",
+                    amount_held=hold.amount_held,
+                )
+            self._resolve_hold(session, wallet, hold, amount, "captured", now, reason)
+            self._settle_due(session, wallet, now)
+            self._save_wallet(session, wallet)
+            view = self._hold_to_view(hold).model_copy(
+                update={"status": "captured", "amount_captured": amount, "settled_at": now}
+            )
+            idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
+            return view
+
+        return _LedgerWrite(
+            "ledger_try_capture_hold",
+            dict(
                 hold_id=hold_id,
                 amount=amount,
                 now=now,
@@ -596,35 +643,10 @@ class LedgerService:
                 key=key,
                 hash=idempotency.request_fingerprint(params),
                 reason=reason,
-            )
-            if done is not None:
-                return HoldView.model_validate(done)
-        wallet, hold = self._lock_hold(session, hold_id)
-        prior = idempotency.lookup(session, f"ledger.hold_capture:{wallet.billing_account_id}", key, params)
-        if prior is not None:
-            return HoldView.model_validate(prior)
-        self._check_open(hold, now, "capture")
-        if amount > hold.amount_held:
-            raise CaptureExceedsHold(
-                f"Cannot capture {amount} millicredits: the hold has {hold.amount_held}.",
-                field="amount",
-                amount_held=hold.amount_held,
-            )
-        self._resolve_hold(session, wallet, hold, amount, "captured", now, reason)
-        self._settle_due(session, wallet, now)
-        self._save_wallet(session, wallet)
-        view = self._hold_to_view(hold).model_copy(
-            update={"status": "captured", "amount_captured": amount, "settled_at": now}
+            ),
+            HoldView,
+            python,
         )
-        idempotency.remember(
-            session,
-            f"ledger.hold_capture:{wallet.billing_account_id}",
-            key,
-            params,
-            view.model_dump(mode="json"),
-            now,
-        )
-        return view
 
     def release_hold(
         self, session: Session, *, hold_id: str, idempotency_key: str, reason: str | None = None
@@ -676,6 +698,28 @@ class LedgerService:
         cap: CapSpec | None = None,
     ) -> DebitView:
         """Charge at once (a metered event): all or nothing."""
+        return self._run(
+            session,
+            self._plan_debit(
+                account_id=account_id,
+                amount=amount,
+                idempotency_key=idempotency_key,
+                reason=reason,
+                metadata=metadata,
+                cap=cap,
+            ),
+        )
+
+    def _plan_debit(
+        self,
+        *,
+        account_id: str,
+        amount: int,
+        idempotency_key: str,
+        reason: str = "",
+        metadata: dict[str, Any] | None = None,
+        cap: CapSpec | None = None,
+    ) -> _LedgerWrite:
         now = self.clock.now()
         key = idempotency.check_key(idempotency_key)
         _check_amount(amount)
@@ -700,10 +744,66 @@ class LedgerService:
             cap_period=period,
             created_at=now,
         )
-        if self._in_database(session):
-            done = _call(
+
+        def python(session: Session) -> DebitView:
+            wallet = self._lock_wallet(session, account_id)
+            prior = idempotency.lookup(session, f"ledger.debit:{account_id}", key, params)
+            if prior is not None:
+                return DebitView.model_validate(prior)
+            self._settle_due(session, wallet, now)
+            lots = self._lots(session, wallet.id, spendable_at=now)
+            self._approvable(session, wallet, lots, amount, False, cap, now)
+            draws = _draw(lots, amount)
+            transfers = []
+            for lot, take in draws:
+                lot.remaining -= take
+                wallet.debits_posted += take
+                transfers.append(
+                    self._transfer(
+                        now,
+                        debit=wallet.id,
+                        credit=self.system_account_id("consumption"),
+                        wallet=wallet,
+                        amount=take,
+                        phase="posted",
+                        kind="debit",
+                        grant_id=lot.id,
+                        debit_id=debit_id,
+                        reason=reason or "debit",
+                    )
+                )
+            _conn(session).execute(
+                insert(Debit).values(
+                    id=debit_id,
+                    wallet_account_id=wallet.id,
+                    billing_account_id=account_id,
+                    amount=amount,
+                    reason=reason,
+                    metadata=metadata,
+                    cap_id=cap.cap_id if cap else None,
+                    cap_period=period,
+                    created_at=now,
+                )
+            )
+            self._insert_transfers(session, transfers)
+            self._save_lots(session, [lot for lot, _ in draws])
+            if cap is not None and period is not None:
+                self._bump_cap(session, cap.cap_id, period, used=amount)
+            self._save_wallet(session, wallet)
+            idempotency.remember(
                 session,
-                "ledger_try_debit",
+                f"ledger.debit:{account_id}",
+                key,
+                params,
+                view.model_dump(mode="json"),
+                now,
+                debit_id,
+            )
+            return view
+
+        return _LedgerWrite(
+            "ledger_try_debit",
+            dict(
                 account=account_id,
                 amount=amount,
                 now=now,
@@ -718,57 +818,10 @@ class LedgerService:
                 reason=reason,
                 metadata=metadata,
                 transfer_reason=(reason or "debit")[:500],
-            )
-            if done is not None:
-                return DebitView.model_validate(done)
-        wallet = self._lock_wallet(session, account_id)
-        prior = idempotency.lookup(session, f"ledger.debit:{account_id}", key, params)
-        if prior is not None:
-            return DebitView.model_validate(prior)
-        self._settle_due(session, wallet, now)
-        lots = self._lots(session, wallet.id, spendable_at=now)
-        self._approvable(session, wallet, lots, amount, False, cap, now)
-        draws = _draw(lots, amount)
-        transfers = []
-        for lot, take in draws:
-            lot.remaining -= take
-            wallet.debits_posted += take
-            transfers.append(
-                self._transfer(
-                    now,
-                    debit=wallet.id,
-                    credit=self.system_account_id("consumption"),
-                    wallet=wallet,
-                    amount=take,
-                    phase="posted",
-                    kind="debit",
-                    grant_id=lot.id,
-                    debit_id=debit_id,
-                    reason=reason or "debit",
-                )
-            )
-        _conn(session).execute(
-            insert(Debit).values(
-                id=debit_id,
-                wallet_account_id=wallet.id,
-                billing_account_id=account_id,
-                amount=amount,
-                reason=reason,
-                metadata=metadata,
-                cap_id=cap.cap_id if cap else None,
-                cap_period=period,
-                created_at=now,
-            )
+            ),
+            DebitView,
+            python,
         )
-        self._insert_transfers(session, transfers)
-        self._save_lots(session, [lot for lot, _ in draws])
-        if cap is not None and period is not None:
-            self._bump_cap(session, cap.cap_id, period, used=amount)
-        self._save_wallet(session, wallet)
-        idempotency.remember(
-            session, f"ledger.debit:{account_id}", key, params, view.model_dump(mode="json"), now, debit_id
-        )
-        return view
 
     # ------------------------------------------------------------------ expiry
 
@@ -881,10 +934,41 @@ class LedgerService:
         usage = self.cap_usage(session, cap_id, month_key(now or self.clock.now()))
         return max(0, limit - usage.used - usage.held)
 
+    # ------------------------------------------------------------------ writes of their own
+
+    # A caller whose unit of work is the ledger write alone (the HTTP API, the benchmark) uses
+    # these: on PostgreSQL the write and its commit are one round trip, so the wallet's lock is
+    # held only while the database works, never while the client does.
+
+    def commit_place_hold(self, db: Database, **request: Any) -> HoldView:
+        """``place_hold`` in a transaction of its own, committed before it returns."""
+        return self._commit(db, self._plan_place_hold(**request))  # type: ignore[no-any-return]
+
+    def commit_capture_hold(self, db: Database, **request: Any) -> HoldView:
+        """``capture_hold`` in a transaction of its own, committed before it returns."""
+        return self._commit(db, self._plan_capture_hold(**request))  # type: ignore[no-any-return]
+
+    def commit_debit(self, db: Database, **request: Any) -> DebitView:
+        """``debit`` in a transaction of its own, committed before it returns."""
+        return self._commit(db, self._plan_debit(**request))  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ internals
 
-    def _in_database(self, session: Session) -> bool:
-        return self.db_functions and _conn(session).dialect.name == "postgresql"
+    def _run(self, session: Session, write: _LedgerWrite) -> Any:
+        """Inside the caller's transaction: the database function first, else the Python path."""
+        if self.db_functions and _conn(session).dialect.name == "postgresql":
+            done = _conn(session).exec_driver_sql(_FUNCTION_SQL[write.function], write.driver_args()).scalar()
+            if done is not None:
+                return write.result_type.model_validate(done)
+        return write.python(session)
+
+    def _commit(self, db: Database, write: _LedgerWrite) -> Any:
+        if self.db_functions and db.dialect == "postgresql":
+            done = db.run_autocommit(_FUNCTION_SQL[write.function], write.driver_args())
+            if done is not None:
+                return write.result_type.model_validate(done)
+        # Declined (nothing was written): the Python path, in a transaction, answers.
+        return db.write(write.python)
 
     def _wallet(
         self, session: Session, account_id: str | None = None, lock: bool = False, hold_id: str | None = None
@@ -1442,14 +1526,21 @@ _FUNCTION_SQL = {
 }
 
 
-def _call(session: Session, function: str, **args: Any) -> Any:
-    """One fast-path function call at the driver level: its result document, or None when the
-    function declined and the Python path must answer."""
-    params = {
-        name: json.dumps(args[name]) if sql_type == "jsonb" else args[name]
-        for name, sql_type in _FUNCTION_ARGS[function]
-    }
-    return _conn(session).exec_driver_sql(_FUNCTION_SQL[function], params).scalar()
+@dataclass
+class _LedgerWrite:
+    """One validated ledger write, ready to run either way: the database function's arguments,
+    and the Python path (a closure over the same ids, timestamps and fingerprint)."""
+
+    function: str
+    args: dict[str, Any]
+    result_type: type[HoldView] | type[DebitView]
+    python: Callable[[Session], Any]
+
+    def driver_args(self) -> dict[str, Any]:
+        return {
+            name: json.dumps(self.args[name]) if sql_type == "jsonb" else self.args[name]
+            for name, sql_type in _FUNCTION_ARGS[self.function]
+        }
 
 
 def _draw(lots: list[_Lot], amount: int) -> list[tuple[_Lot, int]]:

@@ -232,20 +232,18 @@ def place_hold(
     expires = _expiry(container, body.expires_at, body.ttl_seconds)
     assert expires is not None
 
-    def work(session):  # type: ignore[no-untyped-def]
-        require_view(session, principal, container.accounts.get(session, account_id))
-        return container.ledger.place_hold(
-            session,
-            account_id=account_id,
-            amount=body.amount,
-            expires_at=expires,
-            idempotency_key=key,
-            allow_partial=body.allow_partial,
-            reason=body.reason,
-            metadata=body.metadata,
-        )
-
-    return container.db.write(work)
+    container.db.read(lambda s: require_view(s, principal, container.accounts.get(s, account_id)))
+    # The hold is a unit of work of its own: one round trip on PostgreSQL (decision 0023).
+    return container.ledger.commit_place_hold(
+        container.db,
+        account_id=account_id,
+        amount=body.amount,
+        expires_at=expires,
+        idempotency_key=key,
+        allow_partial=body.allow_partial,
+        reason=body.reason,
+        metadata=body.metadata,
+    )
 
 
 def _hold_access(container: ContainerDep, principal: PrincipalDep, session, hold_id: str) -> None:  # type: ignore[no-untyped-def]
@@ -303,13 +301,10 @@ def capture_hold(
 ) -> HoldView:
     principal.require_scope("holds:write")
 
-    def work(session):  # type: ignore[no-untyped-def]
-        _hold_access(container, principal, session, hold_id)
-        return container.ledger.capture_hold(
-            session, hold_id=hold_id, amount=body.amount, idempotency_key=key, reason=body.reason
-        )
-
-    return container.db.write(work)
+    container.db.read(lambda s: _hold_access(container, principal, s, hold_id))
+    return container.ledger.commit_capture_hold(
+        container.db, hold_id=hold_id, amount=body.amount, idempotency_key=key, reason=body.reason
+    )
 
 
 @router.post(
