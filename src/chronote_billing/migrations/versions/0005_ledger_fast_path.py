@@ -36,6 +36,30 @@ _CAP_ROOM = """
     END IF;
 """
 
+# Whether the wallet can cover the request: what its spendable grants have free, capped.
+_APPROVABLE = f"""
+    SELECT coalesce(sum(remaining - held), 0) INTO available FROM ledger_grants WHERE {_SPENDABLE};
+    approvable := available;
+    {_CAP_ROOM}
+"""
+# Something fell due (an expired hold or grant to settle first, decision 0015): Python's work.
+_NOTHING_DUE = "IF w.next_due_at IS NOT NULL AND w.next_due_at <= p_now THEN RETURN NULL; END IF;"
+_INSERT_TRANSFER = """INSERT INTO ledger_transfers (debit_account_id, credit_account_id, wallet_account_id,
+            amount, phase, pending_id, kind, grant_id, hold_id, debit_id, balance_after, reason, created_at)"""
+
+
+def _replay(scope: str) -> str:
+    """A key seen before: its first result when the request matches, else decline (a conflict,
+    which the Python path reports)."""
+    return f"""
+    SELECT request_hash, response INTO prior FROM idempotency_records
+        WHERE scope = {scope} AND key = p_key;
+    IF FOUND THEN
+        IF prior.request_hash = p_hash THEN RETURN prior.response; END IF;
+        RETURN NULL;
+    END IF;
+    """
+
 
 def _bump_cap(held: str, used: str) -> str:
     return f"""
@@ -69,17 +93,10 @@ DECLARE
 BEGIN
     SELECT * INTO w FROM ledger_accounts WHERE billing_account_id = p_account FOR UPDATE;
     IF NOT FOUND THEN RETURN NULL; END IF;
-    SELECT request_hash, response INTO prior FROM idempotency_records
-        WHERE scope = p_scope AND key = p_key;
-    IF FOUND THEN
-        IF prior.request_hash = p_hash THEN RETURN prior.response; END IF;
-        RETURN NULL;
-    END IF;
-    IF w.next_due_at IS NOT NULL AND w.next_due_at <= p_now THEN RETURN NULL; END IF;
+    {_replay("p_scope")}
+    {_NOTHING_DUE}
 
-    SELECT coalesce(sum(remaining - held), 0) INTO available FROM ledger_grants WHERE {_SPENDABLE};
-    approvable := available;
-    {_CAP_ROOM}
+    {_APPROVABLE}
     IF p_amount > approvable THEN RETURN NULL; END IF;
 
     left_to_draw := p_amount;
@@ -90,8 +107,7 @@ BEGIN
         CONTINUE WHEN take <= 0;
         left_to_draw := left_to_draw - take;
         w.debits_posted := w.debits_posted + take;
-        INSERT INTO ledger_transfers (debit_account_id, credit_account_id, wallet_account_id, amount,
-                phase, pending_id, kind, grant_id, hold_id, debit_id, balance_after, reason, created_at)
+        {_INSERT_TRANSFER}
             VALUES (w.id, 'la_system_consumption', w.id, take, 'posted', NULL, 'debit', lot.id, NULL,
                 p_debit_id, w.credits_posted - w.debits_posted, p_transfer_reason, p_now);
         UPDATE ledger_grants SET remaining = remaining - take,
@@ -139,18 +155,11 @@ DECLARE
 BEGIN
     SELECT * INTO w FROM ledger_accounts WHERE billing_account_id = p_account FOR UPDATE;
     IF NOT FOUND THEN RETURN NULL; END IF;
-    SELECT request_hash, response INTO prior FROM idempotency_records
-        WHERE scope = p_scope AND key = p_key;
-    IF FOUND THEN
-        IF prior.request_hash = p_hash THEN RETURN prior.response; END IF;
-        RETURN NULL;
-    END IF;
+    {_replay("p_scope")}
     IF p_expires_at <= p_now THEN RETURN NULL; END IF;
-    IF w.next_due_at IS NOT NULL AND w.next_due_at <= p_now THEN RETURN NULL; END IF;
+    {_NOTHING_DUE}
 
-    SELECT coalesce(sum(remaining - held), 0) INTO available FROM ledger_grants WHERE {_SPENDABLE};
-    approvable := available;
-    {_CAP_ROOM}
+    {_APPROVABLE}
     IF p_amount <= approvable THEN
         approved := p_amount;
     ELSIF p_allow_partial AND approvable > 0 THEN
@@ -172,8 +181,7 @@ BEGIN
         take := least(left_to_draw, lot.remaining - lot.held);
         CONTINUE WHEN take <= 0;
         left_to_draw := left_to_draw - take;
-        INSERT INTO ledger_transfers (debit_account_id, credit_account_id, wallet_account_id, amount,
-                phase, pending_id, kind, grant_id, hold_id, debit_id, balance_after, reason, created_at)
+        {_INSERT_TRANSFER}
             VALUES (w.id, 'la_system_consumption', w.id, take, 'pending', NULL, 'hold', lot.id, p_hold_id,
                 NULL, w.credits_posted - w.debits_posted, p_transfer_reason, p_now);
         UPDATE ledger_grants SET held = held + take WHERE id = lot.id;
@@ -218,16 +226,11 @@ BEGIN
         WHERE hh.id = p_hold_id FOR UPDATE OF a;
     IF NOT FOUND THEN RETURN NULL; END IF;
     scope_ := p_scope_prefix || w.billing_account_id;
-    SELECT request_hash, response INTO prior FROM idempotency_records
-        WHERE scope = scope_ AND key = p_key;
-    IF FOUND THEN
-        IF prior.request_hash = p_hash THEN RETURN prior.response; END IF;
-        RETURN NULL;
-    END IF;
+    {_replay("scope_")}
     -- Read after the wallet lock: reflects every write made under it before.
     SELECT * INTO h FROM ledger_holds WHERE id = p_hold_id;
     IF h.status <> 'open' OR h.expires_at <= p_now OR p_amount > h.amount_held THEN RETURN NULL; END IF;
-    IF w.next_due_at IS NOT NULL AND w.next_due_at <= p_now THEN RETURN NULL; END IF;
+    {_NOTHING_DUE}
     -- A grant that expired while this hold reserved it turns partly into breakage on release:
     -- that rare case is the Python path's.
     IF EXISTS (SELECT 1 FROM ledger_transfers t JOIN ledger_grants g ON g.id = t.grant_id
@@ -247,14 +250,12 @@ BEGIN
         w.debits_pending := w.debits_pending - pending.amount;
         w.debits_posted := w.debits_posted + take;
         IF take > 0 THEN
-            INSERT INTO ledger_transfers (debit_account_id, credit_account_id, wallet_account_id, amount,
-                    phase, pending_id, kind, grant_id, hold_id, debit_id, balance_after, reason, created_at)
+            {_INSERT_TRANSFER}
                 VALUES (w.id, 'la_system_consumption', w.id, take, 'post', pending.id, 'capture',
                     pending.grant_id, p_hold_id, NULL, w.credits_posted - w.debits_posted,
                     left(coalesce(label, 'capture'), 500), p_now);
         ELSE
-            INSERT INTO ledger_transfers (debit_account_id, credit_account_id, wallet_account_id, amount,
-                    phase, pending_id, kind, grant_id, hold_id, debit_id, balance_after, reason, created_at)
+            {_INSERT_TRANSFER}
                 VALUES (w.id, 'la_system_consumption', w.id, pending.amount, 'void', pending.id, 'release',
                     pending.grant_id, p_hold_id, NULL, w.credits_posted - w.debits_posted,
                     left(coalesce(label, 'captured'), 500), p_now);
