@@ -335,6 +335,68 @@ def test_refund_claws_back_and_dispute_freezes(billing: Billing) -> None:
     assert balance.available == 0 and balance.frozen == 1_000_000
 
 
+def test_refund_of_a_plan_invoice_takes_back_its_share_of_the_allowance(billing: Billing) -> None:
+    account_id, person = billing.person("personal")
+    billing.buy_plan(account_id, person, "personal_pro")
+    (allowance,) = [g for g in billing.grants(account_id) if g.source == "plan_allowance"]
+    client = billing.service.client
+    customer = billing.db.read(lambda s: s.get(BillingAccount, account_id).stripe_customer_id)
+    invoices = client.v1.invoices.list({"customer": customer}).data
+    (invoice,) = [i for i in invoices if i.amount_paid > 0]
+    (payment,) = client.v1.invoice_payments.list({"invoice": invoice.id}).data
+    pi = client.v1.payment_intents.retrieve(payment.payment.payment_intent)
+    spent = 300_000
+    billing.db.write(
+        lambda s: billing.container.ledger.debit(
+            s, account_id=account_id, amount=spent, idempotency_key="meeting", reason="meeting"
+        )
+    )
+    # Refund a quarter of what the invoice charged: a quarter of the allowance comes back out.
+    client.v1.refunds.create({"charge": pi.latest_charge, "amount": invoice.amount_paid // 4})
+    billing.harness.wait_for_webhooks()
+    taken = allowance.amount * (invoice.amount_paid // 4) // invoice.amount_paid
+    grant = next(g for g in billing.grants(account_id) if g.id == allowance.id)
+    assert grant.remaining == allowance.amount - spent - taken
+    # The rest of the charge refunded: takes what is left unspent, never more.
+    client.v1.refunds.create({"charge": pi.latest_charge})
+    billing.harness.wait_for_webhooks()
+    grant = next(g for g in billing.grants(account_id) if g.id == allowance.id)
+    assert grant.remaining == 0 and billing.balance(account_id).posted >= 0
+    statement = billing.db.read(lambda s: billing.container.ledger.statement(s, account_id)).data
+    assert sum(1 for line in statement if "Refund of" in line.reason) == 2
+
+
+def test_lost_dispute_takes_back_what_is_left_of_the_purchase(billing: Billing) -> None:
+    account_id, person = billing.person("personal")
+    view = billing.service.start_checkout(person, account_id, idempotency_key="pack", pack_id="credits_1000")
+    billing.harness.pay_checkout(view.url)
+    billing.harness.wait_for_webhooks()
+    client = billing.service.client
+    pi = client.v1.payment_intents.retrieve(client.v1.checkout.sessions.retrieve(view.id).payment_intent)
+    billing.db.write(
+        lambda s: billing.container.ledger.debit(
+            s, account_id=account_id, amount=250_000, idempotency_key="use", reason="meeting"
+        )
+    )
+    dispute = billing.harness.dispute(pi.latest_charge)
+    billing.harness.wait_for_webhooks()
+    assert billing.balance(account_id).frozen == 750_000
+    client.v1.disputes.close(dispute["id"])  # the merchant accepts it: lost
+    billing.harness.wait_for_webhooks()
+    balance = billing.balance(account_id)
+    assert (balance.available, balance.frozen, balance.posted) == (0, 0, 0)
+    (grant,) = [g for g in billing.grants(account_id) if g.source == "purchase"]
+    assert grant.remaining == 0 and grant.status == "closed"
+    # A redelivered "lost" changes nothing more.
+    lost = [
+        e
+        for e in billing.harness.events("charge.dispute.closed")
+        if e["data"]["object"]["id"] == dispute["id"]
+    ]
+    billing.harness.stand_in.webhooks.resend(lost[-1])
+    assert billing.balance(account_id).posted == 0
+
+
 def test_bad_checkout_requests(billing: Billing) -> None:
     account_id, person = billing.person("personal")
     with pytest.raises(UnknownPlan):
