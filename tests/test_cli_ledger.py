@@ -168,3 +168,20 @@ def test_api_keys(cli, db) -> None:  # type: ignore[no-untyped-def]
     assert code != 0 and "[not_found]" in one_line_error(out)
     code, out = run(cli, "api-key", "create", "--name", "x", "--scopes", "root")
     assert code != 0 and "[validation_error]" in one_line_error(out)
+
+
+def test_a_database_url_that_is_not_one_is_a_one_line_error(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from chronote_billing.config import DEFAULT_SQLITE_PATH, Settings
+
+    output.set_container(None)
+    monkeypatch.setattr("chronote_billing.core.db._default", None)  # no test database to fall back on
+    monkeypatch.setenv("CHRONOTE_DATABASE_URL", "not a url")
+    try:
+        code, out = run(CliRunner(), "balance", "acct_whatever")
+    finally:
+        output.set_container(None)
+    assert code == 1
+    assert "CHRONOTE_DATABASE_URL is not a database URL" in one_line_error(out)
+    # Set but empty means unset: the embedded SQLite database.
+    monkeypatch.setenv("CHRONOTE_DATABASE_URL", "  ")
+    assert Settings().database_url == f"sqlite:///{DEFAULT_SQLITE_PATH}"

@@ -10,7 +10,11 @@ DEFAULT_SQLITE_PATH = Path("var") / "chronote.db"
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept the URL forms people paste and give SQLAlchemy the psycopg 3 driver."""
+    """Accept the URL forms people paste and give SQLAlchemy the psycopg 3 driver; unset or
+    empty means the embedded SQLite database."""
+    url = url.strip()
+    if not url:
+        return f"sqlite:///{DEFAULT_SQLITE_PATH}"
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from chronote_billing.container import Container
 from chronote_billing.core.errors import BillingError
@@ -53,6 +53,8 @@ def handle_errors(func: F) -> F:
             fail(
                 f"database unavailable or not migrated ({str(exc.orig).splitlines()[0]}); run 'chronote-billing migrate'"
             )
+        except ArgumentError as exc:
+            fail(f"CHRONOTE_DATABASE_URL is not a database URL ({exc})")
         except (ValueError, OSError) as exc:
             fail(str(exc))
         return None
