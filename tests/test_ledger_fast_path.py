@@ -96,10 +96,23 @@ def test_the_functions_handle_the_common_case(db: Database) -> None:
 
     assert db.write(try_hold) == {"id": "hold_fast", "amount_held": 4_000, "partial": False}
     assert db.write(try_hold)["id"] == "hold_fast"  # the same key and fingerprint: the first result
-    captured = db.write(
-        lambda s: ledger.capture_hold(s, hold_id="hold_fast", amount=1_500, idempotency_key="c1")
-    )
+
+    def capture_elsewhere(session: Any) -> Any:
+        # A session in another time zone still gets, and stores, UTC times like the Python path.
+        session.execute(text("SET LOCAL TimeZone = 'America/New_York'"))
+        return ledger.capture_hold(session, hold_id="hold_fast", amount=1_500, idempotency_key="c1")
+
+    captured = db.write(capture_elsewhere)
     assert (captured.status, captured.amount_captured, captured.amount_held) == ("captured", 1_500, 4_000)
+    assert captured.settled_at == clock.now() and captured.settled_at.utcoffset() == timedelta(0)
+    stored = db.read(
+        lambda s: s.execute(
+            select(IdempotencyRecord.response).where(
+                IdempotencyRecord.scope == f"ledger.hold_capture:{account}", IdempotencyRecord.key == "c1"
+            )
+        ).scalar_one()
+    )
+    assert stored["settled_at"].endswith("Z") and stored["expires_at"].endswith("Z")
     debit = db.write(lambda s: ledger.debit(s, account_id=account, amount=500, idempotency_key="d1"))
     assert debit.amount == 500
     balance = db.read(lambda s: ledger.balance(s, account))

@@ -48,6 +48,12 @@ _INSERT_TRANSFER = """INSERT INTO ledger_transfers (debit_account_id, credit_acc
             amount, phase, pending_id, kind, grant_id, hold_id, debit_id, balance_after, reason, created_at)"""
 
 
+def _utc(moment: str) -> str:
+    """A timestamp as the Python path writes it in result documents (ISO 8601 in UTC, with Z),
+    whatever the session's TimeZone setting."""
+    return f"""to_char({moment} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
 def _replay(scope: str) -> str:
     """A key seen before: its first result when the request matches, else decline (a conflict,
     which the Python path reports)."""
@@ -278,8 +284,9 @@ BEGIN
         'object', 'hold', 'id', h.id, 'account_id', h.billing_account_id, 'status', 'captured',
         'amount_requested', h.amount_requested, 'amount_held', h.amount_held,
         'amount_captured', p_amount, 'partial', h.amount_held < h.amount_requested,
-        'expires_at', h.expires_at, 'reason', h.reason, 'metadata', coalesce(h.metadata, '{{}}'::jsonb),
-        'cap_id', h.cap_id, 'cap_period', h.cap_period, 'created_at', h.created_at, 'settled_at', p_now);
+        'expires_at', {_utc("h.expires_at")}, 'reason', h.reason,
+        'metadata', coalesce(h.metadata, '{{}}'::jsonb), 'cap_id', h.cap_id, 'cap_period', h.cap_period,
+        'created_at', {_utc("h.created_at")}, 'settled_at', {_utc("p_now")});
     INSERT INTO idempotency_records (scope, key, request_hash, response, created_at, resource_id)
         VALUES (scope_, p_key, p_hash, result, p_now, NULL);
     RETURN result;
