@@ -64,6 +64,12 @@ def test_org_flow_recording_and_usage_report_over_http(c, client):
         ).status_code
         == 201
     )
+    # Listings carry the name a member signed in to the portal with, once they have.
+    from chronote_billing.people import service as people
+
+    c.db.write(lambda s: people.remember(s, member, "  Dana   Scully ", c.clock.now()))
+    listed = client.get(f"/v1/orgs/{org_id}/members", headers=h(admin_key, owner, idem=False)).json()
+    assert {m["user_id"]: m["display_name"] for m in listed} == {owner: None, member: "Dana Scully"}
     no_manage = client.post(
         f"/v1/orgs/{org_id}/servers", json={"guild_id": guild}, headers=h(admin_key, owner)
     )

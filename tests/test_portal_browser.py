@@ -117,17 +117,19 @@ def create_org(page: Page, name: str) -> None:
     expect(page.get_by_test_id("billed-to")).to_have_text(f"Billed to: {name}")
 
 
-def authorize(page: Page, member_id: str, cap: str) -> None:
+def authorize(page: Page, member_id: str, member_name: str, cap: str) -> None:
     page.get_by_role("navigation").get_by_role("link", name="Members").click()
     page.get_by_label("Discord user id").fill(member_id)
     page.get_by_role("button", name="Add member").click()
-    expect(page.get_by_role("cell", name=member_id, exact=True)).to_be_visible()
+    # Shown by the name they signed in with; the id is on hover.
+    expect(page.get_by_role("cell", name=member_name, exact=True)).to_be_visible()
+    expect(page.get_by_title(f"Discord id {member_id}").first).to_be_visible()
     page.get_by_role("link", name="Authorizations").click()
     page.get_by_label("Who may spend").select_option(f"member:{member_id}")
     page.get_by_label("Monthly cap (credits; empty: no cap)").fill(cap)
     page.get_by_role("button", name="Create authorization").click()
     expect(page.get_by_text("Authorization created.")).to_be_visible()
-    expect(page.get_by_role("cell", name=f"Member {member_id}")).to_be_visible()
+    expect(page.get_by_role("cell", name=member_name, exact=True)).to_be_visible()
 
 
 def test_admin_creates_org_adds_member_authorizes_and_sees_errors_inline(
@@ -156,7 +158,7 @@ def test_admin_creates_org_adds_member_authorizes_and_sees_errors_inline(
     expect(error).to_be_visible()
     expect(page.get_by_label("Discord user id")).to_have_value("not-an-id")
 
-    authorize(page, ada_id, "300")
+    authorize(page, ada_id, "Ada", "300")
     expect(page.get_by_label(f"Monthly cap for {ada_id}")).to_have_value("300")
 
     # Over the limit of what any cap may be: refused inline by the rule, not by the page.
@@ -173,7 +175,7 @@ def test_member_reorders_funding_sources_in_place(portal: Portal, browser: Brows
     sign_in(admin, portal, "Ben")
     for name in ("Ben Studio", "Ben Works"):
         create_org(admin, name)
-        authorize(admin, cy_id, "120")
+        authorize(admin, cy_id, "Cy", "120")
     admin.close()
 
     page = browser.new_page(viewport={"width": 1280, "height": 1000})

@@ -217,7 +217,13 @@ def test_org_admin_manages_members_and_authorizations_through_forms(
     assert dup.status_code == 409 and "already a member" in dup.text
     bad = owner.submit(add, {"user_id": "ben", "role": "member"})
     assert bad.status_code == 422 and "must be a Discord id" in bad.text
-    assert member.user_id in owner.get(members_url)
+    # Members show by the name they signed in with (id on hover); nobody else's name is invented.
+    stranger = snowflake()
+    assert owner.submit(add, {"user_id": stranger, "role": "member"}).status_code == 204
+    members_page = owner.get(members_url)
+    assert f'title="Discord id {member.user_id}">{member.name}</span>' in members_page
+    assert f'title="Not signed in to the portal yet">{stranger}</span>' in members_page
+    assert f"{owner.name} you" in text_of(members_page)
 
     auth_url = f"/portal/org/{org_id}/billing/authorizations"
     owner.get(auth_url)
@@ -238,7 +244,10 @@ def test_org_admin_manages_members_and_authorizations_through_forms(
     auth_id = re.search(r"/authorizations/(auth_[a-z0-9]+)/cap", page)
     assert auth_id
     listed = text_of(page)
-    assert f"Member {member.user_id}" in listed and "Desktop, Upload" in listed and "Jan 31, 2027" in listed
+    assert member.name in listed and "Desktop, Upload" in listed
+    assert (
+        f"{member.name} ({member.user_id})" in listed
+    )  # the form's list of who may be authorized and "Jan 31, 2027" in listed
     # Revoked or not, an authorization belongs to its organization: another org's URL is a 404.
     elsewhere = create_org(owner, "Elsewhere")
     foreign = owner.submit(
@@ -407,7 +416,7 @@ def test_org_usage_by_member_and_day_with_csv_and_no_meeting_content(
         )
     )
     page = text_of(owner.get(f"/portal/org/{org_id}/billing/usage"))
-    assert f"Member {member.user_id}" in page
+    assert f"By member Member Uses Minutes Reserved Charged (credits) {member.name} 2" in page
     assert "6.5" in page  # 6 started minutes + one question, in credits
     assert "secret-board-meeting" not in page
     by_source = text_of(owner.get(f"/portal/org/{org_id}/billing/usage?group_by=source"))

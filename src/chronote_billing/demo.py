@@ -23,6 +23,7 @@ DEMO_SERVERS = {"study": ("200000000000000001", "Study Hall"), "guild": ("200000
 def load(c: Container) -> str:
     """Accounts, an organization with members, a linked server and authorizations, and some
     history: recordings and metered events charged through the usage engine like real ones."""
+    from chronote_billing.people import service as people
     from chronote_billing.usage.schemas import EventRequest
 
     ada, ben, cy = (DEMO_USERS[k][0] for k in ("ada", "ben", "cy"))
@@ -32,6 +33,7 @@ def load(c: Container) -> str:
     def accounts_and_org(session):  # type: ignore[no-untyped-def]
         for uid, name in DEMO_USERS.values():
             c.accounts.get_or_create(session, "personal", uid, name)
+            people.remember(session, uid, name, now)  # as if each had signed in before
         for gid, name in DEMO_SERVERS.values():
             c.accounts.get_or_create(session, "server", gid, name)
         org = c.orgs.create_org(session, actor_user_id=ben, name="Acme", idempotency_key="demo-org-acme")

@@ -21,6 +21,10 @@ class MemberView(BaseModel):
     object: str = "org_member"
     org_id: str
     user_id: str
+    display_name: str | None = Field(
+        default=None,
+        description="The name this person signed in to the portal with; null until they have. Listings only.",
+    )
     role: str
     added_by: str
     created_at: datetime

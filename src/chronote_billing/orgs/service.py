@@ -23,6 +23,7 @@ from chronote_billing.core.clock import Clock, as_utc, month_key, system_clock
 from chronote_billing.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.service import LedgerService
+from chronote_billing.people import service as people
 
 from .models import ROLES, Organization, OrgAuditEntry, OrgMember, OrgServer, SpendAuthorization
 from .schemas import (
@@ -247,7 +248,9 @@ class OrgService:
             .where(OrgMember.org_id == org_id)
             .order_by(OrgMember.created_at, OrgMember.user_id)
         ).scalars()
-        return [_member_view(m) for m in rows]
+        members = [_member_view(m) for m in rows]
+        known = people.names(session, [m.user_id for m in members])
+        return [m.model_copy(update={"display_name": known.get(m.user_id)}) for m in members]
 
     def add_member(
         self,

@@ -23,12 +23,14 @@ import structlog
 from cryptography.fernet import Fernet, InvalidToken
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from chronote_billing.access.service import Principal
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.errors import PermissionDenied
 from chronote_billing.demo import DEMO_SERVERS, DEMO_USERS
+from chronote_billing.people import service as people
 
 with warnings.catch_warnings():
     # Authlib 1.9 announces a future move of its httpx integration on import; it works as is.
@@ -118,6 +120,9 @@ def sign_in(
     )
     if access_token:
         request.session["dtok"] = _seal(container_of(request).settings, access_token)
+    # Admins see this person's name, not only their id, on the organizations they belong to.
+    c = container_of(request)
+    c.db.write(lambda session: people.remember(session, user_id, name, c.clock.now()))
 
 
 def _cipher(settings: Settings) -> Fernet:
@@ -220,7 +225,9 @@ async def auth_callback(request: Request) -> Response:
         request.session.pop("next", None)
         return RedirectResponse("/portal/login?error=discord_failed", status_code=303)
     name = str(me.get("global_name") or me.get("username") or me["id"])
-    sign_in(request, str(me["id"]), name, managed_guilds(guilds), token.get("access_token"))
+    await run_in_threadpool(
+        sign_in, request, str(me["id"]), name, managed_guilds(guilds), token.get("access_token")
+    )
     return RedirectResponse(next_url, status_code=303)
 
 

@@ -235,7 +235,7 @@ async def login_demo(request: Request) -> Response:
         return error_page(request, None, exc)
     user_id, name, guilds = identity
     target = auth.safe_next(str(data.get("next") or ""))
-    auth.sign_in(request, user_id, name, guilds)
+    await run_in_threadpool(auth.sign_in, request, user_id, name, guilds)
     return RedirectResponse(target, status_code=303)
 
 

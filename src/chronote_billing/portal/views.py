@@ -7,6 +7,7 @@ permissions all come from the services.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from chronote_billing.core.errors import NotFound, ValidationFailed
 from chronote_billing.ledger.schemas import BalanceView
 from chronote_billing.orgs.models import ROLES
 from chronote_billing.orgs.service import ADMIN_ROLES, PERSONAL_SOURCES, SERVER_SOURCES, member_role
+from chronote_billing.people import service as people
 from chronote_billing.stripe_sync.entitlements import ensure_free_allowance
 from chronote_billing.stripe_sync.webhooks import ENDED_STATUSES
 from chronote_billing.usage.reports import usage_csv, usage_report
@@ -201,18 +203,26 @@ def org_account(c: Container, session: Session, user: SignedIn, org_id: str) -> 
     return org, account
 
 
-def org_header(c: Container, session: Session, user: SignedIn, org_id: str, tab: str) -> dict[str, Any]:
+def org_header(
+    c: Container, session: Session, user: SignedIn, org_id: str, tab: str, more_people: Iterable[str] = ()
+) -> dict[str, Any]:
+    """What every organization page shows; ``people``: the names known for its members (and for
+    ``more_people``, e.g. former members in the audit log), by Discord id."""
     org, account = org_account(c, session, user, org_id)
+    members = c.orgs.list_members(session, org_id)
     return {
         **account_header(account, org.name),
         "org": org,
         "role": member_role(session, org.id, user.user_id),
         "tab": tab,
+        "members": members,
+        "people": people.names(session, [m.user_id for m in members] + list(more_people)),
     }
 
 
 def org_billing(c: Container, session: Session, user: SignedIn, org_id: str) -> dict[str, Any]:
-    header = org_header(c, session, user, org_id, "billing")
+    audit = c.orgs.audit_log(session, org_id, limit=50)
+    header = org_header(c, session, user, org_id, "billing", more_people=[e.actor for e in audit])
     account = header["account"]
     catalog = load_catalog()
     linked = {s.guild_id for s in c.orgs.list_servers(session, org_id)}
@@ -223,7 +233,7 @@ def org_billing(c: Container, session: Session, user: SignedIn, org_id: str) -> 
         "settings": c.notifications.get_settings(session, account.id),
         "servers": server_rows(c, session, user, org_id),
         "linkable": [(g, name) for g, name in user.guilds if g not in linked],
-        "audit": c.orgs.audit_log(session, org_id, limit=50),
+        "audit": audit,
     }
 
 
@@ -236,17 +246,13 @@ def server_rows(c: Container, session: Session, user: SignedIn, org_id: str) -> 
 
 
 def org_members(c: Container, session: Session, user: SignedIn, org_id: str) -> dict[str, Any]:
-    header = org_header(c, session, user, org_id, "members")
-    return {**header, "members": c.orgs.list_members(session, org_id), "roles": ROLES}
+    return {**org_header(c, session, user, org_id, "members"), "roles": ROLES}
 
 
 def org_authorizations(c: Container, session: Session, user: SignedIn, org_id: str) -> dict[str, Any]:
-    header = org_header(c, session, user, org_id, "authorizations")
-    members = c.orgs.list_members(session, org_id)
     return {
-        **header,
+        **org_header(c, session, user, org_id, "authorizations"),
         "authorizations": c.orgs.list_authorizations(session, org_id),
-        "members": members,
         "servers": server_rows(c, session, user, org_id),
         "personal_sources": PERSONAL_SOURCES,
         "server_sources": SERVER_SOURCES,
@@ -289,10 +295,12 @@ def org_usage(
     since: str | None,
     until: str | None,
 ) -> dict[str, Any]:
-    header = org_header(c, session, user, org_id, "usage")
     group = group_by if group_by in USAGE_GROUPS else "member"
     start, end = usage_window(since, until, c.clock.now())
-    report = usage_report(session, header["account"].id, group, start, end)
+    _, account = org_account(c, session, user, org_id)
+    report = usage_report(session, account.id, group, start, end)
+    former = [r.key for r in report.rows] if group == "member" else []
+    header = org_header(c, session, user, org_id, "usage", more_people=former)
     daily = usage_report(session, header["account"].id, "day", start, end)
     return {
         **header,
