@@ -134,7 +134,7 @@ def test_catalog_sync_is_idempotent_and_archives_replaced_prices(billing: Billin
     client = billing.service.client
     again = sync_catalog(client)
     assert not again.changed, again.actions
-    assert again.count("unchanged") == 3 + 9
+    assert again.count("unchanged") == 3 + 9 + 1  # products, prices, the customer portal configuration
 
     catalog = load_catalog()
     pro = catalog.plans["personal_pro"]
@@ -335,6 +335,51 @@ def test_refund_claws_back_and_dispute_freezes(billing: Billing) -> None:
     assert balance.available == 0 and balance.frozen == 1_000_000
 
 
+def test_customer_portal_offers_cards_invoices_and_cancelling_but_no_plan_switch(billing: Billing) -> None:
+    from chronote_billing.stripe_sync.catalog_sync import find_portal_configuration
+
+    client = billing.service.client
+    config = find_portal_configuration(client)
+    assert config is not None
+    features = config["features"]
+    assert not features["subscription_update"]["enabled"]
+    assert features["subscription_cancel"] == {
+        **features["subscription_cancel"],
+        "enabled": True,
+        "mode": "at_period_end",
+    }
+    assert features["payment_method_update"]["enabled"] and features["invoice_history"]["enabled"]
+
+    account_id, person = billing.person("personal")
+    billing.buy_plan(account_id, person, "personal_pro")
+    portal = billing.service.open_customer_portal(person, account_id, idempotency_key="portal")
+    page = billing.harness.http.get(portal.url).text
+    assert "Cancel at period end" in page and "Use this card" in page and "Invoice history" in page
+    assert "Switch plan" not in page and "Cancel now" not in page
+    subscription = billing.db.read(
+        lambda s: s.execute(
+            select(StripeSubscription).where(StripeSubscription.account_id == account_id)
+        ).scalar_one()
+    )
+    refused = billing.harness.portal(portal.url, "cancel_now", subscription.id)
+    assert refused.status_code == 400 and "does not allow" in refused.text
+    assert billing.plan(account_id) == "personal_pro"
+    done = billing.harness.portal(portal.url, "cancel_at_period_end", subscription.id)
+    assert done.status_code == 303
+    billing.harness.wait_for_webhooks()
+    view = billing.service.get_subscription(person, account_id)
+    assert view.cancel_at_period_end and billing.plan(account_id) == "personal_pro"
+
+    # Someone changed it in Stripe's dashboard: the next sync puts it back, and says what it fixed.
+    client.v1.billing_portal.configurations.update(
+        config["id"], {"features": {"subscription_update": {"enabled": True}}}
+    )
+    report = sync_catalog(client)
+    assert ("update", "customer portal configuration", "subscription_update") in report.actions
+    assert not find_portal_configuration(client)["features"]["subscription_update"]["enabled"]
+    assert not sync_catalog(client).changed
+
+
 def test_refund_of_a_plan_invoice_takes_back_its_share_of_the_allowance(billing: Billing) -> None:
     account_id, person = billing.person("personal")
     billing.buy_plan(account_id, person, "personal_pro")
@@ -422,7 +467,7 @@ def test_cli_catalog_sync_and_subscription(billing: Billing) -> None:
         runner = CliRunner()
         synced = runner.invoke(app, ["catalog", "sync"])
         assert synced.exit_code == 0, synced.output
-        assert "0 created, 0 updated, 0 archived, 12 unchanged" in synced.output
+        assert "0 created, 0 updated, 0 archived, 13 unchanged" in synced.output
         shown = runner.invoke(app, ["subscription", account_id])
         assert shown.exit_code == 0 and "personal_pro (paid)" in shown.output
         missing = runner.invoke(app, ["subscription", "acct_nope"])

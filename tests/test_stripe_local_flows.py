@@ -381,6 +381,48 @@ def test_portal_switch_plan_and_cancel_now(
     assert stripe_local.received_types()[-1] == "customer.subscription.deleted"
 
 
+def test_a_portal_configuration_decides_what_the_portal_page_offers(
+    stripe_local: StripeLocalHarness, catalog: SimpleNamespace
+) -> None:
+    c = stripe_local.client
+    _clock, customer = on_clock(stripe_local)
+    sub = subscribe(stripe_local, customer, catalog.monthly)
+    config = c.v1.billing_portal.configurations.create(
+        {
+            "features": {
+                "payment_method_update": {"enabled": True},
+                "subscription_cancel": {"enabled": True, "mode": "immediately"},
+                "subscription_update": {"enabled": False},
+            },
+            "metadata": {"who": "test"},
+        }
+    )
+    assert not config.is_default and config.features.subscription_cancel.mode == "immediately"
+    listed = c.v1.billing_portal.configurations.list({"is_default": True}).data
+    assert [x.is_default for x in listed] == [True]
+    portal = c.v1.billing_portal.sessions.create({"customer": customer.id, "configuration": config.id})
+    assert portal.configuration == config.id
+    page = stripe_local.http.get(portal.url).text
+    assert "Cancel now" in page and "Use this card" in page
+    assert "Switch plan" not in page and "Cancel at period end" not in page
+    refused = stripe_local.portal(portal, "switch", sub.id, price=catalog.max.id)
+    assert refused.status_code == 400
+    assert c.v1.subscriptions.retrieve(sub.id)["items"].data[0].price.id == catalog.monthly.id
+
+    c.v1.billing_portal.configurations.update(config.id, {"active": False})
+    with pytest.raises(stripe.InvalidRequestError) as inactive:
+        c.v1.billing_portal.sessions.create({"customer": customer.id, "configuration": config.id})
+    assert inactive.value.param == "configuration"
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        c.v1.billing_portal.sessions.create({"customer": customer.id, "configuration": "bpc_nope"})
+    assert missing.value.code == "resource_missing"
+    with pytest.raises(stripe.InvalidRequestError) as bad:
+        c.v1.billing_portal.configurations.create(
+            {"features": {"customer_update": {"enabled": True, "allowed_updates": ["shoe_size"]}}}  # type: ignore[list-item]
+        )
+    assert bad.value.param == "features[customer_update][allowed_updates]"
+
+
 def test_test_clock_renews_a_subscription(stripe_local: StripeLocalHarness, catalog: SimpleNamespace) -> None:
     c = stripe_local.client
     clock, customer = on_clock(stripe_local)

@@ -278,6 +278,15 @@ def world(stripe_local: StripeLocalHarness) -> dict[str, Any]:
         "manual_invoice": manual.id,
         "invoice_item": item.id,
         "portal": portal,
+        "portal_configuration": c.v1.billing_portal.configurations.create(
+            {
+                "features": {
+                    "invoice_history": {"enabled": True},
+                    "subscription_cancel": {"enabled": True, "mode": "at_period_end"},
+                },
+                "metadata": {"purpose": "shape"},
+            }
+        ).id,
     }
 
 
@@ -311,6 +320,9 @@ def test_every_served_resource_has_stripes_shape(
             check(line, "item")
     assert_list(get("/v1/checkout/sessions"), "checkout.session")
     check(world["portal"])
+    check(get(f"/v1/billing_portal/configurations/{world['portal']['configuration']}"))
+    check(get(f"/v1/billing_portal/configurations/{world['portal_configuration']}"))
+    assert_list(get("/v1/billing_portal/configurations"), "billing_portal.configuration")
     sub = get(f"/v1/subscriptions/{world['subscription']}")
     check(sub)
     assert sub["status"] == "past_due"

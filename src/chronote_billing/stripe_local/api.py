@@ -99,6 +99,14 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/checkout/sessions/{id}/expire", lambda e, p, id: e.checkout.expire_api(id)),
     ("GET", "/v1/checkout/sessions/{id}/line_items", lambda e, p, id: e.checkout.line_items_list(id, p)),
     ("POST", "/v1/billing_portal/sessions", lambda e, p: e.checkout.create_portal_session(p)),
+    ("POST", "/v1/billing_portal/configurations", lambda e, p: e.checkout.create_portal_configuration(p)),
+    ("GET", "/v1/billing_portal/configurations", lambda e, p: e.checkout.list_portal_configurations(p)),
+    ("GET", "/v1/billing_portal/configurations/{id}", _retrieve("billing_portal.configuration")),
+    (
+        "POST",
+        "/v1/billing_portal/configurations/{id}",
+        lambda e, p, id: e.checkout.update_portal_configuration(id, p),
+    ),
     ("POST", "/v1/subscriptions", lambda e, p: e.billing.create_subscription_api(p)),
     ("GET", "/v1/subscriptions", lambda e, p: e.billing.list_subscriptions(p)),
     ("GET", "/v1/subscriptions/{id}", _retrieve("subscription")),
@@ -177,6 +185,10 @@ PARAMS: dict[tuple[str, str], str] = {
     ("POST", "/v1/checkout/sessions/{id}/expire"): "checkout:SessionExpireParams",
     ("GET", "/v1/checkout/sessions/{id}/line_items"): "checkout:SessionListLineItemsParams",
     ("POST", "/v1/billing_portal/sessions"): "billing_portal:SessionCreateParams",
+    ("POST", "/v1/billing_portal/configurations"): "billing_portal:ConfigurationCreateParams",
+    ("GET", "/v1/billing_portal/configurations"): "billing_portal:ConfigurationListParams",
+    ("GET", "/v1/billing_portal/configurations/{id}"): "billing_portal:ConfigurationRetrieveParams",
+    ("POST", "/v1/billing_portal/configurations/{id}"): "billing_portal:ConfigurationUpdateParams",
     ("POST", "/v1/subscriptions"): "SubscriptionCreateParams",
     ("GET", "/v1/subscriptions"): "SubscriptionListParams",
     ("GET", "/v1/subscriptions/{id}"): "SubscriptionRetrieveParams",
@@ -466,6 +478,9 @@ class StripeLocalApp:
         engine = self.engine
         action = form.get("action", "")
         customer = engine.customer(session["customer"])
+        allowed = pages.portal_actions(engine.checkout.portal_configuration_of(session))
+        if action in pages.PORTAL_ACTIONS and action not in allowed:
+            raise StripeError(400, "This portal does not allow that.")
         if action == "use_card":
             card = form.get("card", "4242424242424242")
             if card not in objects.CARDS:

@@ -267,6 +267,118 @@ class Checkout:
 
     # --- billing portal --------------------------------------------------------------------
 
+    # --- customer portal configurations ----------------------------------------------------
+
+    def default_portal_configuration(self) -> dict[str, Any]:
+        """What a dashboard's saved default allows: everything the portal page can do (switching
+        among the prices of the subscribed product, cancelling either way)."""
+        found = self.store.find(self.e.portal_configuration_id)
+        if found is not None:
+            return found
+        return self.store.add(
+            objects.portal_configuration(
+                id=self.e.portal_configuration_id,
+                created=self.store.global_now(),
+                features=objects.portal_features(
+                    customer_update=(True, ["email", "name"]),
+                    invoice_history=True,
+                    payment_method_update=True,
+                    subscription_cancel=(True, "immediately"),
+                    subscription_update=True,
+                ),
+                business_profile={"headline": None, "privacy_policy_url": None, "terms_of_service_url": None},
+                default_return_url=None,
+                is_default=True,
+                metadata={},
+                name=None,
+            )
+        )
+
+    def create_portal_configuration(self, p: Params) -> dict[str, Any]:
+        self.default_portal_configuration()  # the account's default exists before any other
+        config = objects.portal_configuration(
+            id=objects.new_id("bpc_1"),
+            created=self.store.global_now(),
+            features=objects.portal_features(),
+            business_profile={"headline": None, "privacy_policy_url": None, "terms_of_service_url": None},
+            default_return_url=None,
+            is_default=False,
+            metadata={},
+            name=None,
+        )
+        if not p.has("features"):
+            raise missing_param("features")
+        self._apply_portal_configuration(config, p)
+        return self.store.add(config)
+
+    def update_portal_configuration(self, config_id: str, p: Params) -> dict[str, Any]:
+        config = self.store.get("billing_portal.configuration", config_id)
+        self._apply_portal_configuration(config, p)
+        config["updated"] = self.store.global_now()
+        return config
+
+    def list_portal_configurations(self, p: Params) -> dict[str, Any]:
+        self.default_portal_configuration()
+        items = self.store.all("billing_portal.configuration")
+        for field in ("active", "is_default"):
+            wanted = p.flag(field)
+            if wanted is not None:
+                items = [c for c in items if c[field] == wanted]
+        return self.e.paginate(items, p, "/v1/billing_portal/configurations")
+
+    def _apply_portal_configuration(self, config: dict[str, Any], p: Params) -> None:
+        if p.has("active"):
+            config["active"] = bool(p.flag("active"))
+        if p.has("name"):
+            config["name"] = p.text("name")
+        if p.has("default_return_url"):
+            config["default_return_url"] = p.text("default_return_url")
+        if p.has("metadata"):
+            config["metadata"] = apply_metadata(config["metadata"], p.raw("metadata"))
+        if p.has("business_profile"):
+            bp = p.sub("business_profile")
+            for key in ("headline", "privacy_policy_url", "terms_of_service_url"):
+                if bp.has(key):
+                    config["business_profile"][key] = bp.text(key)
+        if not p.has("features"):
+            return
+        f = p.sub("features")
+        features = config["features"]
+        if f.has("customer_update"):
+            cu = f.sub("customer_update")
+            if cu.has("enabled"):
+                features["customer_update"]["enabled"] = bool(cu.flag("enabled"))
+            if cu.has("allowed_updates"):
+                allowed = ("address", "email", "name", "phone", "shipping", "tax_id")
+                values = [str(v) for v in cu.array("allowed_updates")]
+                bad = [v for v in values if v not in allowed]
+                if bad:
+                    raise invalid_param(
+                        "features[customer_update][allowed_updates]", f"Invalid value: {bad[0]}"
+                    )
+                features["customer_update"]["allowed_updates"] = values
+        for name in ("invoice_history", "payment_method_update"):
+            if f.has(name) and f.sub(name).has("enabled"):
+                features[name]["enabled"] = bool(f.sub(name).flag("enabled"))
+        if f.has("subscription_cancel"):
+            sc = f.sub("subscription_cancel")
+            if sc.has("enabled"):
+                features["subscription_cancel"]["enabled"] = bool(sc.flag("enabled"))
+            mode = sc.choice("mode", ("at_period_end", "immediately"))
+            if mode:
+                features["subscription_cancel"]["mode"] = mode
+        if f.has("subscription_update"):
+            su = f.sub("subscription_update")
+            if su.has("enabled"):
+                enabled = bool(su.flag("enabled"))
+                features["subscription_update"]["enabled"] = enabled
+                features["subscription_update"]["default_allowed_updates"] = ["price"] if enabled else []
+            behavior = su.choice("proration_behavior", ("always_invoice", "create_prorations", "none"))
+            if behavior:
+                features["subscription_update"]["proration_behavior"] = behavior
+
+    # --- customer portal sessions ----------------------------------------------------------
+
     def create_portal_session(self, p: Params) -> dict[str, Any]:
         customer = self.e.customer(p.req_text("customer"))
         session_id = objects.new_id("bps_1")
@@ -277,12 +389,24 @@ class Checkout:
             customer=customer["id"],
             return_url=p.text("return_url"),
             url=f"{self.e.base_url}/portal/{token}",
-            configuration=p.text("configuration") or self.e.portal_configuration_id,
+            configuration=self._session_configuration(p.text("configuration")),
             locale=p.text("locale"),
         )
         # Portal sessions cannot be retrieved through Stripe's API: they live only behind their URL.
         self.store.private["portal_tokens"][token] = ps
         return ps
+
+    def _session_configuration(self, config_id: str | None) -> str:
+        if not config_id:
+            return str(self.default_portal_configuration()["id"])
+        config = self.store.get("billing_portal.configuration", config_id, "configuration")
+        if not config["active"]:
+            raise invalid_param("configuration", f"The configuration {config_id} is not active.")
+        return str(config["id"])
+
+    def portal_configuration_of(self, session: dict[str, Any]) -> dict[str, Any]:
+        found = self.store.find(session["configuration"])
+        return found if found is not None else self.default_portal_configuration()
 
     def portal_session(self, token: str) -> dict[str, Any] | None:
         session = self.store.private["portal_tokens"].get(token)

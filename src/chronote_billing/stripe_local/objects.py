@@ -1044,6 +1044,65 @@ def checkout_line_item(*, id: str, price: dict[str, Any], quantity: int, descrip
     }
 
 
+def portal_configuration(
+    *,
+    id: str,
+    created: int,
+    features: dict[str, Any],
+    business_profile: dict[str, Any],
+    default_return_url: str | None,
+    is_default: bool,
+    metadata: dict[str, str],
+    name: str | None,
+) -> dict[str, Any]:
+    return {
+        "id": id,
+        "object": "billing_portal.configuration",
+        "active": True,
+        "application": None,
+        "business_profile": business_profile,
+        "created": created,
+        "default_return_url": default_return_url,
+        "features": features,
+        "is_default": is_default,
+        "livemode": False,
+        "login_page": {"enabled": False, "url": None},
+        "metadata": metadata,
+        "name": name,
+        "updated": created,
+    }
+
+
+def portal_features(
+    *,
+    customer_update: tuple[bool, list[str]] = (False, []),
+    invoice_history: bool = False,
+    payment_method_update: bool = False,
+    subscription_cancel: tuple[bool, str] = (False, "at_period_end"),
+    subscription_update: bool = False,
+) -> dict[str, Any]:
+    """The `features` hash of a portal configuration, with Stripe's defaults for what is unset."""
+    return {
+        "customer_update": {"allowed_updates": customer_update[1], "enabled": customer_update[0]},
+        "invoice_history": {"enabled": invoice_history},
+        "payment_method_update": {"enabled": payment_method_update, "payment_method_configuration": None},
+        "subscription_cancel": {
+            "cancellation_reason": {"enabled": False, "options": []},
+            "enabled": subscription_cancel[0],
+            "mode": subscription_cancel[1],
+            "proration_behavior": "none",
+        },
+        "subscription_update": {
+            "billing_cycle_anchor": None,
+            "default_allowed_updates": ["price"] if subscription_update else [],
+            "enabled": subscription_update,
+            "proration_behavior": "always_invoice" if subscription_update else "none",
+            "schedule_at_period_end": {"conditions": []},
+            "trial_update_behavior": "end_trial",
+        },
+    }
+
+
 def portal_session(
     *,
     id: str,

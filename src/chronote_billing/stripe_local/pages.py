@@ -121,8 +121,34 @@ def checkout_page(engine: Engine, cs: dict[str, Any], error: str | None = None) 
 # --- billing portal --------------------------------------------------------------------------
 
 
+PORTAL_ACTIONS = ("use_card", "switch", "cancel_at_period_end", "resume", "cancel_now")
+
+
+def portal_actions(config: dict[str, Any]) -> set[str]:
+    """What a portal configuration lets the customer do on the page.
+
+    The account's default (as saved in a dashboard) offers both ways to cancel; a configuration
+    made through the API offers the one its `mode` names.
+    """
+    features = config["features"]
+    allowed = set()
+    if features["payment_method_update"]["enabled"]:
+        allowed.add("use_card")
+    if features["subscription_update"]["enabled"]:
+        allowed.add("switch")
+    cancel = features["subscription_cancel"]
+    if cancel["enabled"]:
+        allowed.add("resume")
+        if cancel["mode"] == "at_period_end" or config["is_default"]:
+            allowed.add("cancel_at_period_end")
+        if cancel["mode"] == "immediately" or config["is_default"]:
+            allowed.add("cancel_now")
+    return allowed
+
+
 def portal_page(engine: Engine, token: str, session: dict[str, Any], message: str | None = None) -> str:
     store = engine.store
+    allowed = portal_actions(engine.checkout.portal_configuration_of(session))
     customer = store.find(session["customer"]) or {}
     subs = [
         s
@@ -159,7 +185,7 @@ def portal_page(engine: Engine, token: str, session: dict[str, Any], message: st
             if p["product"] == price["product"] and p["active"] and p["recurring"] and p["id"] != price["id"]
         ]
         forms = []
-        if options:
+        if options and "switch" in allowed:
             opts = "".join(
                 f"<option value='{escape(p['id'])}'>{escape(p['nickname'] or p['lookup_key'] or p['id'])} · "
                 f"{escape(money(p['unit_amount'], p['currency']))}{escape(interval_label(p))}</option>"
@@ -170,20 +196,21 @@ def portal_page(engine: Engine, token: str, session: dict[str, Any], message: st
                 f"<select name=price aria-label='New plan'>{opts}</select>"
                 f"<button type=submit class=secondary>Switch plan</button></form>"
             )
-        if sub["cancel_at_period_end"]:
+        if sub["cancel_at_period_end"] and "resume" in allowed:
             forms.append(
                 f"<form method=post action='{action}'>{hidden}<input type=hidden name=action value=resume>"
                 f"<button type=submit class=secondary>Don't cancel</button></form>"
             )
-        else:
+        elif not sub["cancel_at_period_end"] and "cancel_at_period_end" in allowed:
             forms.append(
                 f"<form method=post action='{action}'>{hidden}<input type=hidden name=action value=cancel_at_period_end>"
                 f"<button type=submit class=danger>Cancel at period end</button></form>"
             )
-        forms.append(
-            f"<form method=post action='{action}'>{hidden}<input type=hidden name=action value=cancel_now>"
-            f"<button type=submit class=danger>Cancel now</button></form>"
-        )
+        if "cancel_now" in allowed:
+            forms.append(
+                f"<form method=post action='{action}'>{hidden}<input type=hidden name=action value=cancel_now>"
+                f"<button type=submit class=danger>Cancel now</button></form>"
+            )
         warn = ""
         if sub["status"] in ("past_due", "incomplete"):
             warn = "<div class=error>The last payment failed. Update your card to pay the open invoice.</div>"
@@ -209,10 +236,14 @@ def portal_page(engine: Engine, token: str, session: dict[str, Any], message: st
     card_opts = "".join(
         f"<option value={n}>{n[:4]} … {n[-4:]} · {escape(label)}</option>" for n, label, _ in CARD_CHOICES
     )
-    parts.append(
-        f"<section><h2>Payment method</h2><p>{escape(_card_label(default_pm))}</p>"
+    card_form = (
         f"<form method=post action='/portal/{escape(token)}' class=actions><input type=hidden name=action value=use_card>"
-        f"<select name=card aria-label='Test card'>{card_opts}</select><button type=submit class=secondary>Use this card</button></form></section>"
+        f"<select name=card aria-label='Test card'>{card_opts}</select><button type=submit class=secondary>Use this card</button></form>"
+        if "use_card" in allowed
+        else ""
+    )
+    parts.append(
+        f"<section><h2>Payment method</h2><p>{escape(_card_label(default_pm))}</p>{card_form}</section>"
     )
     invoices = [
         i for i in store.all("invoice") if i["customer"] == session["customer"] and i["status"] != "draft"

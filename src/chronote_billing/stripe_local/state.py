@@ -22,6 +22,7 @@ from chronote_billing.stripe_local.errors import resource_missing
 KIND_NAMES = {
     "checkout.session": "checkout.session",
     "billing_portal.session": "billing portal session",
+    "billing_portal.configuration": "configuration",
     "test_helpers.test_clock": "test clock",
     "invoiceitem": "invoiceitem",
     "payment_intent": "payment_intent",

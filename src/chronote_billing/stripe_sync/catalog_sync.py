@@ -1,4 +1,5 @@
-"""`catalog sync`: make Stripe's products and prices match the catalog, found by lookup key.
+"""`catalog sync`: make Stripe's products and prices match the catalog, found by lookup key,
+and keep our customer portal configuration (docs/decisions/0025).
 
 Running it twice changes nothing the second time. A price whose amount, currency or interval
 changed is replaced: a new price takes over the lookup key and the old one is archived (prices
@@ -253,7 +254,81 @@ def sync_catalog(
                 ),
             )
             report.add("archive", f"price {want.lookup_key}", current["id"])
+    sync_portal_configuration(client, catalog, report, dry_run)
     return report
+
+
+# --- the customer portal ----------------------------------------------------------------------
+
+PORTAL_MARKER = {"chronote_managed": "portal"}
+# Cards, invoices, billing details and cancelling at period end; never plan changes, which go
+# through our own portal's plan cards (one subscription, our proration rules).
+PORTAL_FEATURES: dict[str, Any] = {
+    "customer_update": {"enabled": True, "allowed_updates": ["email", "name"]},
+    "invoice_history": {"enabled": True},
+    "payment_method_update": {"enabled": True},
+    "subscription_cancel": {"enabled": True, "mode": "at_period_end"},
+    "subscription_update": {"enabled": False},
+}
+
+
+def _portal_differences(existing: dict[str, Any]) -> list[str]:
+    """The features (by name) whose settings differ from ours; extra Stripe settings are ignored."""
+    have = existing.get("features") or {}
+    return sorted(
+        name
+        for name, want in PORTAL_FEATURES.items()
+        if any((have.get(name) or {}).get(k) != v for k, v in want.items())
+    )
+
+
+def find_portal_configuration(client: stripe.StripeClient) -> dict[str, Any] | None:
+    """Our active customer portal configuration, if the catalog was synced to this account."""
+    listed = call(
+        "list customer portal configurations",
+        lambda: client.v1.billing_portal.configurations.list(params={"active": True, "limit": 100}),
+    )
+    for config in map(to_dict, listed.data):
+        if (config.get("metadata") or {}).get("chronote_managed") == PORTAL_MARKER["chronote_managed"]:
+            return config
+    return None
+
+
+def sync_portal_configuration(
+    client: stripe.StripeClient, catalog: Catalog, report: SyncReport, dry_run: bool
+) -> None:
+    existing = find_portal_configuration(client)
+    params: dict[str, Any] = {
+        "business_profile": {"headline": "Chronote billing: cards, invoices and cancellation"},
+        "features": PORTAL_FEATURES,
+        "metadata": PORTAL_MARKER,
+    }
+    if existing is None:
+        if dry_run:
+            report.add("create", "customer portal configuration")
+            return
+        created = call(
+            "create the customer portal configuration",
+            lambda: client.v1.billing_portal.configurations.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": stripe_key("catalog", catalog.version, "portal")},
+            ),
+        )
+        report.add("create", "customer portal configuration", created.id)
+        return
+    differences = _portal_differences(existing)
+    if not differences:
+        report.add("unchanged", "customer portal configuration", existing["id"])
+        return
+    if not dry_run:
+        call(
+            "update the customer portal configuration",
+            lambda: client.v1.billing_portal.configurations.update(
+                existing["id"],
+                params={"features": PORTAL_FEATURES},  # type: ignore[arg-type]
+            ),
+        )
+    report.add("update", "customer portal configuration", ", ".join(differences))
 
 
 def price_ids(client: stripe.StripeClient, lookup_keys: list[str]) -> dict[str, str]:

@@ -39,7 +39,7 @@ from chronote_billing.core.errors import (
 )
 from chronote_billing.ledger.service import LedgerService
 
-from .catalog_sync import fetch_prices
+from .catalog_sync import fetch_prices, find_portal_configuration
 from .client import call, make_client, stripe_key, to_dict
 from .entitlements import PAYMENT_GRACE, complimentary_plan, current_plan, plan_subscription
 from .models import PlanSubscription, StripeCheckoutSession
@@ -128,6 +128,7 @@ class BillingService:
         self.ledger = ledger
         self.settings = settings
         self._client_factory = client_factory or (lambda: make_client(settings))
+        self._portal_configuration_id: str | None = None
 
     @cached_property
     def client(self) -> stripe.StripeClient:
@@ -555,14 +556,31 @@ class BillingService:
 
         customer = self.db.read(check)
         base = self.settings.public_base_url.rstrip("/")
+        params: dict[str, Any] = {"customer": customer, "return_url": return_url or f"{base}/portal"}
+        configuration = self._portal_configuration()
+        if configuration is not None:
+            params["configuration"] = configuration
         ps = call(
             "open the customer portal",
             lambda: self.client.v1.billing_portal.sessions.create(
-                params={"customer": customer, "return_url": return_url or f"{base}/portal"},
+                params=params,  # type: ignore[arg-type]
                 options={"idempotency_key": stripe_key("portal", account_id, key)},
             ),
         )
         return PortalSessionView(account_id=account_id, customer=customer, url=ps.url)
+
+    def _portal_configuration(self) -> str | None:
+        """Our portal configuration (made by `catalog sync`), looked up once per process."""
+        if self._portal_configuration_id is None:
+            found = find_portal_configuration(self.client)
+            if found is None:
+                # Stripe's default then applies: whatever its dashboard allows (decision 0025).
+                log.warning(
+                    "stripe_portal_configuration_missing", detail="run 'chronote-billing catalog sync'"
+                )
+                return None
+            self._portal_configuration_id = str(found["id"])
+        return self._portal_configuration_id
 
     # ------------------------------------------------------------------ auto-recharge
 
