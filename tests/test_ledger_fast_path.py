@@ -419,17 +419,25 @@ def test_the_functions_leave_the_ledger_the_python_path_leaves(
         assert twin.db.read(lambda s, t=twin: t.ledger.balance(s, t.account)).available >= 0
 
 
-def test_a_write_of_its_own_is_one_statement(db: Database) -> None:
+def test_a_write_of_its_own_is_one_statement(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """commit_* send one statement in autocommit, and nothing through the session engine."""
     from sqlalchemy import event
 
     clock = ManualClock()
     ledger = LedgerService(clock)
     account, _ = _open(db, clock, {"amount": 10_000})
-    statements: list[str] = []
+    in_session: list[str] = []
+    autocommitted: list[str] = []
+    run_autocommit = db.run_autocommit
+
+    def record(sql: str, params: dict[str, Any], attempts: int = 8) -> Any:
+        autocommitted.append(sql)
+        return run_autocommit(sql, params, attempts)
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+        in_session.append(statement)
 
+    monkeypatch.setattr(db, "run_autocommit", record)
     event.listen(db.engine, "before_cursor_execute", count)
     try:
         hold = ledger.commit_place_hold(
@@ -443,9 +451,20 @@ def test_a_write_of_its_own_is_one_statement(db: Database) -> None:
         ledger.commit_debit(db, account_id=account, amount=500, idempotency_key="d")
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
-    assert [s.split("(")[0] for s in statements] == [
+    assert in_session == []
+    assert [s.split("(")[0] for s in autocommitted] == [
         "SELECT ledger_try_place_hold",
         "SELECT ledger_try_capture_hold",
         "SELECT ledger_try_debit",
     ]
     assert db.read(lambda s: ledger.balance(s, account)).available == 8_500
+
+
+def test_autocommit_statements_raise_sqlalchemy_errors_and_keep_the_pool_usable(db: Database) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    with pytest.raises(DBAPIError) as failed:
+        db.run_autocommit("SELECT 1 / %(zero)s::int", {"zero": 0})
+    assert failed.value.orig is not None and getattr(failed.value.orig, "sqlstate", None) == "22012"
+    for n in range(3):  # the connection went back to the pool healthy and in autocommit
+        assert db.run_autocommit("SELECT %(n)s::int + 1", {"n": n}) == n + 1

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,7 +122,6 @@ class Database:
         self.url = url or get_settings().database_url
         self.engine = engine or make_engine(self.url)
         self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False, autoflush=False)
-        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._read_sessions = sessionmaker(
             bind=self.engine.execution_options(chronote_readonly=True),
             expire_on_commit=False,
@@ -151,17 +151,41 @@ class Database:
                 time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
         raise AssertionError("unreachable")
 
+    @cached_property
+    def _autocommit_engine(self) -> Engine:
+        # A pool of its own whose connections stay in autocommit: nothing to switch on checkout
+        # and nothing to roll back on return.
+        url = self.engine.url.render_as_string(hide_password=False)
+        return make_engine(url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+
     def run_autocommit(self, sql: str, params: dict[str, Any], attempts: int = 8) -> Any:
-        """One driver-level statement that is its own transaction (committed by the server as it
-        finishes, in the same round trip); returns its scalar result. Retries like ``write``."""
+        """One statement that is its own transaction, committed by the server as it finishes (one
+        round trip), run at the driver level; returns its scalar result. PostgreSQL only.
+
+        Driver errors surface as SQLAlchemy's ``DBAPIError`` family, as from ``write``, and lock
+        conflicts are retried the same way.
+        """
+        engine = self._autocommit_engine
         for attempt in range(1, attempts + 1):
+            conn = engine.raw_connection()
             try:
-                with self._autocommit.connect() as conn:
-                    return conn.exec_driver_sql(sql, params).scalar()
-            except DBAPIError as exc:
-                if attempt == attempts or not _is_retryable(exc):
-                    raise
-                time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
+                cursor = conn.cursor()
+                cursor.execute(sql, params, prepare=True)  # type: ignore[call-arg]  # psycopg: prepared on the server
+                row = cursor.fetchone()
+                cursor.close()
+                return None if row is None else row[0]
+            except engine.dialect.loaded_dbapi.Error as exc:
+                broken = bool(getattr(conn.dbapi_connection, "closed", False))
+                if broken:
+                    conn.invalidate(exc)
+                error = DBAPIError.instance(
+                    sql, params, exc, engine.dialect.loaded_dbapi.Error, connection_invalidated=broken
+                )
+                if attempt == attempts or not _is_retryable(error):
+                    raise error from exc
+            finally:
+                conn.close()
+            time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
         raise AssertionError("unreachable")
 
     def read(self, work: Callable[[Session], T]) -> T:
@@ -170,6 +194,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if "_autocommit_engine" in self.__dict__:
+            self._autocommit_engine.dispose()
 
 
 _default: Database | None = None
