@@ -234,7 +234,9 @@ def build_history(db: Database, entries: int) -> str:
         )
         conn.execute(text("UPDATE ledger_grants SET remaining = remaining - :n WHERE id = :grant"), params)
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("ANALYZE"))
+        # Vacuumed and analyzed as a table in service would be, so autovacuum does not start on
+        # the million new rows in the middle of the measurement.
+        conn.execute(text("VACUUM ANALYZE"))
     return account_id
 
 
