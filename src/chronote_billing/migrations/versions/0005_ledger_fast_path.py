@@ -3,8 +3,8 @@
 Revision ID: 0005
 Revises: 0004
 
-Each function handles the common case of its operation inside the caller's transaction and
-returns the result document; anything else (unknown ids, a conflicting key, something due on
+Each function handles the common case of its operation, inside the caller's transaction or as
+a transaction of its own (an autocommit statement), and returns the result document; anything else (unknown ids, a conflicting key, something due on
 the wallet, a refusal, a settled or expired hold) makes it return NULL before it has written
 anything, and the service's Python path answers instead (docs/decisions/0023). The functions
 mirror `chronote_billing.ledger.service`; change both together.
