@@ -203,11 +203,9 @@ def org_account(c: Container, session: Session, user: SignedIn, org_id: str) -> 
     return org, account
 
 
-def org_header(
-    c: Container, session: Session, user: SignedIn, org_id: str, tab: str, more_people: Iterable[str] = ()
-) -> dict[str, Any]:
-    """What every organization page shows; ``people``: the names known for its members (and for
-    ``more_people``, e.g. former members in the audit log), by Discord id."""
+def org_header(c: Container, session: Session, user: SignedIn, org_id: str, tab: str) -> dict[str, Any]:
+    """What every organization page shows; ``people``: the known names of its members by Discord
+    id (``add_people`` adds those of others the page shows, such as former members)."""
     org, account = org_account(c, session, user, org_id)
     members = c.orgs.list_members(session, org_id)
     return {
@@ -216,13 +214,19 @@ def org_header(
         "role": member_role(session, org.id, user.user_id),
         "tab": tab,
         "members": members,
-        "people": people.names(session, [m.user_id for m in members] + list(more_people)),
+        "people": {m.user_id: m.display_name for m in members if m.display_name},
     }
 
 
+def add_people(session: Session, header: dict[str, Any], user_ids: Iterable[str]) -> None:
+    known: dict[str, str] = header["people"]
+    known.update(people.names(session, [u for u in user_ids if u not in known]))
+
+
 def org_billing(c: Container, session: Session, user: SignedIn, org_id: str) -> dict[str, Any]:
+    header = org_header(c, session, user, org_id, "billing")
     audit = c.orgs.audit_log(session, org_id, limit=50)
-    header = org_header(c, session, user, org_id, "billing", more_people=[e.actor for e in audit])
+    add_people(session, header, [e.actor for e in audit])
     account = header["account"]
     catalog = load_catalog()
     linked = {s.guild_id for s in c.orgs.list_servers(session, org_id)}
@@ -295,12 +299,12 @@ def org_usage(
     since: str | None,
     until: str | None,
 ) -> dict[str, Any]:
+    header = org_header(c, session, user, org_id, "usage")
     group = group_by if group_by in USAGE_GROUPS else "member"
     start, end = usage_window(since, until, c.clock.now())
-    _, account = org_account(c, session, user, org_id)
-    report = usage_report(session, account.id, group, start, end)
-    former = [r.key for r in report.rows] if group == "member" else []
-    header = org_header(c, session, user, org_id, "usage", more_people=former)
+    report = usage_report(session, header["account"].id, group, start, end)
+    if group == "member":  # former members too
+        add_people(session, header, [r.key for r in report.rows])
     daily = usage_report(session, header["account"].id, "day", start, end)
     return {
         **header,
