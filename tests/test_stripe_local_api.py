@@ -287,3 +287,41 @@ def test_every_route_names_a_real_sdk_parameter_type() -> None:
             continue  # stand-in only
         assert (method, path) in PARAMS, (method, path)
         params_class(PARAMS[(method, path)])
+
+
+def test_malformed_requests_get_stripe_errors_not_500s(stripe_local: StripeLocalHarness) -> None:
+    from chronote_billing.stripe_local.server import TEST_SECRET_KEY
+
+    auth = {"Authorization": f"Bearer {TEST_SECRET_KEY}"}
+    # A numeric or empty top-level key is an unknown parameter, not a crash.
+    for body in ("0=x", "=x"):
+        r = stripe_local.http.post(
+            "/v1/customers",
+            content=body,
+            headers={**auth, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    # Invoice items are dated by `date`: filtering them by creation time works.
+    listed = stripe_local.http.get("/v1/invoiceitems", params={"created[gt]": "1"}, headers=auth)
+    assert listed.status_code == 200 and listed.json()["object"] == "list"
+    c = stripe_local.client
+    product = c.v1.products.create({"name": "Decimal"})
+    for bad in ("abc", "inf", "-5"):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            c.v1.prices.create({"product": product.id, "currency": "usd", "unit_amount_decimal": bad})
+        assert refused.value.code == "parameter_invalid_decimal"
+    price = c.v1.prices.create({"product": product.id, "currency": "usd", "unit_amount_decimal": "1250.7"})
+    assert price.unit_amount == 1250
+    # Paying a Checkout session whose customer was deleted meanwhile: Stripe's error on the page.
+    customer = c.v1.customers.create({"email": "gone@example.com"})
+    session = c.v1.checkout.sessions.create(
+        {
+            "mode": "payment",
+            "customer": customer.id,
+            "line_items": [{"price": price.id, "quantity": 1}],
+            "success_url": "https://example.com/ok",
+        }
+    )
+    c.v1.customers.delete(customer.id)
+    paid = stripe_local.pay_checkout(session)
+    assert paid.status_code in (400, 404) and "No such customer" in paid.text

@@ -7,13 +7,14 @@ from typing import Annotated
 import typer
 
 from chronote_billing.config import get_settings
+from chronote_billing.stripe_local.server import DEFAULT_HOST, DEFAULT_PORT
 
 
 def register(app: typer.Typer) -> None:
     @app.command("stripe-local")
     def stripe_local(
-        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 12111,
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
+        port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = DEFAULT_PORT,
         webhook_url: Annotated[
             str, typer.Option(help="Where signed webhook events are POSTed.")
         ] = "http://127.0.0.1:8000/webhooks/stripe",

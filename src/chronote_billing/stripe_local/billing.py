@@ -251,7 +251,7 @@ class Billing:
             if trial_end:
                 desc, amount = f"Trial period for {name}", 0
             else:
-                desc = f"{qty} × {name} (at {_money(price)}{interval_label(price)})"
+                desc = _line_description(qty, name, price)
                 amount = price["unit_amount"] * qty
             self.add_line(
                 inv,
@@ -657,7 +657,7 @@ class Billing:
                     price=price,
                     quantity=qty,
                     amount=price["unit_amount"] * qty,
-                    description=f"{qty} × {self.product_name(price)} (at {_money(price)}{interval_label(price)})",
+                    description=_line_description(qty, self.product_name(price), price),
                     period=(start, end),
                     sub=sub,
                     item=item,
@@ -1192,7 +1192,7 @@ class Billing:
         pending = p.flag("pending")
         if pending is not None:
             items = [i for i in items if (i["invoice"] is None) == pending]
-        return self.e.paginate(items, p, "/v1/invoiceitems")
+        return self.e.paginate(items, p, "/v1/invoiceitems", created_field="date")
 
     def list_invoice_payments(self, p: Params) -> dict[str, Any]:
         items = self.store.all("invoice_payment")
@@ -1238,7 +1238,7 @@ class Billing:
                 price=price,
                 quantity=qty,
                 amount=price["unit_amount"] * qty,
-                description=f"{qty} × {self.product_name(price)} (at {_money(price)}{interval_label(price)})",
+                description=_line_description(qty, self.product_name(price), price),
                 period=(old_end, new_end),
                 sub=sub,
                 item=item,
@@ -1386,10 +1386,10 @@ class Billing:
         return objects.deleted("test_helpers.test_clock", clock_id)
 
 
-def _money(price: dict[str, Any]) -> str:
-    from chronote_billing.stripe_local.engine import money
-
-    return money(int(price["unit_amount"]), str(price["currency"]))
+def _line_description(qty: int, name: str, price: dict[str, Any]) -> str:
+    """An invoice line for a subscription item, as Stripe words it: `1 × Pro (at $9.00 / month)`."""
+    amount = objects.money(int(price["unit_amount"]), str(price["currency"]))
+    return f"{qty} × {name} (at {amount}{interval_label(price)})"
 
 
 def _qty(qty: int) -> str:

@@ -194,7 +194,8 @@ class Checkout:
             raise PaymentFailed("Your card was declined. Try another card.")
         private = self.store.private[cs["id"]]
         email = email or cs["customer_email"]
-        customer = self.store.find(cs["customer"]) if cs["customer"] else None
+        # A customer deleted since the session was made is Stripe's resource_missing, not a crash.
+        customer = self.e.customer(cs["customer"]) if cs["customer"] else None
         if customer is None and (cs["mode"] == "subscription" or cs["customer_creation"] == "always"):
             customer = self.e.create_customer(Params({"email": email or "", "name": name or ""}))
             cs["customer"] = customer["id"]

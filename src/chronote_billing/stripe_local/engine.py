@@ -19,25 +19,6 @@ from chronote_billing.stripe_local.errors import StripeError, invalid_param, mis
 from chronote_billing.stripe_local.params import Params, apply_metadata
 from chronote_billing.stripe_local.state import Store, diff_previous
 
-ZERO_DECIMAL = {
-    "bif",
-    "clp",
-    "djf",
-    "gnf",
-    "jpy",
-    "kmf",
-    "krw",
-    "mga",
-    "pyg",
-    "rwf",
-    "ugx",
-    "vnd",
-    "vuv",
-    "xaf",
-    "xof",
-    "xpf",
-}
-
 # How an id's prefix names the kind of object, for `expand`.
 EXPANDABLE_PREFIXES = (
     ("cus_", "customer"),
@@ -415,7 +396,7 @@ class Engine:
     ) -> dict[str, Any]:
         currency = p.req_text("currency").lower()
         if p.has("unit_amount_decimal") and not p.has("unit_amount"):
-            unit_amount = int(float(p.req_text("unit_amount_decimal")))
+            unit_amount = p.decimal_amount("unit_amount_decimal")
         else:
             unit_amount = p.req_integer("unit_amount", minimum=0)
         rec = None
@@ -622,14 +603,3 @@ def _parse_search(query: str) -> list[tuple[str, str | None, str]]:
             )
         clauses.append((match.group(1), match.group(2), match.group(3)))
     return clauses
-
-
-def money(amount: int, currency: str) -> str:
-    """`$9.00`, `€1.50`, `¥500`: amounts for the hosted pages."""
-    symbols = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "cad": "CA$", "aud": "A$"}
-    sign = "-" if amount < 0 else ""
-    amount = abs(amount)
-    symbol = symbols.get(currency.lower(), currency.upper() + " ")
-    if currency.lower() in ZERO_DECIMAL:
-        return f"{sign}{symbol}{amount:,}"
-    return f"{sign}{symbol}{amount // 100:,}.{amount % 100:02d}"

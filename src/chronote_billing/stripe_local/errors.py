@@ -54,10 +54,6 @@ def invalid_param(name: str, message: str, code: str = "parameter_invalid_empty"
     return StripeError(400, message, code=code, param=name)
 
 
-def invalid_state(message: str, code: str = "resource_missing", param: str | None = None) -> StripeError:
-    return StripeError(400, message, code=code, param=param)
-
-
 def unauthorized(message: str) -> StripeError:
     return StripeError(401, message)
 

@@ -1168,3 +1168,34 @@ def test_clock(*, id: str, created: int, frozen_time: int, name: str | None) -> 
         "status": "ready",
         "status_details": {},
     }
+
+
+ZERO_DECIMAL = {
+    "bif",
+    "clp",
+    "djf",
+    "gnf",
+    "jpy",
+    "kmf",
+    "krw",
+    "mga",
+    "pyg",
+    "rwf",
+    "ugx",
+    "vnd",
+    "vuv",
+    "xaf",
+    "xof",
+    "xpf",
+}
+
+
+def money(amount: int, currency: str) -> str:
+    """`$9.00`, `€1.50`, `¥500`: amounts for the hosted pages."""
+    symbols = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "cad": "CA$", "aud": "A$"}
+    sign = "-" if amount < 0 else ""
+    amount = abs(amount)
+    symbol = symbols.get(currency.lower(), currency.upper() + " ")
+    if currency.lower() in ZERO_DECIMAL:
+        return f"{sign}{symbol}{amount:,}"
+    return f"{sign}{symbol}{amount // 100:,}.{amount % 100:02d}"

@@ -9,7 +9,8 @@ from typing import Any
 
 from chronote_billing.stripe_local import objects
 from chronote_billing.stripe_local.billing import fmt_date, interval_label
-from chronote_billing.stripe_local.engine import Engine, money
+from chronote_billing.stripe_local.engine import Engine
+from chronote_billing.stripe_local.objects import money
 
 STYLE = """
 *{box-sizing:border-box}body{margin:0;font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;color:#1a1f36;background:#f6f9fc}

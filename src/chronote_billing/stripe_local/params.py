@@ -8,6 +8,7 @@ Stripe's own 400 errors. An empty string means "unset" as in Stripe (`metadata[k
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from chronote_billing.stripe_local.errors import StripeError, invalid_param, missing_param
@@ -45,7 +46,8 @@ def parse_pairs(pairs: list[tuple[str, str]]) -> dict[str, Any]:
                     child = {}
                     node[segment] = child
                 node = child
-    return _listify(root, None)
+    # The root is always a hash: a body like `0=x` must reach validation as an unknown parameter.
+    return {k: _listify(v, k) for k, v in root.items()}
 
 
 def _listify(node: Any, parent_key: str | None) -> Any:
@@ -108,6 +110,17 @@ class Params:
                 "parameter_invalid_integer",
             )
         return number
+
+    def decimal_amount(self, key: str) -> int:
+        """A required `*_decimal` amount in minor units, truncated to whole units as we store them."""
+        raw = self.req_text(key)
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            value = Decimal("NaN")
+        if not value.is_finite() or value < 0:
+            raise invalid_param(self._name(key), f"Invalid decimal: {raw}", "parameter_invalid_decimal")
+        return int(value)
 
     def req_integer(self, key: str, minimum: int | None = None) -> int:
         value = self.integer(key, required=True, minimum=minimum)

@@ -159,7 +159,7 @@ class Payments:
         if amount < MINIMUM_AMOUNT.get(currency, 1):
             raise invalid_param(
                 "amount",
-                f"Amount must be at least {objects_money(MINIMUM_AMOUNT[currency], currency)} {currency}",
+                f"Amount must be at least {objects.money(MINIMUM_AMOUNT[currency], currency)} {currency}",
                 "amount_too_small",
             )
         customer_id = p.text("customer")
@@ -306,8 +306,8 @@ class Payments:
         if amount > remaining:
             raise StripeError(
                 400,
-                f"Refund amount ({objects_money(amount, ch['currency'])}) is greater than unrefunded amount on "
-                f"charge ({objects_money(remaining, ch['currency'])})",
+                f"Refund amount ({objects.money(amount, ch['currency'])}) is greater than unrefunded amount on "
+                f"charge ({objects.money(remaining, ch['currency'])})",
                 code="amount_too_large",
                 param="amount",
             )
@@ -461,9 +461,3 @@ def _off_session(p: Params) -> bool:
     if value in ("true", "one_off", "recurring"):
         return True
     raise invalid_param("off_session", f"Invalid off_session: {value}", "parameter_invalid_boolean")
-
-
-def objects_money(amount: int, currency: str) -> str:
-    from chronote_billing.stripe_local.engine import money
-
-    return money(amount, currency)

@@ -7,12 +7,10 @@ only the stand-in's helper `POST /v1/test_helpers/advance_time` moves (not a Str
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,10 +116,6 @@ class Store:
         self._global_override = moment
 
 
-def snapshot(obj: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(obj)
-
-
 def diff_previous(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """`data.previous_attributes` of an `*.updated` event: the earlier values of changed fields.
 
@@ -184,8 +178,3 @@ class IdempotencyKeys:
             self._running.discard(scope)
             if result is not None:
                 self._done[scope] = result
-
-
-def iter_expand_paths(expand: list[str]) -> Iterator[list[str]]:
-    for path in expand:
-        yield [p for p in path.split(".") if p]

@@ -10,7 +10,6 @@ e.g. to the billing service under test.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,11 +133,6 @@ class StripeLocalHarness:
 
     def close(self) -> None:
         self.http.close()
-
-
-def session_id_from_redirect(response: httpx.Response) -> str | None:
-    match = re.search(r"cs_test_\w+", response.headers.get("location", ""))
-    return match.group(0) if match else None
 
 
 def started(**options: Any) -> Iterator[StripeLocalHarness]:
