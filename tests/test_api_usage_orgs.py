@@ -122,6 +122,20 @@ def test_org_flow_recording_and_usage_report_over_http(c, client):
     assert report.json()["rows"] == [
         {"object": "usage_report_row", "key": member, "count": 1, "minutes": 51, "held": 0, "charged": 51_000}
     ]
+    # A window given with and without a zone: both read as UTC, never a 500.
+    for path in ("usage", "usage.csv"):
+        mixed = client.get(
+            f"/v1/accounts/{org_account}/{path}",
+            params={"since": "2020-01-01T00:00:00", "until": "2099-01-01T00:00:00Z"},
+            headers=h(admin_key, owner, idem=False),
+        )
+        assert mixed.status_code == 200, mixed.text
+    backwards = client.get(
+        f"/v1/accounts/{org_account}/usage",
+        params={"since": "2099-01-01T00:00:00", "until": "2020-01-01T00:00:00Z"},
+        headers=h(admin_key, owner, idem=False),
+    )
+    assert backwards.status_code == 422 and backwards.json()["code"] == "validation_error"
     denied = client.get(f"/v1/accounts/{org_account}/usage", headers=h(admin_key, member, idem=False))
     assert denied.status_code == 403
     text = client.get(f"/v1/accounts/{org_account}/usage.csv", headers=h(admin_key, owner, idem=False)).text

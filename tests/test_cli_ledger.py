@@ -185,3 +185,9 @@ def test_a_database_url_that_is_not_one_is_a_one_line_error(monkeypatch) -> None
     # Set but empty means unset: the embedded SQLite database.
     monkeypatch.setenv("CHRONOTE_DATABASE_URL", "  ")
     assert Settings().database_url == f"sqlite:///{DEFAULT_SQLITE_PATH}"
+
+
+def test_an_expiry_beyond_any_calendar_is_a_one_line_error(cli, make_account) -> None:  # type: ignore[no-untyped-def]
+    acct = make_account()
+    code, out = run(cli, "grant", acct, "5", "-k", "far", "--expires-in-days", "5000000")
+    assert code == 2 and "--expires-in-days" in out and "36500" in out and "Traceback" not in out

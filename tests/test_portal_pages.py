@@ -425,6 +425,9 @@ def test_org_usage_by_member_and_day_with_csv_and_no_meeting_content(
     assert "<svg" in by_day and "11-01: 6.5 credits" in by_day
     bad = owner.client.get(f"/portal/org/{org_id}/billing/usage?since=yesterday")
     assert bad.status_code == 422 and "must be a date" in bad.text
+    for path in ("usage", "usage.csv"):  # the last representable day cannot end a window
+        far = owner.client.get(f"/portal/org/{org_id}/billing/{path}?until=9999-12-31")
+        assert far.status_code == 422 and "too far in the future" in far.text
 
     csv_totals = owner.client.get(f"/portal/org/{org_id}/billing/usage.csv?group_by=member")
     assert csv_totals.status_code == 200 and csv_totals.headers["content-type"].startswith("text/csv")

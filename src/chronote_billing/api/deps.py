@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from chronote_billing.access.service import Principal
 from chronote_billing.accounts.service import check_snowflake
 from chronote_billing.container import Container
+from chronote_billing.core import idempotency
 from chronote_billing.core.errors import Unauthenticated, ValidationFailed
 
 bearer = HTTPBearer(auto_error=False, description="A Chronote Billing API key: `Bearer cbk_...`.")
@@ -75,11 +76,14 @@ def idempotency_key(
         ),
     ] = None,
 ) -> str:
-    if key is None or not key.strip():
+    key = (key or "").strip()
+    if not key:
         raise ValidationFailed("Send an Idempotency-Key header with every write.", field="Idempotency-Key")
-    if len(key) > 255:
-        raise ValidationFailed("Idempotency-Key is at most 255 characters.", field="Idempotency-Key")
-    return key.strip()
+    if len(key) > idempotency.MAX_KEY_LENGTH:
+        raise ValidationFailed(
+            f"Idempotency-Key is at most {idempotency.MAX_KEY_LENGTH} characters.", field="Idempotency-Key"
+        )
+    return key
 
 
 IdempotencyKeyDep = Annotated[str, Depends(idempotency_key)]

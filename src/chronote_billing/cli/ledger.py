@@ -130,6 +130,7 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(
                 min=1,
+                max=36_500,
                 help="Expire at the end of the UTC day this many days from today (a retry the same day matches).",
             ),
         ] = None,

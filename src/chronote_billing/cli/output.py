@@ -55,7 +55,7 @@ def handle_errors(func: F) -> F:
             )
         except ArgumentError as exc:
             fail(f"CHRONOTE_DATABASE_URL is not a database URL ({exc})")
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, OverflowError) as exc:
             fail(str(exc))
         return None
 

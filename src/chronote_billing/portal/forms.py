@@ -8,12 +8,10 @@ Parsing errors are ``ValidationFailed`` with a message a person can act on.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, time
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, date, datetime, time
 
 from starlette.datastructures import FormData
 
-from chronote_billing.catalog.service import MILLICREDITS_PER_CREDIT
 from chronote_billing.core.errors import ValidationFailed
 
 NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -45,10 +43,6 @@ class Form:
             )
         return value
 
-    def optional(self, name: str) -> str | None:
-        value = str(self.data.get(name) or "").strip()
-        return value or None
-
     def choice(self, name: str, options: tuple[str, ...] | list[str], label: str | None = None) -> str:
         value = self.text(name, label)
         if value not in options:
@@ -74,36 +68,25 @@ class Form:
             raise ValidationFailed(f"{label} must be a whole number, got '{raw}'.", field=name)
         return int(raw)
 
-    def credits(self, name: str, label: str, required: bool = True) -> int | None:
-        """A credit amount typed by a person ("250", "1,000", "0.5") as millicredits."""
-        raw = str(self.data.get(name) or "").strip().replace(",", "")
-        if not raw:
-            if required:
-                raise ValidationFailed(f"{label} is required.", field=name)
-            return None
-        try:
-            value = Decimal(raw)
-        except InvalidOperation:
-            raise ValidationFailed(f"{label} must be a number of credits, got '{raw}'.", field=name) from None
-        if not value.is_finite():
-            raise ValidationFailed(f"{label} must be a number of credits, got '{raw}'.", field=name)
-        milli = value * MILLICREDITS_PER_CREDIT
-        if milli != milli.to_integral_value():
-            raise ValidationFailed(f"{label} can have at most three decimals.", field=name)
-        if milli < 0:
-            raise ValidationFailed(f"{label} cannot be negative.", field=name)
-        return int(milli)
-
     def day(self, name: str, label: str, end_of_day: bool = False) -> datetime | None:
         """A date field (YYYY-MM-DD) as a UTC moment: the start of that day, or its end."""
         raw = str(self.data.get(name) or "").strip()
         if not raw:
             return None
-        try:
-            day = datetime.strptime(raw, "%Y-%m-%d").date()
-        except ValueError:
-            raise ValidationFailed(f"{label} must be a date (YYYY-MM-DD), got '{raw}'.", field=name) from None
+        day = parse_day(raw, label, name)
         moment = datetime.combine(day, time(0, 0), tzinfo=UTC)
         if end_of_day:
             moment = datetime.combine(day, time(23, 59, 59), tzinfo=UTC)
         return moment
+
+
+def parse_day(raw: str, label: str, field: str) -> date:
+    """A date field (YYYY-MM-DD); the last representable day is refused, since pages add a day
+    to make an end exclusive."""
+    try:
+        day = datetime.strptime(raw.strip(), "%Y-%m-%d").date()
+    except ValueError:
+        raise ValidationFailed(f"{label} must be a date (YYYY-MM-DD), got '{raw}'.", field=field) from None
+    if day >= date.max:
+        raise ValidationFailed(f"{label} is too far in the future.", field=field)
+    return day

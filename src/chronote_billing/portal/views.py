@@ -8,7 +8,7 @@ permissions all come from the services.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -29,6 +29,7 @@ from chronote_billing.stripe_sync.webhooks import ENDED_STATUSES
 from chronote_billing.usage.reports import usage_csv, usage_report
 
 from .auth import SignedIn
+from .forms import parse_day
 from .presenters import bar_chart
 
 ALLOWANCE_SOURCES = ("free_allowance", "plan_allowance")
@@ -274,19 +275,10 @@ USAGE_GROUPS = ("member", "server", "source", "day", "context")
 def usage_window(since: str | None, until: str | None, now: datetime) -> tuple[datetime, datetime]:
     """The report window from the page's date fields (inclusive days, UTC); this month by default."""
     start, end = month_bounds(now)
-
-    def day(raw: str, label: str) -> datetime:
-        try:
-            return datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
-        except ValueError:
-            raise ValidationFailed(
-                f"{label} must be a date (YYYY-MM-DD), got '{raw}'.", field=label
-            ) from None
-
     if since:
-        start = day(since, "From")
+        start = datetime.combine(parse_day(since, "From", "since"), time(0, 0), tzinfo=UTC)
     if until:
-        end = day(until, "To") + timedelta(days=1)
+        end = datetime.combine(parse_day(until, "To", "until"), time(0, 0), tzinfo=UTC) + timedelta(days=1)
     return start, end
 
 

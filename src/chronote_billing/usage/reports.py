@@ -57,15 +57,18 @@ def _key(rec: UsageRecord, group_by: str) -> str:
 def _records(
     session: Session, account_id: str, since: datetime | None, until: datetime | None
 ) -> list[UsageRecord]:
+    # Times without a zone are UTC; compared only once both are aware.
+    since = as_utc(since) if since is not None else None
+    until = as_utc(until) if until is not None else None
     if since and until and until <= since:
         raise ValidationFailed("until must be after since.", field="until")
     query = select(UsageRecord).where(
         UsageRecord.payer_account_id == account_id, UsageRecord.status.in_(COUNTED)
     )
     if since is not None:
-        query = query.where(UsageRecord.created_at >= as_utc(since))
+        query = query.where(UsageRecord.created_at >= since)
     if until is not None:
-        query = query.where(UsageRecord.created_at < as_utc(until))
+        query = query.where(UsageRecord.created_at < until)
     return list(session.execute(query.order_by(UsageRecord.created_at, UsageRecord.id)).scalars())
 
 
