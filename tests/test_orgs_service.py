@@ -256,3 +256,31 @@ def test_twenty_members_recording_at_once_never_exceed_the_wallet_or_a_cap(c, cl
     assert (
         c.db.read(lambda s: c.ledger.balance(s, org.billing_account_id)).available == 1_000_000 - 33 * 29_000
     )
+
+
+@pytest.mark.postgres
+def test_organizations_racing_to_link_one_server_get_one_link_and_clear_refusals(c, clock):
+    guild = snowflake()
+    owners = [snowflake() for _ in range(8)]
+    orgs = [
+        c.db.write(lambda s, o=o: c.orgs.create_org(s, actor_user_id=o, name="Racer", idempotency_key=k()))
+        for o in owners
+    ]
+
+    def link(i: int):
+        return c.db.write(
+            lambda s: c.orgs.link_server(
+                s,
+                actor_user_id=owners[i],
+                actor_manages_guild=True,
+                org_id=orgs[i].id,
+                guild_id=guild,
+                idempotency_key=k(),
+            )
+        )
+
+    results = _race(c.db, clock, len(owners), link)
+    linked = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(linked) == 1 and all(isinstance(r, ServerAlreadyLinked) for r in refused), results
+    assert c.db.read(lambda s: c.orgs.server_link(s, guild)).org_id == linked[0].org_id

@@ -47,6 +47,12 @@ class AccountService:
             )
         ).scalar()
 
+    @staticmethod
+    def lock_row(session: Session, account_id: str) -> None:
+        """Lock the billing account's own row (not its wallet): requests about one account that
+        must not interleave (duplicate recording starts, linking a server) queue here."""
+        session.execute(select(BillingAccount.id).where(BillingAccount.id == account_id).with_for_update())
+
     def get_or_create(
         self, session: Session, kind: AccountKind | str, owner_ref: str, display_name: str | None = None
     ) -> BillingAccount:

@@ -410,6 +410,10 @@ class OrgService:
         prior = idempotency.lookup(session, f"orgs.link_server:{org_id}", key, params)
         if prior is not None:
             return ServerView.model_validate(prior)
+        # Two organizations linking one server at once queue on the server's account row; the
+        # second then finds the first's link instead of failing on the insert.
+        server_account = self.accounts.get_or_create(session, AccountKind.SERVER, guild)
+        self.accounts.lock_row(session, server_account.id)
         existing = self.server_link(session, guild)
         if existing is not None:
             raise ServerAlreadyLinked(
@@ -417,7 +421,6 @@ class OrgService:
                 + (" (this one)." if existing.org_id == org_id else "; unlink it there first."),
                 guild_id=guild,
             )
-        self.accounts.get_or_create(session, AccountKind.SERVER, guild)
         session.execute(
             insert(OrgServer).values(guild_id=guild, org_id=org_id, linked_by=actor_user_id, created_at=now)
         )

@@ -716,7 +716,7 @@ class UsageService:
             self._held_authorization(session, user, auth_id)
         params = {"user_id": user, "order": auth_ids}
         personal = self.accounts.get_or_create(session, AccountKind.PERSONAL, user)
-        self._lock_account_row(session, personal.id)
+        self.accounts.lock_row(session, personal.id)
         scope = f"usage.funding_order:{user}"
         prior = idempotency.lookup(session, scope, key, params)
         if prior is not None:
@@ -1277,12 +1277,8 @@ class UsageService:
             account = self.accounts.get_or_create(session, AccountKind.SERVER, guild_id)
         else:
             account = self.accounts.get_or_create(session, AccountKind.PERSONAL, user_id)
-        self._lock_account_row(session, account.id)
+        self.accounts.lock_row(session, account.id)
         return account
-
-    @staticmethod
-    def _lock_account_row(session: Session, account_id: str) -> None:
-        session.execute(select(BillingAccount.id).where(BillingAccount.id == account_id).with_for_update())
 
     @staticmethod
     def _lock_account_wallet(session: Session, account_id: str) -> None:
