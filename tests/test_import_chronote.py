@@ -109,3 +109,24 @@ def test_cli_dry_run_prints_the_plan(db, clock, tmp_path) -> None:  # type: igno
         assert bad.exit_code == 1 and "Traceback" not in bad.output
     finally:
         output.set_container(None)
+
+
+def test_a_subscription_priced_by_a_pack_imports_as_its_tier_with_a_warning(db, importer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from chronote_billing.stripe_sync.models import PlanSubscription
+
+    path, ids = fresh_export(tmp_path)
+    data = json.loads(path.read_text())
+    sub = data["guildSubscriptions"][0]
+    sub["priceLookupKey"] = "chronote_credits_1000"  # a credit pack's price, not a plan's
+    data["guildSubscriptions"] = [sub]
+    data["compGrants"] = []
+    path.write_text(json.dumps(data))
+    report = importer.run(path)
+    assert any("is not a plan price" in w for w in report.warnings), report.warnings
+    account = _account(db, sub["guildId"])
+    row = db.read(lambda s: s.get(PlanSubscription, account.id))
+    assert (row.plan_id, row.interval, row.price_lookup_key) == (
+        "server_pro",
+        "month",
+        "chronote_pro_monthly",
+    )

@@ -441,9 +441,9 @@ class OrgService:
         org_id: str,
         guild_id: str,
         idempotency_key: str,
-        actor_manages_guild: bool = False,
     ) -> ServerView:
-        """Unlink a server (admins of the organization); its authorizations are revoked."""
+        """Unlink a server (admins of the organization; no Discord permission needed, decision
+        0021); its authorizations are revoked."""
         now = self.clock.now()
         key = idempotency.check_key(idempotency_key)
         guild = str(guild_id)

@@ -329,7 +329,3 @@ def sync_portal_configuration(
             ),
         )
     report.add("update", "customer portal configuration", ", ".join(differences))
-
-
-def price_ids(client: stripe.StripeClient, lookup_keys: list[str]) -> dict[str, str]:
-    return {k: p["id"] for k, p in fetch_prices(client, lookup_keys).items()}

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.catalog.service import Plan, load_catalog
-from chronote_billing.core.clock import month_bounds, month_key
+from chronote_billing.core.clock import as_utc, month_bounds, month_key
 from chronote_billing.ledger.models import Grant
 from chronote_billing.ledger.service import LedgerService
 
@@ -36,10 +36,15 @@ def subscription_in_force(sub: PlanSubscription | None, now: datetime) -> bool:
         return False
     if sub.status in PAID_STATUSES:
         return True
-    if sub.status == "past_due":
-        started = sub.payment_failed_at or sub.updated_at
-        return now < started + PAYMENT_GRACE
-    return False
+    grace_ends = grace_ends_at(sub)
+    return grace_ends is not None and now < grace_ends
+
+
+def grace_ends_at(sub: PlanSubscription | None) -> datetime | None:
+    """When a past-due subscription stops counting (7 days after its first failed payment)."""
+    if sub is None or sub.status != "past_due":
+        return None
+    return as_utc(sub.payment_failed_at or sub.updated_at) + PAYMENT_GRACE
 
 
 def paid_plan(sub: PlanSubscription | None, now: datetime) -> Plan | None:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -30,11 +30,10 @@ from chronote_billing.ledger.service import LedgerService
 
 from .models import ChronoteImport, ComplimentaryPlan, StripeSubscription
 from .periods import allowance_slice, to_ts
-from .webhooks import ENDED_STATUSES, refresh_plan_subscription
+from .webhooks import ENDED_STATUSES, plan_for_lookup_key, refresh_plan_subscription
 
 log = structlog.get_logger(__name__)
 
-EXPORT_FORMAT = "chronote-guild-billing-export"
 TIER_PLANS = {"basic": "server_basic", "pro": "server_pro"}
 
 
@@ -149,16 +148,22 @@ class ChronoteImporter:
             if session.get(ChronoteImport, key) is not None:
                 report.add("skip", key, "already imported")
                 continue
-            plan_id = TIER_PLANS[sub.tier]
-            found = catalog.price_by_lookup_key(sub.price_lookup_key or "")
-            interval = getattr(found, "interval", None) or "month"
-            if found is not None and getattr(found, "plan_id", plan_id) != plan_id:
+            plan = catalog.plans[TIER_PLANS[sub.tier]]
+            interval = "month"
+            priced = plan_for_lookup_key(sub.price_lookup_key)
+            if sub.price_lookup_key and priced is None:
+                # Not a plan price (a credit pack's, or unknown): the tier decides, monthly.
                 report.warnings.append(
-                    f"{key}: tier '{sub.tier}' but price '{sub.price_lookup_key}'; the price decides"
+                    f"{key}: price '{sub.price_lookup_key}' is not a plan price; "
+                    f"imported as {plan.id} monthly"
                 )
-                plan_id = getattr(found, "plan_id", plan_id)
-            plan = catalog.plans[plan_id]
-            lookup_key = sub.price_lookup_key or plan.price(interval).lookup_key
+            elif priced is not None:
+                if priced[0].id != plan.id:
+                    report.warnings.append(
+                        f"{key}: tier '{sub.tier}' but price '{sub.price_lookup_key}'; the price decides"
+                    )
+                plan, interval = priced[0], priced[1].interval
+            lookup_key = plan.price(interval).lookup_key
             account = self._account(session, sub.guild_id, sub.guild_name, apply)
             account_ref = account.id if account else f"(new server account for guild {sub.guild_id})"
             shared = guilds_per_customer[sub.stripe_customer_id] > 1
@@ -180,7 +185,7 @@ class ChronoteImporter:
             report.add(
                 "import",
                 key,
-                f"guild {sub.guild_id} -> {account_ref}: {plan_id} ({interval}ly, {sub.status}); {link}",
+                f"guild {sub.guild_id} -> {account_ref}: {plan.id} ({interval}ly, {sub.status}); {link}",
             )
             live = sub.status not in ENDED_STATUSES
             start, end = as_utc(sub.current_period_start), as_utc(sub.current_period_end)
@@ -202,7 +207,7 @@ class ChronoteImporter:
                         account_id=account.id,
                         customer_id=sub.stripe_customer_id,
                         status=sub.status,
-                        plan_id=plan_id,
+                        plan_id=plan.id,
                         price_lookup_key=lookup_key,
                         interval=interval,
                         pending_plan_id=None,
@@ -316,4 +321,4 @@ class ChronoteImporter:
         return self.accounts.find(session, AccountKind.SERVER, guild_id)
 
 
-__all__ = ["ChronoteImporter", "ImportReport", "load_export", "EXPORT_FORMAT", "Any"]
+__all__ = ["ChronoteImporter", "ImportReport", "load_export"]

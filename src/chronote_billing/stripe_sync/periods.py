@@ -42,7 +42,3 @@ def allowance_slice(
             return index, slice_start, slice_end
         index += 1
         slice_start = slice_end
-
-
-def months_after(moment: datetime, months: int) -> datetime:
-    return add_months(moment, months)

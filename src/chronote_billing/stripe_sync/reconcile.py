@@ -17,15 +17,15 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from chronote_billing.accounts.models import AccountKind, BillingAccount
+from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.core.clock import Clock
 from chronote_billing.core.db import Database
 
 from .client import call, to_dict
 from .models import StripeSubscription
 from .periods import to_ts
-from .service import OWNER_METADATA_KEY
-from .webhooks import LIVE_STATUSES, WebhookProcessor, _Outcome, plan_for_lookup_key
+from .service import metadata_for
+from .webhooks import ENDED_STATUSES, LIVE_STATUSES, WebhookProcessor, _Outcome, plan_for_lookup_key
 
 log = structlog.get_logger(__name__)
 
@@ -123,20 +123,22 @@ class Reconciler:
         return report
 
     def _check(self, local: _Local, fix: bool, report: ReconcileReport) -> None:
-        try:
-            customer = to_dict(self.client.v1.customers.retrieve(local.customer))
-        except stripe.InvalidRequestError:
-            customer = {"deleted": True}
+        def retrieve() -> dict[str, Any]:
+            try:
+                return to_dict(self.client.v1.customers.retrieve(local.customer))
+            except stripe.InvalidRequestError as exc:
+                if exc.code == "resource_missing":
+                    return {"deleted": True}
+                raise
+
+        # Any other refusal or an outage is the domain's one-line error, not a traceback.
+        customer = call(f"read customer {local.customer}", retrieve)
         if customer.get("deleted"):
             report.drift.append(
                 Drift(local.account_id, "customer_missing", f"Stripe has no customer {local.customer}")
             )
             return
-        want = {
-            "chronote_account_id": local.account_id,
-            "account_kind": local.kind,
-            OWNER_METADATA_KEY[AccountKind(local.kind)]: local.owner_ref,
-        }
+        want = metadata_for(local.account_id, local.kind, local.owner_ref)
         meta = customer.get("metadata") or {}
         if any(meta.get(k) != v for k, v in want.items()):
             drift = Drift(
@@ -204,7 +206,7 @@ class Reconciler:
                 drift.fixed = True
             report.drift.append(drift)
         for sub_id, (status, _plan, _s, _e, deleted, _c) in local.subs.items():
-            if sub_id not in seen and not deleted and status not in ("canceled", "incomplete_expired"):
+            if sub_id not in seen and not deleted and status not in ENDED_STATUSES:
                 report.drift.append(
                     Drift(
                         local.account_id, "subscription_missing_in_stripe", f"{sub_id} is {status} here only"
@@ -213,7 +215,7 @@ class Reconciler:
 
     def _apply_snapshot(self, sub: dict[str, Any]) -> None:
         """Stripe's current state is at least as new as any event we applied before reading it."""
-        ended = sub.get("status") in ("canceled", "incomplete_expired")
+        ended = sub.get("status") in ENDED_STATUSES
 
         def work(session: Session) -> None:
             row = session.get(StripeSubscription, sub["id"])

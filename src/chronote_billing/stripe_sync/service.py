@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -41,7 +40,7 @@ from chronote_billing.ledger.service import LedgerService
 
 from .catalog_sync import fetch_prices, find_portal_configuration
 from .client import call, make_client, stripe_key, to_dict
-from .entitlements import PAYMENT_GRACE, complimentary_plan, current_plan, plan_subscription
+from .entitlements import complimentary_plan, current_plan, grace_ends_at, plan_subscription
 from .models import PlanSubscription, StripeCheckoutSession
 from .periods import from_ts, to_ts
 from .schemas import (
@@ -90,12 +89,16 @@ OWNER_METADATA_KEY = {
 }
 
 
-def account_metadata(account: BillingAccount) -> dict[str, str]:
+def account_metadata(account: BillingAccount | _Account) -> dict[str, str]:
     """The metadata that ties a Stripe object to its billing account (0009)."""
+    return metadata_for(account.id, str(account.kind), account.owner_ref)
+
+
+def metadata_for(account_id: str, kind: str, owner_ref: str) -> dict[str, str]:
     return {
-        "chronote_account_id": account.id,
-        "account_kind": account.kind,
-        OWNER_METADATA_KEY[AccountKind(account.kind)]: account.owner_ref,
+        "chronote_account_id": account_id,
+        "account_kind": kind,
+        OWNER_METADATA_KEY[AccountKind(kind)]: owner_ref,
     }
 
 
@@ -155,11 +158,8 @@ class BillingService:
                 source = "complimentary"
             else:
                 source = "paid"
-        grace_ends = None
-        in_grace = False
-        if sub is not None and sub.status == "past_due":
-            grace_ends = as_utc(sub.payment_failed_at or sub.updated_at) + PAYMENT_GRACE
-            in_grace = now < grace_ends
+        grace_ends = grace_ends_at(sub)
+        in_grace = grace_ends is not None and now < grace_ends
         return SubscriptionView(
             account_id=account.id,
             plan=plan.id if plan else None,
@@ -195,11 +195,7 @@ class BillingService:
         params: dict[str, Any] = {
             "name": acct.display_name,
             "description": f"Chronote {acct.kind} billing account {acct.id}",
-            "metadata": {
-                "chronote_account_id": acct.id,
-                "account_kind": acct.kind,
-                OWNER_METADATA_KEY[AccountKind(acct.kind)]: acct.owner_ref,
-            },
+            "metadata": account_metadata(acct),
         }
         customer = call(
             "create a customer",
@@ -281,11 +277,7 @@ class BillingService:
         customer = self.ensure_customer(account_id)
         lookup_key = plan.price(interval).lookup_key if plan else pack.lookup_key  # type: ignore[union-attr]
         price_id = self._price_id(lookup_key)
-        meta = {
-            "chronote_account_id": acct.id,
-            "account_kind": acct.kind,
-            OWNER_METADATA_KEY[AccountKind(acct.kind)]: acct.owner_ref,
-        }
+        meta = account_metadata(acct)
         base = self.settings.public_base_url.rstrip("/")
         body: dict[str, Any] = {
             "customer": customer,
@@ -624,9 +616,7 @@ class BillingService:
                 f"Account '{account_id}' has no saved card to charge.", account_id=account_id, pack=pack_id
             )
         meta = {
-            "chronote_account_id": acct.id,
-            "account_kind": acct.kind,
-            OWNER_METADATA_KEY[AccountKind(acct.kind)]: acct.owner_ref,
+            **account_metadata(acct),
             "chronote_pack_id": pack.id,
             "chronote_kind": "credit_pack_off_session",
         }
@@ -750,4 +740,4 @@ def load_missing_price(lookup_key: str) -> BillingError:
     )
 
 
-__all__ = ["BillingService", "account_metadata", "datetime"]
+__all__ = ["BillingService", "account_metadata"]

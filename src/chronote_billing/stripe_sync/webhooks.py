@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import stripe
@@ -66,21 +66,6 @@ _STATUS_RANK = {
 }
 ALLOWANCE_PRIORITY = 10
 PACK_PRIORITY = 50
-
-HANDLED_TYPES = (
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.expired",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "payment_intent.succeeded",
-    "charge.refunded",
-    "charge.dispute.created",
-    "charge.dispute.closed",
-)
 
 
 class WebhookSignatureInvalid(BillingError):
@@ -1252,12 +1237,10 @@ _HANDLERS: dict[str, _Handler] = {
 }
 
 __all__ = [
-    "HANDLED_TYPES",
     "WebhookProcessor",
     "WebhookResult",
     "WebhookSignatureInvalid",
     "refresh_plan_subscription",
     "grant_pack",
     "verify_event",
-    "timedelta",
 ]

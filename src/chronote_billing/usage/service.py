@@ -86,7 +86,6 @@ EVENT_LABELS = {"chat_to_speech_message": "Chat-to-speech message", "ask_questio
 GATE_CODES = ("recording_too_long", "capture_source_not_allowed")
 # Metered events limited per calendar month by a plan feature (None in the plan: unlimited).
 MONTHLY_QUOTAS = {"chat_to_speech_message": "chat_to_speech_per_month"}
-CREDIT_CODES = ("insufficient_credits", "cap_reached")
 
 
 # ---------------------------------------------------------------------- errors

@@ -223,7 +223,6 @@ def unlink_server(
             org_id=org_id,
             guild_id=guild_id,
             idempotency_key=key,
-            actor_manages_guild=guild_id in principal.managed_guilds,
         )
     )
 
