@@ -409,3 +409,54 @@ def test_upgrade_invoice_grants_the_prorated_difference_and_downgrade_waits_for_
     env.ok(sp.event("customer.subscription.updated", renewed, end + 1))
     row = env.sub_row(account_id)
     assert row.plan_id == "server_basic" and row.pending_plan_id is None
+
+
+@pytest.mark.postgres
+def test_a_purchase_recorded_twice_at_once_grants_once(db, clock, ledger, make_account) -> None:  # type: ignore[no-untyped-def]
+    """Auto-recharge records its pack purchase while Stripe's payment_intent.succeeded does the
+    same: whichever is second finds the first's purchase, with no conflict and no second grant."""
+    import threading
+
+    from chronote_billing.catalog.service import load_catalog
+    from chronote_billing.stripe_sync.models import StripePurchase
+    from chronote_billing.stripe_sync.periods import from_ts
+    from chronote_billing.stripe_sync.webhooks import grant_pack
+
+    account_id = make_account("organization")
+    pack = load_catalog().credit_packs["credits_1000"]
+    pi = "pi_race_" + account_id[-8:]
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def record(i: int) -> None:
+        barrier.wait()
+        try:
+            db.write(
+                lambda s: grant_pack(
+                    s,
+                    ledger,
+                    clock,
+                    s.get(BillingAccount, account_id),
+                    pack,
+                    at=from_ts(int(clock.now().timestamp()) - i),  # each path saw its own moment
+                    cause_type="payment_intent",
+                    cause_id=pi,
+                    payment_intent=pi,
+                    invoice_id=None,
+                    notes=[],
+                )
+            )
+        except BaseException as exc:  # noqa: BLE001 - every failure is the test's failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    purchases = db.read(
+        lambda s: s.execute(select(func.count()).where(StripePurchase.account_id == account_id)).scalar_one()
+    )
+    assert purchases == 1
+    assert [g.amount for g in db.read(lambda s: ledger.list_grants(s, account_id))] == [1_000_000]

@@ -945,6 +945,12 @@ class LedgerService:
         usage = self.cap_usage(session, cap_id, month_key(now or self.clock.now()))
         return max(0, limit - usage.used - usage.held)
 
+    def lock_wallet(self, session: Session, account_id: str) -> None:
+        """Take an account's wallet lock, as every ledger write does first: work that reads a
+        balance or decides whether to write (a payer choice, a purchase not yet recorded) and
+        the write it leads to then form one step."""
+        self._lock_wallet(session, account_id)
+
     # ------------------------------------------------------------------ writes of their own
 
     # A caller whose unit of work is the ledger write alone (the HTTP API, the benchmark) uses

@@ -28,7 +28,6 @@ from chronote_billing.core import idempotency
 from chronote_billing.core.clock import Clock, system_clock
 from chronote_billing.core.errors import NotFound, ValidationFailed
 from chronote_billing.core.ids import new_id
-from chronote_billing.ledger.models import LedgerAccount
 from chronote_billing.ledger.service import LedgerService
 
 from .models import NotificationSettings, OutboxEntry, ThresholdState
@@ -441,16 +440,13 @@ class NotificationService:
             select(NotificationSettings).where(NotificationSettings.account_id == account_id)
         ).scalar()
 
-    @staticmethod
-    def _lock_account(session: Session, account_id: str) -> BillingAccount:
+    def _lock_account(self, session: Session, account_id: str) -> BillingAccount:
         """Lock the account's wallet row, as every balance write does first, so a settings change
         and a spend on the same account serialize."""
         account = session.get(BillingAccount, account_id)
         if account is None:
             raise NotFound(f"No billing account '{account_id}'.", account_id=account_id)
-        session.execute(
-            select(LedgerAccount.id).where(LedgerAccount.billing_account_id == account_id).with_for_update()
-        )
+        self.ledger.lock_wallet(session, account_id)
         return account
 
     def _ensure_settings(self, session: Session, account_id: str, now: datetime) -> NotificationSettings:

@@ -757,7 +757,8 @@ class WebhookProcessor:
             account,
             pack,
             result,
-            at=from_ts(event.get("created") or 0),
+            # The payment's own time, as the auto-recharge purchase uses: both ask for one grant.
+            at=from_ts(pi.get("created") or event.get("created") or 0),
             cause_type="payment_intent",
             cause_id=str(pi["id"]),
             payment_intent=str(pi["id"]),
@@ -918,6 +919,9 @@ def issue_purchase(
 ) -> StripePurchase | None:
     """Grant credits bought with money, once per cause, and apply any refund or dispute that
     reached us before the purchase did."""
+    # Under the wallet lock: the auto-recharge purchase and its payment_intent.succeeded webhook
+    # can record the same purchase at once; the second must find the first's, not race it.
+    ledger.lock_wallet(session, account.id)
     existing = session.execute(select(StripePurchase).where(StripePurchase.cause_key == cause_key)).scalar()
     if existing is not None:
         notes.append(f"{cause_key} already granted ({existing.grant_id})")

@@ -44,7 +44,7 @@ from chronote_billing.core.errors import (
     ValidationFailed,
 )
 from chronote_billing.core.ids import new_id
-from chronote_billing.ledger.models import Grant, LedgerAccount
+from chronote_billing.ledger.models import Grant
 from chronote_billing.ledger.service import CapSpec, LedgerService
 from chronote_billing.notifications.service import NotificationService
 from chronote_billing.orgs.models import Organization, SpendAuthorization
@@ -839,7 +839,9 @@ class UsageService:
                 need = amount
             if cand.account.kind != AccountKind.ORGANIZATION:
                 ensure_free_allowance(session, self.ledger, cand.account, now)
-            self._lock_account_wallet(session, cand.account.id)
+            # The payer's wallet lock before reading its balance and cap: reading and the hold
+            # placed on it are one step.
+            self.ledger.lock_wallet(session, cand.account.id)
             # Monthly feature quotas of the payer's plan (chat-to-speech messages), counted
             # under the payer's wallet lock so two concurrent events cannot both take the last one.
             limit = cand.features.get(MONTHLY_QUOTAS.get(event_type or "", ""))
@@ -1278,14 +1280,6 @@ class UsageService:
             account = self.accounts.get_or_create(session, AccountKind.PERSONAL, user_id)
         self.accounts.lock_row(session, account.id)
         return account
-
-    @staticmethod
-    def _lock_account_wallet(session: Session, account_id: str) -> None:
-        """Take the payer's wallet lock before reading its balance and cap, so the reading and
-        the hold placed on it are one atomic step."""
-        session.execute(
-            select(LedgerAccount.id).where(LedgerAccount.billing_account_id == account_id).with_for_update()
-        )
 
     def _lock_record(self, session: Session, recording_id: str) -> UsageRecord:
         found = session.execute(
