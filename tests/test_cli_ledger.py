@@ -191,3 +191,18 @@ def test_an_expiry_beyond_any_calendar_is_a_one_line_error(cli, make_account) ->
     acct = make_account()
     code, out = run(cli, "grant", acct, "5", "-k", "far", "--expires-in-days", "5000000")
     assert code == 2 and "--expires-in-days" in out and "36500" in out and "Traceback" not in out
+
+
+def test_notifications_are_listed_for_an_account_by_any_reference(cli, db, make_account) -> None:  # type: ignore[no-untyped-def]
+    from chronote_billing.notifications.service import NotificationService
+
+    guild = snowflake()
+    acct = make_account("server", guild)
+    db.write(
+        lambda s: NotificationService().emit(s, "hold.declined", acct, {"n": 1}, dedupe_key=f"cli:{acct}")
+    )
+    for ref in (acct, f"server:{guild}"):
+        code, out = run(cli, "notifications", "--account", ref)
+        assert code == 0 and "hold.declined" in out and acct in out, out
+    code, out = run(cli, "notifications", "--account", "server:not-a-guild")
+    assert code == 1 and one_line_error(out)

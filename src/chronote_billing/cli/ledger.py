@@ -21,6 +21,7 @@ from chronote_billing.cli.output import (
 )
 from chronote_billing.core.errors import NotFound
 from chronote_billing.ledger.verify import CHECKS
+from chronote_billing.ledger.verify import verify as verify_ledger
 
 KIND_ALIASES = {
     "personal": "personal",
@@ -179,13 +180,18 @@ def register(app: typer.Typer) -> None:
         c = container()
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("verifying", total=len(CHECKS))
-            with c.db.session(readonly=True) as session:
-                for name, check in CHECKS:
-                    progress.update(task, description=f"checking {name}")
-                    for violation in check(session):
-                        progress.stop()
-                        fail(f"ledger invariant violated: {violation}", code=2)
+            started: list[str] = []
+
+            def on_check(name: str) -> None:
+                if started:
                     progress.advance(task)
+                started.append(name)
+                progress.update(task, description=f"checking {name}")
+
+            # One verify call, so the aggregates several checks share are computed once.
+            violations = c.db.read(lambda session: verify_ledger(session, first_only=True, on_check=on_check))
+        if violations:
+            fail(f"ledger invariant violated: {violations[0]}", code=2)
         console.print("ledger ok: " + ", ".join(name for name, _ in CHECKS))
 
     @app.command()

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from chronote_billing.cli.ledger import resolve_account
 from chronote_billing.cli.output import console, container, fail, handle_errors
 from chronote_billing.notifications.delivery import DeliveryWorker
 
@@ -49,16 +50,24 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def list_notifications(
         status: Annotated[str | None, typer.Option(help="pending, delivered or dead")] = None,
-        account: Annotated[str | None, typer.Option(help="Only this billing account (acct_...).")] = None,
+        account: Annotated[
+            str | None,
+            typer.Option(
+                help="Only this billing account: acct_..., personal:<user id>, server:<guild id> or org:<id>."
+            ),
+        ] = None,
         limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     ) -> None:
         """List the notification outbox, newest first."""
         if status is not None and status not in ("pending", "delivered", "dead"):
             fail(f"status must be pending, delivered or dead, not '{status}'")
         c = container()
-        page = c.db.read(
-            lambda s: c.notifications.list_outbox(s, status=status, account_id=account, limit=limit)
-        )
+
+        def read(s):  # type: ignore[no-untyped-def]
+            account_id = resolve_account(s, account).id if account else None
+            return c.notifications.list_outbox(s, status=status, account_id=account_id, limit=limit)
+
+        page = c.db.read(read)
         table = Table("id", "type", "account", "status", "attempts", "created (UTC)", "last error")
         for e in page.data:
             table.add_row(

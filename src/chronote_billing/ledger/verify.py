@@ -307,11 +307,16 @@ CHECKS: list[tuple[str, Callable[[Session], Iterator[Violation]]]] = [
 ]
 
 
-def verify(session: Session, first_only: bool = True) -> list[Violation]:
+def verify(
+    session: Session, first_only: bool = True, on_check: Callable[[str], None] | None = None
+) -> list[Violation]:
+    """Every check in order; ``on_check(name)`` is told as each one starts (a progress bar)."""
     found: list[Violation] = []
     token = _shared.set({})
     try:
-        for _name, check in CHECKS:
+        for name, check in CHECKS:
+            if on_check is not None:
+                on_check(name)
             for violation in check(session):
                 found.append(violation)
                 if first_only:
