@@ -22,7 +22,7 @@ from chronote_billing.core.clock import month_bounds
 from chronote_billing.core.errors import NotFound, ValidationFailed
 from chronote_billing.ledger.schemas import BalanceView
 from chronote_billing.orgs.models import ROLES
-from chronote_billing.orgs.service import ADMIN_ROLES, PERSONAL_SOURCES, SERVER_SOURCES, member_role
+from chronote_billing.orgs.service import ADMIN_ROLES, PERSONAL_SOURCES, SERVER_SOURCES
 from chronote_billing.people import service as people
 from chronote_billing.stripe_sync.entitlements import ensure_free_allowance
 from chronote_billing.stripe_sync.webhooks import ENDED_STATUSES
@@ -212,7 +212,7 @@ def org_header(c: Container, session: Session, user: SignedIn, org_id: str, tab:
     return {
         **account_header(account, org.name),
         "org": org,
-        "role": member_role(session, org.id, user.user_id),
+        "role": next((m.role for m in members if m.user_id == user.user_id), None),
         "tab": tab,
         "members": members,
         "people": {m.user_id: m.display_name for m in members if m.display_name},
@@ -230,13 +230,14 @@ def org_billing(c: Container, session: Session, user: SignedIn, org_id: str) -> 
     add_people(session, header, [e.actor for e in audit])
     account = header["account"]
     catalog = load_catalog()
-    linked = {s.guild_id for s in c.orgs.list_servers(session, org_id)}
+    servers = server_rows(c, session, user, org_id)
+    linked = {row["link"].guild_id for row in servers}
     return {
         **header,
         **credits_part(c, session, account),
         "packs": list(catalog.credit_packs.values()),
         "settings": c.notifications.get_settings(session, account.id),
-        "servers": server_rows(c, session, user, org_id),
+        "servers": servers,
         "linkable": [(g, name) for g, name in user.guilds if g not in linked],
         "audit": audit,
     }
@@ -297,7 +298,7 @@ def org_usage(
     report = usage_report(session, header["account"].id, group, start, end)
     if group == "member":  # former members too
         add_people(session, header, [r.key for r in report.rows])
-    daily = usage_report(session, header["account"].id, "day", start, end)
+    daily = report if group == "day" else usage_report(session, header["account"].id, "day", start, end)
     return {
         **header,
         "report": report,

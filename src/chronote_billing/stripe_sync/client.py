@@ -49,6 +49,17 @@ def call(what: str, fn: Callable[[], T]) -> T:
         ) from exc
 
 
+def expandable_id(value: Any) -> str | None:
+    """An expandable field: an id string, an expanded object (dict or StripeObject), or nothing."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return value.get("id")
+    return getattr(value, "id", None)
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """A StripeObject as plain JSON data (what a webhook would carry)."""
     if hasattr(obj, "to_dict"):

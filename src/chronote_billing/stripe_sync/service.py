@@ -39,7 +39,7 @@ from chronote_billing.core.errors import (
 from chronote_billing.ledger.service import LedgerService
 
 from .catalog_sync import fetch_prices, find_portal_configuration
-from .client import call, make_client, stripe_key, to_dict
+from .client import call, expandable_id, make_client, stripe_key, to_dict
 from .entitlements import complimentary_plan, current_plan, grace_ends_at, plan_subscription
 from .models import PlanSubscription, StripeCheckoutSession
 from .periods import from_ts, to_ts
@@ -478,7 +478,7 @@ class BillingService:
             interval=interval,
             effective="now" if upgrade else "period_end",
             effective_at=changed_at if upgrade else period_end,
-            invoice=_expandable_id(updated.get("latest_invoice")) if upgrade else None,
+            invoice=expandable_id(updated.get("latest_invoice")) if upgrade else None,
         )
         return self._remember(scope, key, params, view)
 
@@ -602,7 +602,7 @@ class BillingService:
         customer = to_dict(
             call("read the customer", lambda: self.client.v1.customers.retrieve(acct.customer or ""))
         )
-        method = _expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
+        method = expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
         if not method:
             methods = call(
                 "list payment methods",
@@ -706,16 +706,6 @@ def _get_account(session: Session, account_id: str) -> BillingAccount:
     if account is None:
         raise NotFound(f"No billing account '{account_id}'.", account_id=account_id)
     return account
-
-
-def _expandable_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return value.get("id")
-    return getattr(value, "id", None)
 
 
 def load_catalog_scope_error(catalog: Catalog, plan_id: str, kind: str) -> BillingError:

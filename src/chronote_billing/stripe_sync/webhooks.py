@@ -38,7 +38,7 @@ from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.notifications.service import NotificationService
 
-from .client import to_dict
+from .client import expandable_id, to_dict
 from .models import (
     PlanSubscription,
     StripeCharge,
@@ -101,17 +101,6 @@ class _Outcome:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
-
-
-def _id(value: Any) -> str | None:
-    """An expandable field: an id string, an expanded object, or nothing."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return value.get("id")
-    return None
 
 
 def _meta(obj: dict[str, Any]) -> dict[str, str]:
@@ -193,8 +182,8 @@ class WebhookProcessor:
         if not (etype == "charge.refunded" or etype.startswith("charge.dispute.")):
             return {}
         obj = (event.get("data") or {}).get("object") or {}
-        charge_id = obj.get("id") if etype == "charge.refunded" else _id(obj.get("charge"))
-        pi = _id(obj.get("payment_intent"))
+        charge_id = obj.get("id") if etype == "charge.refunded" else expandable_id(obj.get("charge"))
+        pi = expandable_id(obj.get("payment_intent"))
         if not charge_id:
             return {}
 
@@ -222,14 +211,14 @@ class WebhookProcessor:
         try:
             if pi is None:
                 charge = to_dict(client.v1.charges.retrieve(charge_id))
-                pi = _id(charge.get("payment_intent"))
+                pi = expandable_id(charge.get("payment_intent"))
                 hints["payment_intent"] = pi
             if pi:
                 payments = client.v1.invoice_payments.list(
                     params={"payment": {"type": "payment_intent", "payment_intent": pi}, "limit": 1}
                 )
                 if payments.data:
-                    hints["invoice"] = _id(to_dict(payments.data[0]).get("invoice"))
+                    hints["invoice"] = expandable_id(to_dict(payments.data[0]).get("invoice"))
         except stripe.InvalidRequestError as exc:
             log.info("stripe_charge_link_unavailable", charge=charge_id, error=str(exc))
         except stripe.StripeError as exc:
@@ -273,7 +262,7 @@ class WebhookProcessor:
             type=etype,
             created=int(event.get("created") or 0),
             livemode=bool(event.get("livemode", False)),
-            object_id=_id(obj) if isinstance(obj, dict) else None,
+            object_id=expandable_id(obj) if isinstance(obj, dict) else None,
             account_id=None,
             outcome="received",
             note="",
@@ -325,7 +314,7 @@ class WebhookProcessor:
 
     def _account(self, session: Session, obj: dict[str, Any], result: _Outcome) -> BillingAccount | None:
         """Through the customer first (0009: never dropped for lack of metadata), then metadata."""
-        customer = _id(obj.get("customer"))
+        customer = expandable_id(obj.get("customer"))
         if customer:
             account = session.execute(
                 select(BillingAccount).where(BillingAccount.stripe_customer_id == customer)
@@ -335,7 +324,7 @@ class WebhookProcessor:
                 return account
         candidates = [_meta(obj).get("chronote_account_id"), obj.get("client_reference_id")]
         details = (obj.get("parent") or {}).get("subscription_details") or {}
-        candidates.append(((details.get("metadata") or {}) or {}).get("chronote_account_id"))
+        candidates.append(_meta(details).get("chronote_account_id"))
         for candidate in candidates:
             if not candidate:
                 continue
@@ -344,7 +333,7 @@ class WebhookProcessor:
                 result.account_id = account.id
                 return account
         # Today's subscriptions carry only `guild_id` (imported server accounts, shared customers).
-        guild = _meta(obj).get("guild_id") or ((details.get("metadata") or {}) or {}).get("guild_id")
+        guild = _meta(obj).get("guild_id") or _meta(details).get("guild_id")
         if guild:
             account = session.execute(
                 select(BillingAccount).where(
@@ -447,7 +436,7 @@ class WebhookProcessor:
         now = self.clock.now()
         values = dict(
             account_id=account.id,
-            customer_id=_id(sub.get("customer")) or "",
+            customer_id=expandable_id(sub.get("customer")) or "",
             status=status,
             plan_id=plan_in_force,
             price_lookup_key=plan_price.lookup_key,
@@ -633,7 +622,7 @@ class WebhookProcessor:
         period (0018), from what our plan change wrote on the subscription."""
         inv_id = str(inv["id"])
         details = (inv.get("parent") or {}).get("subscription_details") or {}
-        meta = {str(k): str(v) for k, v in (details.get("metadata") or {}).items()}
+        meta = _meta(details)
         catalog = load_catalog()
         new, old = (
             catalog.plans.get(meta.get("chronote_plan_id", "")),
@@ -727,8 +716,8 @@ class WebhookProcessor:
             at=from_ts(event.get("created") or 0),
             cause_type="checkout_session",
             cause_id=str(cs["id"]),
-            payment_intent=_id(cs.get("payment_intent")),
-            invoice_id=_id(cs.get("invoice")),
+            payment_intent=expandable_id(cs.get("payment_intent")),
+            invoice_id=expandable_id(cs.get("invoice")),
         )
 
     def on_payment_intent_succeeded(
@@ -829,7 +818,7 @@ class WebhookProcessor:
         hints: dict[str, Any],
         result: _Outcome,
     ) -> None:
-        charge_id = _id(dp.get("charge"))
+        charge_id = expandable_id(dp.get("charge"))
         if not charge_id:
             result.outcome = "ignored"
             result.note("dispute names no charge")
@@ -861,7 +850,7 @@ class WebhookProcessor:
         row = session.execute(
             select(StripeCharge).where(StripeCharge.id == charge_id).with_for_update()
         ).scalar()
-        pi = _id(ch.get("payment_intent")) or hints.get("payment_intent")
+        pi = expandable_id(ch.get("payment_intent")) or hints.get("payment_intent")
         if row is None:
             row = StripeCharge(
                 id=charge_id,
@@ -880,7 +869,7 @@ class WebhookProcessor:
             if ch.get("amount") and (not row.amount or ch.get("customer") is not None):
                 row.amount = int(ch["amount"])
             row.updated_at = self.clock.now()
-        customer = _id(ch.get("customer"))
+        customer = expandable_id(ch.get("customer"))
         if customer and row.account_id is None:
             acct = session.execute(
                 select(BillingAccount.id).where(BillingAccount.stripe_customer_id == customer)
@@ -1081,7 +1070,7 @@ def apply_charge_effects(
                 session,
                 grant_id=purchase.grant_id,
                 frozen=True,
-                idempotency_key=f"charge:{charge.id}:dispute:freeze",
+                idempotency_key=f"charge:{charge.id}:dispute:freeze:{purchase.id}",
                 reason=f"Dispute on charge {charge.id}",
             )
             purchase.frozen = True
@@ -1091,7 +1080,7 @@ def apply_charge_effects(
                 session,
                 grant_id=purchase.grant_id,
                 frozen=False,
-                idempotency_key=f"charge:{charge.id}:dispute:won",
+                idempotency_key=f"charge:{charge.id}:dispute:won:{purchase.id}",
                 reason=f"Dispute won on charge {charge.id}",
             )
             purchase.frozen = False
@@ -1117,7 +1106,7 @@ _CREDIT_EVENTS = ("invoice.paid", "checkout.session.completed", "payment_intent.
 
 def _invoice_subscription(inv: dict[str, Any]) -> str | None:
     details = (inv.get("parent") or {}).get("subscription_details") or {}
-    return _id(details.get("subscription")) or _id(inv.get("subscription"))
+    return expandable_id(details.get("subscription")) or expandable_id(inv.get("subscription"))
 
 
 def _subscription_line(inv: dict[str, Any]) -> dict[str, Any] | None:
@@ -1144,7 +1133,7 @@ def _invoice_plan(
             if found:
                 return found[0]
     details = (inv.get("parent") or {}).get("subscription_details") or {}
-    plan_id = ((details.get("metadata") or {}) or {}).get("chronote_plan_id")
+    plan_id = _meta(details).get("chronote_plan_id")
     if plan_id and plan_id in catalog.plans:
         return catalog.plans[plan_id]
     row = session.get(StripeSubscription, sub_id)
