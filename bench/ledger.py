@@ -13,7 +13,8 @@ What one op is (the same in every case and every ratio):
 For place+capture cases a ``#`` line on stderr also gives ledger transactions per second (two
 per op) and their ratio, which compares one ledger transaction with one TPC-B transaction.
 The ratio divides ops/s by pgbench's TPC-B-like transactions/s at the same number of clients
-(one TPC-B transaction: three UPDATEs, a SELECT and an INSERT).
+(one TPC-B transaction: three UPDATEs, a SELECT and an INSERT), measured in the same round just
+before; each printed figure is the median over ``--rounds`` rounds (every round is on stderr).
 
 Cases run on many wallets (a random one of ``--wallets`` per op) and on one hot wallet. Workers
 are processes, each with its own engine and connection, so the client side is not limited by
@@ -46,6 +47,7 @@ from chronote_billing.ledger.service import LedgerService
 from chronote_billing.ledger.verify import verify
 
 BENCH_DB = "chronote_bench"
+CASES = ("place_capture", "debit")
 PGBENCH_DB = "chronote_bench_pgbench"
 PLENTY = 10**12  # millicredits per seeded wallet: no case ever runs a wallet dry
 
@@ -145,31 +147,54 @@ def run_case(
 # ----------------------------------------------------------------------------- pgbench
 
 
-def pgbench_tps(base_url: str, clients: list[int], seconds: float) -> dict[int, float]:
-    if shutil.which("pgbench") is None:
-        sys.exit("pgbench is not installed (apt-get install postgresql-client)")
-    url = make_url(recreate_database(base_url, PGBENCH_DB))
-    conn = ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
-    env = dict(os.environ)
-    if url.password:
-        env["PGPASSWORD"] = url.password
-    subprocess.run(
-        ["pgbench", "-i", "-s", "1", "-q", *conn, PGBENCH_DB], check=True, env=env, capture_output=True
-    )
-    tps = {}
-    for n in clients:
-        out = subprocess.run(
-            ["pgbench", "-c", str(n), "-j", str(n), "-T", str(int(seconds)), "-n", *conn, PGBENCH_DB],
+class PgBench:
+    """pgbench's TPC-B-like on a scale-1 database of its own on the same server."""
+
+    def __init__(self, base_url: str) -> None:
+        if shutil.which("pgbench") is None:
+            sys.exit("pgbench is not installed (apt-get install postgresql-client)")
+        url = make_url(recreate_database(base_url, PGBENCH_DB))
+        self.conn = [
+            "-h",
+            url.host or "127.0.0.1",
+            "-p",
+            str(url.port or 5432),
+            "-U",
+            url.username or "postgres",
+        ]
+        self.env = dict(os.environ)
+        if url.password:
+            self.env["PGPASSWORD"] = url.password
+        subprocess.run(
+            ["pgbench", "-i", "-s", "1", "-q", *self.conn, PGBENCH_DB],
             check=True,
-            env=env,
+            env=self.env,
+            capture_output=True,
+        )
+
+    def tps(self, clients: int, seconds: float) -> float:
+        out = subprocess.run(
+            [
+                "pgbench",
+                "-c",
+                str(clients),
+                "-j",
+                str(clients),
+                "-T",
+                str(int(seconds)),
+                "-n",
+                *self.conn,
+                PGBENCH_DB,
+            ],
+            check=True,
+            env=self.env,
             capture_output=True,
             text=True,
         ).stdout
         match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
         if match is None:
             sys.exit("could not read pgbench's tps:\n" + out)
-        tps[n] = float(match.group(1))
-    return tps
+        return float(match.group(1))
 
 
 # ----------------------------------------------------------------------------- history
@@ -261,6 +286,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10, help="Length of each case and pgbench run.")
     parser.add_argument("--workers", default="1,4,8", help="Comma-separated worker counts.")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Rounds of every case and TPC-B; medians are reported."
+    )
     parser.add_argument("--wallets", type=int, default=1_000)
     parser.add_argument("--history", type=int, default=1_000_000, help="Transfers on the history wallet.")
     parser.add_argument("--reads", type=int, default=2_000, help="Balance reads for the p99.")
@@ -291,25 +319,56 @@ def main() -> None:
     print(f"# seeding {args.wallets} wallets ...", file=sys.stderr, flush=True)
     many, hot = seed(db, args.wallets)
 
-    tpcb = pgbench_tps(base, workers, args.seconds) if is_pg else {}
-    for case in ("place_capture", "debit"):
-        for where, targets in (("many_wallets", many), ("hot_wallet", [hot])):
-            for n in workers:
-                ops = run_case(url, case, targets, n, args.seconds, not args.python_path)
-                ratio = f"{ops / tpcb[n]:.2f}" if n in tpcb else "n/a"
+    pgbench = PgBench(base) if is_pg else None
+    cases = [
+        (case, where, targets)
+        for case in CASES
+        for where, targets in (("many_wallets", many), ("hot_wallet", [hot]))
+    ]
+    ops: dict[tuple[str, int], list[float]] = {}
+    ratios: dict[tuple[str, int], list[float]] = {}
+    tpcb: dict[int, list[float]] = {}
+    # Each round measures TPC-B right before the cases it is compared with, and the figures
+    # reported are medians over rounds: this machine's speed drifts by more than 10% between
+    # runs a minute apart, and a ratio of two runs far apart would carry that drift.
+    for round_ in range(1, args.rounds + 1):
+        for n in workers:
+            baseline = pgbench.tps(n, args.seconds) if pgbench else None
+            if baseline is not None:
+                tpcb.setdefault(n, []).append(baseline)
+            for case, where, targets in cases:
+                rate = run_case(url, case, targets, n, args.seconds, not args.python_path)
+                name = f"{case}_{where}"
+                ops.setdefault((name, n), []).append(rate)
+                if baseline is not None:
+                    ratios.setdefault((name, n), []).append(rate / baseline)
                 print(
-                    f"case={case}_{where} workers={n} ops_per_s={ops:.1f} ratio_vs_tpcb={ratio}", flush=True
+                    f"# round {round_} {name} workers={n} ops_per_s={rate:.1f}"
+                    + (f" tpcb={baseline:.1f} ratio={rate / baseline:.2f}" if baseline else ""),
+                    file=sys.stderr,
+                    flush=True,
                 )
-                if case == "place_capture":  # two ledger transactions per op
-                    per_tx = f"{2 * ops / tpcb[n]:.2f}" if n in tpcb else "n/a"
-                    print(
-                        f"# {case}_{where} workers={n} ledger_transactions_per_s={2 * ops:.1f}"
-                        f" transactions_ratio_vs_tpcb={per_tx}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-    for n, tps in tpcb.items():
-        print(f"# pgbench tpcb clients={n} tps={tps:.1f}", file=sys.stderr, flush=True)
+    for case, where, _targets in cases:
+        name = f"{case}_{where}"
+        for n in workers:
+            rate = statistics.median(ops[(name, n)])
+            ratio = f"{statistics.median(ratios[(name, n)]):.2f}" if (name, n) in ratios else "n/a"
+            print(f"case={name} workers={n} ops_per_s={rate:.1f} ratio_vs_tpcb={ratio}", flush=True)
+            if case == "place_capture" and (name, n) in ratios:  # two ledger transactions per op
+                per_tx = 2 * statistics.median(ratios[(name, n)])
+                print(
+                    f"# {name} workers={n} ledger_transactions_per_s={2 * rate:.1f}"
+                    f" transactions_ratio_vs_tpcb={per_tx:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    for n, runs in tpcb.items():
+        spread = ", ".join(f"{t:.0f}" for t in runs)
+        print(
+            f"# pgbench tpcb clients={n} tps={statistics.median(runs):.1f} (rounds: {spread})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     if is_pg:
         print(f"# building a wallet with {args.history} transfers ...", file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.core.clock import ManualClock
-from chronote_billing.core.db import Database
+from chronote_billing.core.db import Database, ServerStatement
 from chronote_billing.core.errors import BillingError
 from chronote_billing.core.idempotency import IdempotencyRecord
 from chronote_billing.ledger.models import CapUsage, Grant, Hold, LedgerAccount, Transfer
@@ -430,9 +430,9 @@ def test_a_write_of_its_own_is_one_statement(db: Database, monkeypatch: pytest.M
     autocommitted: list[str] = []
     run_autocommit = db.run_autocommit
 
-    def record(sql: str, params: dict[str, Any], attempts: int = 8) -> Any:
-        autocommitted.append(sql)
-        return run_autocommit(sql, params, attempts)
+    def record(statement: ServerStatement, args: list[str | None], attempts: int = 8) -> Any:
+        autocommitted.append(statement.sql)
+        return run_autocommit(statement, args, attempts)
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         in_session.append(statement)
@@ -464,7 +464,20 @@ def test_autocommit_statements_raise_sqlalchemy_errors_and_keep_the_pool_usable(
     from sqlalchemy.exc import DBAPIError
 
     with pytest.raises(DBAPIError) as failed:
-        db.run_autocommit("SELECT 1 / %(zero)s::int", {"zero": 0})
+        db.run_autocommit(ServerStatement("divide", "SELECT 1 / $1::int"), ["0"])
     assert failed.value.orig is not None and getattr(failed.value.orig, "sqlstate", None) == "22012"
+    add_one = ServerStatement("add_one", "SELECT $1::int + 1")
     for n in range(3):  # the connection went back to the pool healthy and in autocommit
-        assert db.run_autocommit("SELECT %(n)s::int + 1", {"n": n}) == n + 1
+        assert db.run_autocommit(add_one, [str(n)]) == str(n + 1)
+    assert db.run_autocommit(ServerStatement("nothing", "SELECT 1 WHERE false"), []) is None
+    assert db.run_autocommit(ServerStatement("null", "SELECT NULL::int"), []) is None
+
+
+def test_autocommit_statements_are_prepared_again_when_the_session_forgot_them(db: Database) -> None:
+    """A pooled connection whose prepared statements were dropped (DEALLOCATE ALL, a pooler in
+    between) prepares them again rather than failing the write."""
+    add_one = ServerStatement("add_one_again", "SELECT $1::int + 1")
+    assert db.run_autocommit(add_one, ["1"]) == "2"
+    with db._autocommit_pool.connection() as conn:  # the one connection the pool holds
+        conn.execute("DEALLOCATE ALL")
+    assert db.run_autocommit(add_one, ["41"]) == "42"

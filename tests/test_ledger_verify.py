@@ -202,6 +202,32 @@ def test_issued_differs_from_grant_amount(books: Books) -> None:
     assert "issued 15000 but grants total 15100" in violations[0].message
 
 
+def test_transfer_naming_no_account(books: Books) -> None:
+    sql = (
+        "UPDATE ledger_transfers SET debit_account_id = 'la_gone', wallet_account_id = 'la_gone'"
+        " WHERE debit_id = :d AND phase = 'posted'"
+    )
+    with corrupted(books.db, sql, d=books.debit) as session:
+        violations = verify(session, first_only=False)
+    assert violations[0].check == "reference"
+    assert "debit_account_id 'la_gone', which is no ledger account" in violations[0].message
+    assert [v.check for v in violations if v.check == "reference"] == ["reference", "reference"]
+
+
+@pytest.mark.parametrize(
+    ("table", "row"), [("ledger_holds", "open_hold"), ("ledger_debits", "debit")], ids=["hold", "debit"]
+)
+def test_hold_or_debit_naming_no_wallet(books: Books, table: str, row: str) -> None:
+    sql = f"UPDATE {table} SET wallet_account_id = 'la_gone' WHERE id = :id"
+    with corrupted(books.db, sql, id=getattr(books, row)) as session:
+        violations = verify(session, first_only=False)
+    assert [v.check for v in violations] == ["reference"]
+    assert violations[0].message == (
+        f"{table.removeprefix('ledger_')[:-1]} {getattr(books, row)} names wallet_account_id 'la_gone',"
+        " which is no ledger account"
+    )
+
+
 def test_every_corruption_was_rolled_back(books: Books) -> None:
     assert books.db.read(lambda s: verify(s, first_only=False)) == []
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chronote_billing.core.db import Base, BigInt, JSONType, UTCDateTime
@@ -78,11 +78,19 @@ class Hold(Base):
         CheckConstraint("amount_held >= 0", name="held_nonneg"),
         CheckConstraint("amount_captured >= 0", name="captured_nonneg"),
         CheckConstraint("status in ('open', 'captured', 'released', 'expired')", name="status"),
-        Index("ix_ledger_holds_wallet_status_expiry", "wallet_account_id", "status", "expires_at"),
+        # Only open holds: every lookup by wallet is for open ones, and a settled hold leaves the
+        # index instead of adding a new entry for its new status.
+        Index(
+            "ix_ledger_holds_open_expiry",
+            "wallet_account_id",
+            "expires_at",
+            postgresql_where=text("status = 'open'"),
+            sqlite_where=text("status = 'open'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    wallet_account_id: Mapped[str] = mapped_column(String(40), ForeignKey("ledger_accounts.id"))
+    wallet_account_id: Mapped[str] = mapped_column(String(40))  # no foreign key: decision 0026
     billing_account_id: Mapped[str] = mapped_column(String(40))
     amount_requested: Mapped[int] = mapped_column(BigInt)
     amount_held: Mapped[int] = mapped_column(BigInt)
@@ -103,7 +111,7 @@ class Debit(Base):
     __tablename__ = "ledger_debits"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    wallet_account_id: Mapped[str] = mapped_column(String(40), ForeignKey("ledger_accounts.id"), index=True)
+    wallet_account_id: Mapped[str] = mapped_column(String(40), index=True)  # no foreign key: decision 0026
     billing_account_id: Mapped[str] = mapped_column(String(40))
     amount: Mapped[int] = mapped_column(BigInt)
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -127,18 +135,33 @@ class Transfer(Base):
         CheckConstraint("phase in ('posted', 'pending', 'post', 'void')", name="phase"),
         CheckConstraint("debit_account_id <> credit_account_id", name="distinct_accounts"),
         Index("ix_ledger_transfers_wallet_id", "wallet_account_id", "id"),
-        Index("ix_ledger_transfers_hold", "hold_id"),
-        Index("ix_ledger_transfers_grant", "grant_id"),
+        # Partial: most transfers reference no hold and settle no pending transfer.
+        Index(
+            "ix_ledger_transfers_hold",
+            "hold_id",
+            postgresql_where=text("hold_id IS NOT NULL"),
+            sqlite_where=text("hold_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_ledger_transfers_pending_id",
+            "pending_id",
+            unique=True,
+            postgresql_where=text("pending_id IS NOT NULL"),
+            sqlite_where=text("pending_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
-    debit_account_id: Mapped[str] = mapped_column(String(40), ForeignKey("ledger_accounts.id"))
-    credit_account_id: Mapped[str] = mapped_column(String(40), ForeignKey("ledger_accounts.id"))
+    # No foreign keys to ledger_accounts: every transfer names a system account, and checking
+    # the reference would lock that one row in every write in the system (decision 0026).
+    # verify checks that both sides exist.
+    debit_account_id: Mapped[str] = mapped_column(String(40))
+    credit_account_id: Mapped[str] = mapped_column(String(40))
     # The wallet side of the transfer: statements read by it.
     wallet_account_id: Mapped[str] = mapped_column(String(40))
     amount: Mapped[int] = mapped_column(BigInt)
     phase: Mapped[str] = mapped_column(String(8))
-    pending_id: Mapped[int | None] = mapped_column(BigInt, nullable=True, unique=True)
+    pending_id: Mapped[int | None] = mapped_column(BigInt, nullable=True)
     kind: Mapped[str] = mapped_column(String(24))
     grant_id: Mapped[str] = mapped_column(String(40))
     hold_id: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from pydantic import BaseModel
+from sqlalchemy import Connection, bindparam, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import Clock, as_utc, month_key, system_clock
-from chronote_billing.core.db import Database
+from chronote_billing.core.db import Database, ServerStatement
 from chronote_billing.core.errors import (
     CapReached,
     Conflict,
@@ -510,7 +511,7 @@ class LedgerService:
                 scope=f"ledger.hold:{account_id}",
                 key=key,
                 hash=idempotency.request_fingerprint(params),
-                result=full.model_dump(mode="json"),
+                result=full,
                 hold_id=hold_id,
                 reason=reason,
                 metadata=metadata,
@@ -813,7 +814,7 @@ class LedgerService:
                 scope=f"ledger.debit:{account_id}",
                 key=key,
                 hash=idempotency.request_fingerprint(params),
-                result=view.model_dump(mode="json"),
+                result=view,
                 debit_id=debit_id,
                 reason=reason,
                 metadata=metadata,
@@ -981,9 +982,9 @@ class LedgerService:
 
     def _commit(self, db: Database, write: _LedgerWrite) -> Any:
         if self.db_functions and db.dialect == "postgresql":
-            done = db.run_autocommit(_FUNCTION_SQL[write.function], write.driver_args())
+            done = db.run_autocommit(_FUNCTION_STATEMENTS[write.function], write.text_args())
             if done is not None:
-                return write.result_type.model_validate(done)
+                return write.result_type.model_validate_json(done)
         # Declined (nothing was written): the Python path, in a transaction, answers.
         return db.write(write.python)
 
@@ -1273,7 +1274,7 @@ class LedgerService:
         settled = 0
         expired_holds = session.execute(
             select(Hold)
-            .where(Hold.wallet_account_id == wallet.id, Hold.status == "open", Hold.expires_at <= now)
+            .where(Hold.wallet_account_id == wallet.id, _HOLD_IS_OPEN, Hold.expires_at <= now)
             .execution_options(populate_existing=True)
         ).scalars()
         for hold in list(expired_holds):
@@ -1291,9 +1292,7 @@ class LedgerService:
         next_hold = (
             _conn(session)
             .execute(
-                select(func.min(Hold.expires_at)).where(
-                    Hold.wallet_account_id == wallet.id, Hold.status == "open"
-                )
+                select(func.min(Hold.expires_at)).where(Hold.wallet_account_id == wallet.id, _HOLD_IS_OPEN)
             )
             .scalar()
         )
@@ -1328,7 +1327,7 @@ class LedgerService:
                 .join(Hold, Hold.id == Transfer.hold_id)
                 .where(
                     Hold.wallet_account_id == wallet_id,
-                    Hold.status == "open",
+                    _HOLD_IS_OPEN,
                     Hold.expires_at <= now,
                     Transfer.phase == "pending",
                 )
@@ -1507,6 +1506,10 @@ _BALANCE_QUERY = (
     .where(LedgerAccount.billing_account_id == bindparam("account_id"))
 )
 
+# Written as a literal so that both databases match it to the partial index of open holds (a
+# bound parameter would not prove the index's condition in a generic or SQLite plan).
+_HOLD_IS_OPEN = Hold.status == literal_column("'open'")
+
 # Argument names and SQL types of the fast-path functions (migration 0005), in order.
 _FUNCTION_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "ledger_try_debit": (
@@ -1558,6 +1561,15 @@ _FUNCTION_SQL = {
     for name, args in _FUNCTION_ARGS.items()
 }
 
+# The same calls for Database.run_autocommit: prepared once per connection, arguments as text.
+_FUNCTION_STATEMENTS = {
+    name: ServerStatement(
+        f"chronote_{name}",
+        f"SELECT {name}({', '.join(f'${n}::{sql_type}' for n, (_, sql_type) in enumerate(args, 1))})",
+    )
+    for name, args in _FUNCTION_ARGS.items()
+}
+
 
 @dataclass
 class _LedgerWrite:
@@ -1571,9 +1583,30 @@ class _LedgerWrite:
 
     def driver_args(self) -> dict[str, Any]:
         return {
-            name: json.dumps(self.args[name]) if sql_type == "jsonb" else self.args[name]
+            name: _as_json(self.args[name]) if sql_type == "jsonb" else self.args[name]
             for name, sql_type in _FUNCTION_ARGS[self.function]
         }
+
+    def text_args(self) -> list[str | None]:
+        """The arguments in order, as PostgreSQL's text input for their types."""
+        return [_as_text(self.args[name], sql_type) for name, sql_type in _FUNCTION_ARGS[self.function]]
+
+
+def _as_json(value: Any) -> str:
+    # A result document (a view) is serialized by pydantic directly: one step, not two.
+    return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
+
+
+def _as_text(value: Any, sql_type: str) -> str | None:
+    if value is None:
+        return None
+    if sql_type == "jsonb":
+        return _as_json(value)
+    if sql_type == "boolean":
+        return "true" if value else "false"
+    if sql_type == "timestamptz":
+        return str(as_utc(value).isoformat())
+    return str(value)
 
 
 def _draw(lots: list[_Lot], amount: int) -> list[tuple[_Lot, int]]:

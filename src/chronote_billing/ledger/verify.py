@@ -125,6 +125,29 @@ def check_transfers(session: Session) -> Iterator[Violation]:
         yield Violation("two_phase", f"transfer {orphan} posts or voids nothing")
 
 
+def check_references(session: Session) -> Iterator[Violation]:
+    """Every account a transfer, hold or debit names exists (the tables keep no foreign keys to
+    ledger accounts, decision 0026)."""
+    account = aliased(LedgerAccount)
+    for label, table, columns in (
+        ("transfer", Transfer, ("debit_account_id", "credit_account_id", "wallet_account_id")),
+        ("hold", Hold, ("wallet_account_id",)),
+        ("debit", Debit, ("wallet_account_id",)),
+    ):
+        for column in columns:
+            reference = getattr(table, column)
+            row = session.execute(
+                select(table.id, reference)
+                .outerjoin(account, account.id == reference)
+                .where(account.id.is_(None))
+                .limit(1)
+            ).first()
+            if row is not None:
+                yield Violation(
+                    "reference", f"{label} {row[0]} names {column} '{row[1]}', which is no ledger account"
+                )
+
+
 def check_zero_sum(session: Session) -> Iterator[Violation]:
     credits, debits = _posted_by_account(session)
     total = sum(credits.values()) - sum(debits.values())
@@ -298,6 +321,7 @@ def check_debits(session: Session) -> Iterator[Violation]:
 
 CHECKS: list[tuple[str, Callable[[Session], Iterator[Violation]]]] = [
     ("transfers", check_transfers),
+    ("references", check_references),
     ("zero-sum", check_zero_sum),
     ("wallets", check_wallets),
     ("grants", check_grants),
