@@ -36,13 +36,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.config import normalize_database_url
 from chronote_billing.core import migrate
-from chronote_billing.core.db import Database
+from chronote_billing.core.db import Database, recreate_postgres_database
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.ledger.verify import verify
 
@@ -52,37 +52,29 @@ PGBENCH_DB = "chronote_bench_pgbench"
 PLENTY = 10**12  # millicredits per seeded wallet: no case ever runs a wallet dry
 
 
-def recreate_database(base_url: str, name: str) -> str:
-    url = make_url(base_url)
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-def seed(db: Database, wallets: int) -> tuple[list[str], str]:
+def open_funded(db: Database, owner: str, amount: int, key: str) -> tuple[str, str, str]:
+    """An organization account with one promotional grant: (account, wallet, grant) ids."""
     ledger = LedgerService()
     accounts = AccountService(ledger=ledger)
 
-    def open_funded(owner: str) -> str:
-        def work(session: Any) -> str:
-            account = accounts.get_or_create(session, "organization", owner)
-            ledger.issue_grant(
-                session,
-                account_id=account.id,
-                amount=PLENTY,
-                source="promotional",
-                idempotency_key="seed",
-                cause_type="bench",
-            )
-            return account.id
+    def work(session: Any) -> tuple[str, str, str]:
+        account = accounts.get_or_create(session, "organization", owner)
+        grant = ledger.issue_grant(
+            session,
+            account_id=account.id,
+            amount=amount,
+            source="promotional",
+            idempotency_key=key,
+            cause_type="bench",
+        )
+        return account.id, account.wallet_account_id, grant.id
 
-        return db.write(work)
+    return db.write(work)
 
-    many = [open_funded(f"org_bench_{n}") for n in range(wallets)]
-    hot = open_funded("org_bench_hot")
+
+def seed(db: Database, wallets: int) -> tuple[list[str], str]:
+    many = [open_funded(db, f"org_bench_{n}", PLENTY, "seed")[0] for n in range(wallets)]
+    hot = open_funded(db, "org_bench_hot", PLENTY, "seed")[0]
     return many, hot
 
 
@@ -153,7 +145,7 @@ class PgBench:
     def __init__(self, base_url: str) -> None:
         if shutil.which("pgbench") is None:
             sys.exit("pgbench is not installed (apt-get install postgresql-client)")
-        url = make_url(recreate_database(base_url, PGBENCH_DB))
+        url = make_url(recreate_postgres_database(base_url, PGBENCH_DB))
         self.conn = [
             "-h",
             url.host or "127.0.0.1",
@@ -206,24 +198,9 @@ def build_history(db: Database, entries: int) -> str:
     Written set-based in SQL; every counter, running balance and debit row matches what the
     service would have written, so ``verify`` holds over it.
     """
-    ledger = LedgerService()
-    accounts = AccountService(ledger=ledger)
     debits = entries - 1
     amount = 10 * entries
-
-    def work(session: Any) -> tuple[str, str, str]:
-        account = accounts.get_or_create(session, "organization", "org_bench_history")
-        grant = ledger.issue_grant(
-            session,
-            account_id=account.id,
-            amount=amount,
-            source="promotional",
-            idempotency_key="history",
-            cause_type="bench",
-        )
-        return account.id, account.wallet_account_id, grant.id
-
-    account_id, wallet_id, grant_id = db.write(work)
+    account_id, wallet_id, grant_id = open_funded(db, "org_bench_history", amount, "history")
     start = datetime.now(UTC) - timedelta(days=365)
     params = {
         "acct": account_id,
@@ -309,7 +286,7 @@ def main() -> None:
         )
     workers = [int(w) for w in args.workers.split(",")]
     if is_pg:
-        url = recreate_database(base, BENCH_DB)
+        url = recreate_postgres_database(base, BENCH_DB)
     else:
         url = "sqlite:///var/bench/ledger.db"
         if os.path.exists("var/bench/ledger.db"):

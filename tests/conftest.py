@@ -14,14 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.config import normalize_database_url
 from chronote_billing.core import migrate
 from chronote_billing.core.clock import ManualClock
-from chronote_billing.core.db import Database, set_database
+from chronote_billing.core.db import Database, recreate_postgres_database, set_database
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.ledger.verify import verify
 
@@ -37,14 +35,7 @@ def _worker() -> str:
 def create_database(suffix: str) -> str:
     """A new empty database for this test process; returns its URL."""
     if IS_POSTGRES:
-        url = make_url(BASE_URL)
-        name = f"chronote_test_{_worker()}_{suffix}".lower()
-        admin = create_engine(url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        return url.set(database=name).render_as_string(hide_password=False)
+        return recreate_postgres_database(BASE_URL, f"chronote_test_{_worker()}_{suffix}".lower())
     directory = Path(tempfile.mkdtemp(prefix=f"chronote-{_worker()}-"))
     return f"sqlite:///{directory / (suffix + '.db')}"
 

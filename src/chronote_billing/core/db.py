@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 from psycopg import errors, pq
 from psycopg_pool import ConnectionPool
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -119,6 +120,22 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # which `Database.write` does not retry (the caller's idempotency key makes its retry safe).
     kwargs.setdefault("pool_recycle", 1800)
     return create_engine(url, **kwargs)
+
+
+def recreate_postgres_database(base_url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server of ``base_url``; returns its URL.
+
+    For throwaway databases (a test process's, the benchmark's) beside the configured one.
+    """
+    url = make_url(base_url)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from .models import CapUsage, Debit, Grant, Hold, LedgerAccount, Transfer
@@ -127,24 +127,25 @@ def check_transfers(session: Session) -> Iterator[Violation]:
 
 def check_references(session: Session) -> Iterator[Violation]:
     """Every account a transfer, hold or debit names exists (the tables keep no foreign keys to
-    ledger accounts, decision 0026)."""
-    account = aliased(LedgerAccount)
-    for label, table, columns in (
+    ledger accounts, decision 0026). One scan per table; the first row naming a missing account
+    is reported for each column it gets wrong."""
+    known = select(LedgerAccount.id)
+    for label, table, names in (
         ("transfer", Transfer, ("debit_account_id", "credit_account_id", "wallet_account_id")),
         ("hold", Hold, ("wallet_account_id",)),
         ("debit", Debit, ("wallet_account_id",)),
     ):
-        for column in columns:
-            reference = getattr(table, column)
-            row = session.execute(
-                select(table.id, reference)
-                .outerjoin(account, account.id == reference)
-                .where(account.id.is_(None))
-                .limit(1)
-            ).first()
-            if row is not None:
+        columns = [getattr(table, name) for name in names]
+        row = session.execute(
+            select(table.id, *columns).where(or_(*(column.not_in(known) for column in columns))).limit(1)
+        ).first()
+        if row is None:
+            continue
+        accounts = set(session.execute(known.where(LedgerAccount.id.in_(row[1:]))).scalars())
+        for name, value in zip(names, row[1:], strict=True):
+            if value not in accounts:
                 yield Violation(
-                    "reference", f"{label} {row[0]} names {column} '{row[1]}', which is no ledger account"
+                    "reference", f"{label} {row[0]} names {name} '{value}', which is no ledger account"
                 )
 
 
