@@ -17,8 +17,8 @@ The ratio divides ops/s by pgbench's TPC-B-like transactions/s at the same numbe
 before; each printed figure is the median over ``--rounds`` rounds (every round is on stderr).
 
 Cases run on many wallets (a random one of ``--wallets`` per op) and on one hot wallet. Workers
-are processes, each with its own engine and connection, so the client side is not limited by
-one interpreter's lock.
+are threads of this process sharing one Database, the way the HTTP API's request threads share
+one (decision 0027); ``--processes`` runs each worker as a process of its own instead.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,24 +83,14 @@ def seed(db: Database, wallets: int) -> tuple[list[str], str]:
 # ----------------------------------------------------------------------------- workers
 
 
-def _worker(
-    url: str,
-    case: str,
-    targets: list[str],
-    seconds: float,
-    go: Any,
-    results: Any,
-    worker: int,
-    db_functions: bool,
-) -> None:
-    db = Database(url)
-    ledger = LedgerService(db_functions=db_functions)
-    rng = random.Random(worker * 7919 + os.getpid())
-    db.read(lambda s: s.execute(text("select 1")).scalar())  # connect before the start
-    go.wait()
+def _work(
+    db: Database, ledger: LedgerService, case: str, targets: list[str], seconds: float, seed: int
+) -> int:
+    """One worker's loop: ops completed in ``seconds``."""
+    rng = random.Random(seed)
     deadline = time.perf_counter() + seconds
     ops = 0
-    tag = f"{case}-{worker}-{os.getpid()}-{time.time_ns()}"
+    tag = f"{case}-{seed}-{time.time_ns()}"
     while time.perf_counter() < deadline:
         account = rng.choice(targets)
         key = f"{tag}-{ops}"
@@ -112,18 +104,63 @@ def _worker(
             )
             ledger.commit_capture_hold(db, hold_id=hold.id, amount=3_000, idempotency_key=key)
         ops += 1
-    results.put(ops)
+    return ops
+
+
+def run_threads(
+    url: str, case: str, targets: list[str], workers: int, seconds: float, db_functions: bool
+) -> float:
+    """Workers as threads sharing one Database and one LedgerService, as the API's request
+    threads do (decision 0027)."""
+    db = Database(url)
+    ledger = LedgerService(db_functions=db_functions)
+    if db.dialect == "postgresql":
+        db.open_autocommit_connections(workers)  # none opens in the timed interval
+    go = threading.Barrier(workers + 1)
+    counts = [0] * workers
+
+    def worker(n: int) -> None:
+        go.wait()
+        counts[n] = _work(db, ledger, case, targets, seconds, n * 7919 + os.getpid())
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
+    for t in threads:
+        t.start()
+    go.wait()
+    for t in threads:
+        t.join()
+    db.dispose()
+    return sum(counts) / seconds
+
+
+def _process_worker(
+    url: str,
+    case: str,
+    targets: list[str],
+    seconds: float,
+    go: Any,
+    results: Any,
+    worker: int,
+    db_functions: bool,
+) -> None:
+    db = Database(url)
+    ledger = LedgerService(db_functions=db_functions)
+    if db.dialect == "postgresql":
+        db.open_autocommit_connections(1)
+    go.wait()
+    results.put(_work(db, ledger, case, targets, seconds, worker * 7919 + os.getpid()))
     db.dispose()
 
 
-def run_case(
+def run_processes(
     url: str, case: str, targets: list[str], workers: int, seconds: float, db_functions: bool
 ) -> float:
+    """Workers as processes, each with its own Database (``--processes``)."""
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(url, case, targets, seconds, go, results, n, db_functions))
+        ctx.Process(target=_process_worker, args=(url, case, targets, seconds, go, results, n, db_functions))
         for n in range(workers)
     ]
     for p in procs:
@@ -164,29 +201,67 @@ class PgBench:
             capture_output=True,
         )
 
-    def tps(self, clients: int, seconds: float) -> float:
-        out = subprocess.run(
-            [
-                "pgbench",
-                "-c",
-                str(clients),
-                "-j",
-                str(clients),
-                "-T",
-                str(int(seconds)),
-                "-n",
-                *self.conn,
-                PGBENCH_DB,
-            ],
-            check=True,
-            env=self.env,
-            capture_output=True,
-            text=True,
-        ).stdout
+    def tps(
+        self, clients: int, seconds: float, database: str = PGBENCH_DB, script: str | None = None
+    ) -> float:
+        """Transactions/s of TPC-B-like, or of ``script`` (a pgbench custom script) on ``database``."""
+        custom: list[str] = []
+        if script is not None:
+            # Simple query protocol, as for TPC-B: each statement is parsed and planned per call.
+            with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+                f.write(script)
+            custom = ["-f", f.name, "-M", "simple"]
+        try:
+            out = subprocess.run(
+                [
+                    "pgbench",
+                    "-c",
+                    str(clients),
+                    "-j",
+                    str(clients),
+                    "-T",
+                    str(int(seconds)),
+                    "-n",
+                    *custom,
+                    *self.conn,
+                    database,
+                ],
+                check=True,
+                env=self.env,
+                capture_output=True,
+                text=True,
+            ).stdout
+        finally:
+            if custom:
+                os.remove(custom[1])
         match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
         if match is None:
             sys.exit("could not read pgbench's tps:\n" + out)
         return float(match.group(1))
+
+
+def sql_place_capture_script(owner: str, wallets: int) -> str:
+    """A pgbench script for one place+capture pair through the ledger's database functions, with
+    arguments made in SQL instead of by the Python service (``--sql-clients``).
+
+    ``owner`` is an SQL expression for the wallet owner's reference, in which ``:w`` is a random
+    number below ``wallets``. The pair is one pgbench
+    "transaction" (two ledger transactions), so its tps counts pairs, like the place_capture cases.
+    """
+    hold = "'hold_sql_' || :client_id || '_' || :k"
+    key = "'sql-' || :client_id || '-' || :k"
+    return f"""\\set k random(1, 1000000000000000)
+\\set w random(0, {wallets - 1})
+SELECT ledger_try_place_hold(a.id, 5000, false, now() + interval '1 hour', now(), NULL, NULL, NULL,
+    'ledger.hold:' || a.id, {key}, md5({key}),
+    jsonb_build_object('object', 'hold', 'id', {hold}, 'account_id', a.id, 'status', 'open',
+        'amount_requested', 5000, 'amount_held', 5000, 'amount_captured', 0, 'partial', false,
+        'expires_at', now() + interval '1 hour', 'reason', '', 'metadata', '{{}}'::jsonb, 'cap_id', NULL,
+        'cap_period', NULL, 'created_at', now(), 'settled_at', NULL),
+    {hold}, '', '{{}}'::jsonb, 'hold')
+  FROM billing_accounts a WHERE a.kind = 'organization' AND a.owner_ref = {owner};
+SELECT ledger_try_capture_hold({hold}, 3000, now(), 'ledger.hold_capture:', {key}, md5({key} || 'c'), NULL);
+"""
 
 
 # ----------------------------------------------------------------------------- history
@@ -274,6 +349,17 @@ def main() -> None:
         action="store_true",
         help="Run writes through the Python path only, without PostgreSQL's one-round-trip functions.",
     )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="Run each worker as a process of its own instead of a thread of this one (decision 0027).",
+    )
+    parser.add_argument(
+        "--sql-clients",
+        action="store_true",
+        help="Also drive place+capture pairs from pgbench through the ledger's SQL functions, with "
+        "no Python client: the database side alone (a diagnostic, printed on stderr).",
+    )
     parser.add_argument("--allow-sqlite", action="store_true", help="Run on SQLite, without pgbench ratios.")
     args = parser.parse_args()
 
@@ -293,6 +379,7 @@ def main() -> None:
             os.remove("var/bench/ledger.db")
     db = Database(url)
     migrate.upgrade(db.engine)
+    run_case = run_processes if args.processes else run_threads
     print(f"# seeding {args.wallets} wallets ...", file=sys.stderr, flush=True)
     many, hot = seed(db, args.wallets)
 
@@ -302,6 +389,10 @@ def main() -> None:
         for case in CASES
         for where, targets in (("many_wallets", many), ("hot_wallet", [hot]))
     ]
+    sql_scripts = {
+        "many_wallets": sql_place_capture_script("'org_bench_' || :w", args.wallets),
+        "hot_wallet": sql_place_capture_script("'org_bench_hot'", 1),
+    }
     ops: dict[tuple[str, int], list[float]] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
     tpcb: dict[int, list[float]] = {}
@@ -322,6 +413,28 @@ def main() -> None:
                 print(
                     f"# round {round_} {name} workers={n} ops_per_s={rate:.1f}"
                     + (f" tpcb={baseline:.1f} ratio={rate / baseline:.2f}" if baseline else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if args.sql_clients and pgbench is not None and baseline is not None:
+                for where, script in sql_scripts.items():
+                    name = f"sql_place_capture_{where}"
+                    rate = pgbench.tps(n, args.seconds, database=BENCH_DB, script=script)
+                    ops.setdefault((name, n), []).append(rate)
+                    ratios.setdefault((name, n), []).append(rate / baseline)
+                    print(
+                        f"# round {round_} {name} workers={n} ops_per_s={rate:.1f}"
+                        f" tpcb={baseline:.1f} ratio={rate / baseline:.2f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    for where in sql_scripts if args.sql_clients else ():
+        name = f"sql_place_capture_{where}"
+        for n in workers:
+            if (name, n) in ratios:  # a diagnostic, not a result: on stderr only
+                print(
+                    f"# case={name} workers={n} ops_per_s={statistics.median(ops[(name, n)]):.1f}"
+                    f" ratio_vs_tpcb={statistics.median(ratios[(name, n)]):.2f}",
                     file=sys.stderr,
                     flush=True,
                 )

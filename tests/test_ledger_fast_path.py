@@ -481,3 +481,12 @@ def test_autocommit_statements_are_prepared_again_when_the_session_forgot_them(d
     with db._autocommit_pool.connection() as conn:  # the one connection the pool holds
         conn.execute("DEALLOCATE ALL")
     assert db.run_autocommit(add_one, ["41"]) == "42"
+
+
+def test_autocommit_connections_can_be_opened_ahead_of_concurrent_callers(db: Database) -> None:
+    db.open_autocommit_connections(3)
+    stats = db._autocommit_pool.get_stats()
+    assert stats["pool_size"] >= 3
+    assert stats["pool_available"] >= 3  # open, idle and back in the pool: three callers find one each
+    pid = ServerStatement("backend_pid", "SELECT pg_backend_pid()")
+    assert db.run_autocommit(pid, []) is not None

@@ -208,6 +208,14 @@ class Database:
             open=True,
         )
 
+    def open_autocommit_connections(self, count: int) -> None:
+        """Have at least ``count`` autocommit connections open, so that ``count`` concurrent
+        callers find one ready instead of waiting for a connection to be made. PostgreSQL only."""
+        pool = self._autocommit_pool
+        taken = [pool.getconn() for _ in range(count)]
+        for conn in taken:
+            pool.putconn(conn)
+
     def run_autocommit(
         self, statement: ServerStatement, args: Sequence[str | None], attempts: int = 8
     ) -> str | None:
