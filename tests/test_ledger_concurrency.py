@@ -118,7 +118,11 @@ def spender(
                     tally.declines += 1
             if action < 0.85:
                 amount = rng.randint(0, held)
-                write("capture_hold", hold_id=hold.id, amount=amount, idempotency_key=key + "-capture")
+                # Odd threads name the account, so their captures share commits (decision 0028).
+                hint = {"account_id": account} if own_transaction and seed % 2 else {}
+                write(
+                    "capture_hold", hold_id=hold.id, amount=amount, idempotency_key=key + "-capture", **hint
+                )
                 tally.add(account, amount)
             else:
                 db.write(

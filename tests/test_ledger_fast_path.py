@@ -428,11 +428,15 @@ def test_a_write_of_its_own_is_one_statement(db: Database, monkeypatch: pytest.M
     account, _ = _open(db, clock, {"amount": 10_000})
     in_session: list[str] = []
     autocommitted: list[str] = []
+    groups: list[str | None] = []
     run_autocommit = db.run_autocommit
 
-    def record(statement: ServerStatement, args: list[str | None], attempts: int = 8) -> Any:
+    def record(
+        statement: ServerStatement, args: list[str | None], attempts: int = 8, group: str | None = None
+    ) -> Any:
         autocommitted.append(statement.sql)
-        return run_autocommit(statement, args, attempts)
+        groups.append(group)
+        return run_autocommit(statement, args, attempts, group)
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         in_session.append(statement)
@@ -449,6 +453,9 @@ def test_a_write_of_its_own_is_one_statement(db: Database, monkeypatch: pytest.M
         )
         ledger.commit_capture_hold(db, hold_id=hold.id, amount=1_000, idempotency_key="c")
         ledger.commit_debit(db, account_id=account, amount=500, idempotency_key="d")
+        ledger.commit_capture_hold(
+            db, hold_id=hold.id, amount=1_000, idempotency_key="c", account_id=account
+        )  # a retry, in the account's group: the first result
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
     assert in_session == []
@@ -456,7 +463,10 @@ def test_a_write_of_its_own_is_one_statement(db: Database, monkeypatch: pytest.M
         "SELECT ledger_try_place_hold",
         "SELECT ledger_try_capture_hold",
         "SELECT ledger_try_debit",
+        "SELECT ledger_try_capture_hold",
     ]
+    # Writes name their account as their group; a capture only when the caller gives it.
+    assert groups == [account, None, account, account]
     assert db.read(lambda s: ledger.balance(s, account)).available == 8_500
 
 

@@ -9,6 +9,8 @@ serialization failures a bounded number of times.
 from __future__ import annotations
 
 import random
+import select
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +21,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+from psycopg import Connection as PgConnection
 from psycopg import errors, pq
 from psycopg_pool import ConnectionPool
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, MetaData, create_engine, event, text
@@ -33,6 +37,8 @@ from chronote_billing.config import get_settings
 from .clock import as_utc
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -71,6 +77,7 @@ class Base(DeclarativeBase):
 
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
 _RETRYABLE_PG_STATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 
 
@@ -208,6 +215,10 @@ class Database:
             open=True,
         )
 
+    @cached_property
+    def _combiner(self) -> _WriteCombiner:
+        return _WriteCombiner(self)
+
     def open_autocommit_connections(self, count: int) -> None:
         """Have at least ``count`` autocommit connections open, so that ``count`` concurrent
         callers find one ready instead of waiting for a connection to be made. PostgreSQL only."""
@@ -217,10 +228,19 @@ class Database:
             pool.putconn(conn)
 
     def run_autocommit(
-        self, statement: ServerStatement, args: Sequence[str | None], attempts: int = 8
+        self,
+        statement: ServerStatement,
+        args: Sequence[str | None],
+        attempts: int = 8,
+        group: str | None = None,
     ) -> str | None:
         """One statement that is its own transaction, committed by the server as it finishes (one
         round trip); returns the first column of its first row as text. PostgreSQL only.
+
+        With a ``group``, calls of this process that overlap in time share one transaction
+        (decision 0028): callers that arrive while a call of their group is in flight queue, and
+        the next of them runs the queue as one pipelined transaction. Each caller still gets its
+        own result or its own error.
 
         The statement is prepared once per pooled connection and then run by name with text
         arguments straight through libpq: on the ledger's hottest writes the driver's per-call
@@ -228,20 +248,20 @@ class Database:
         Driver errors surface as SQLAlchemy's ``DBAPIError`` family, as from ``write``, and lock
         conflicts are retried the same way.
         """
+        if group is not None:
+            return self._combiner.run(group, statement, args)
+        return self._run_alone(statement, args, attempts)
+
+    def _run_alone(
+        self, statement: ServerStatement, args: Sequence[str | None], attempts: int = 8
+    ) -> str | None:
         pool = self._autocommit_pool
         values = [None if arg is None else arg.encode() for arg in args]
         for attempt in range(1, attempts + 1):
             conn = pool.getconn()
             try:
                 pgconn = conn.pgconn
-                prepared = self._prepared.get(conn)
-                if prepared is None:
-                    prepared = self._prepared[conn] = set()
-                if statement.name not in prepared:
-                    result = pgconn.prepare(statement.name_bytes, statement.sql.encode())
-                    if result.status != _COMMAND_OK:
-                        raise errors.error_from_result(result)
-                    prepared.add(statement.name)
+                prepared = self._prepare(conn, [statement])
                 # None sends NULL; libpq takes it, though psycopg's stub does not say so.
                 result = pgconn.exec_prepared(statement.name_bytes, values)  # type: ignore[arg-type]
                 if result.status != _TUPLES_OK:
@@ -262,6 +282,90 @@ class Database:
             time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
         raise AssertionError("unreachable")
 
+    def _prepare(self, conn: PgConnection[Any], statements: Sequence[ServerStatement]) -> set[str]:
+        """Prepare on ``conn`` whichever of ``statements`` it has not prepared yet; the names it
+        has prepared."""
+        prepared = self._prepared.get(conn)
+        if prepared is None:
+            prepared = self._prepared[conn] = set()
+        for statement in statements:
+            if statement.name not in prepared:
+                result = conn.pgconn.prepare(statement.name_bytes, statement.sql.encode())
+                if result.status != _COMMAND_OK:
+                    raise errors.error_from_result(result)
+                prepared.add(statement.name)
+        return prepared
+
+    def run_in_one_transaction(
+        self, calls: Sequence[tuple[ServerStatement, Sequence[str | None]]]
+    ) -> list[str | None]:
+        """``calls`` in order as one transaction, sent as one pipeline (one round trip, one
+        commit); the first column of each one's first row as text. PostgreSQL only.
+
+        Any failure raises, once the transaction has rolled back: then none of the calls took
+        effect. Nothing here retries; the caller decides (the write combiner runs each call
+        again alone).
+        """
+        pool = self._autocommit_pool
+        conn = pool.getconn()
+        pgconn = conn.pgconn
+        try:
+            prepared = self._prepare(conn, [statement for statement, _ in calls])
+            pgconn.enter_pipeline_mode()
+            try:
+                pgconn.send_query_params(b"BEGIN", None)
+                for statement, args in calls:
+                    values = [None if arg is None else arg.encode() for arg in args]
+                    pgconn.send_query_prepared(statement.name_bytes, values)  # type: ignore[arg-type]
+                pgconn.send_query_params(b"COMMIT", None)
+                pgconn.pipeline_sync()
+                _flush(pgconn)
+                # Each query's results end with None; the sync's result ends the pipeline.
+                outcomes: list[pq.abc.PGresult] = []
+                ended = False  # the last call returned None: one query's results are complete
+                while True:
+                    result = _next_result(pgconn)
+                    if result is None:
+                        if ended or pgconn.status == pq.ConnStatus.BAD:  # nothing more will come
+                            raise errors.OperationalError("the connection ended mid-pipeline")
+                        ended = True
+                        continue
+                    ended = False
+                    if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                        break
+                    outcomes.append(result)
+            finally:
+                pgconn.exit_pipeline_mode()
+            failed = next(
+                (r for r in outcomes if r.status not in (_COMMAND_OK, _TUPLES_OK, _PIPELINE_ABORTED)), None
+            )
+            if failed is not None or any(r.status == _PIPELINE_ABORTED for r in outcomes):
+                if pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                    pgconn.exec_(b"ROLLBACK")
+                if failed is not None and failed.error_field(pq.DiagnosticField.SQLSTATE) == b"26000":
+                    prepared.clear()  # the session lost its statements: prepare them again next time
+                raise (
+                    errors.error_from_result(failed)
+                    if failed is not None
+                    else errors.InternalError("the combined transaction was aborted")
+                )
+            if len(outcomes) != len(calls) + 2:
+                raise errors.InternalError(f"{len(outcomes)} results for {len(calls)} statements")
+            values_out: list[str | None] = []
+            for result in outcomes[1:-1]:  # between BEGIN and COMMIT
+                value = result.get_value(0, 0) if result.ntuples else None
+                values_out.append(None if value is None else bytes(value).decode())
+            return values_out
+        except Exception:
+            if pgconn.pipeline_status != pq.PipelineStatus.OFF or pgconn.transaction_status not in (
+                pq.TransactionStatus.IDLE,
+                pq.TransactionStatus.UNKNOWN,
+            ):
+                conn.close()  # left mid-pipeline or mid-transaction: the pool replaces it
+            raise
+        finally:
+            pool.putconn(conn)
+
     def read(self, work: Callable[[Session], T]) -> T:
         with self.session(readonly=True) as session:
             return work(session)
@@ -272,6 +376,112 @@ class Database:
             self._autocommit_pool.close()
             del self.__dict__["_autocommit_pool"]
             self._prepared.clear()
+
+
+def _flush(pgconn: pq.abc.PGconn) -> None:
+    """Send everything queued on a non-blocking connection, waiting on its socket (the wait
+    releases the interpreter lock)."""
+    while pgconn.flush() == 1:
+        select.select([pgconn.socket], [pgconn.socket], [])
+        pgconn.consume_input()  # read what the server sends meanwhile, so it never waits on us
+
+
+def _next_result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult | None:
+    """The connection's next result. libpq's own wait would hold the interpreter lock, and a
+    thread of this process that the server is waiting for (one holding a row lock in another
+    transaction) could then never run: wait on the socket instead."""
+    pgconn.consume_input()
+    while pgconn.is_busy():
+        select.select([pgconn.socket], [], [])
+        pgconn.consume_input()
+    return pgconn.get_result()
+
+
+class _PendingWrite:
+    """One caller's statement waiting in its group's queue."""
+
+    __slots__ = ("statement", "args", "finished", "leads", "result", "error")
+
+    def __init__(self, statement: ServerStatement, args: Sequence[str | None]) -> None:
+        self.statement = statement
+        self.args = args
+        self.finished = threading.Event()
+        self.leads = False  # woken to run the queue rather than with its result
+        self.result: str | None = None
+        self.error: BaseException | None = None
+
+
+class _WriteCombiner:
+    """Runs overlapping autocommit writes of one group as one transaction (decision 0028).
+
+    One caller per group leads at a time. It runs the queue (its own write first, then whatever
+    arrived behind it, up to ``MAX_BATCH``), hands every caller its outcome, and passes the lead
+    to the first caller still queued. A group of one runs exactly as an ungrouped call.
+    """
+
+    MAX_BATCH = 32
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._lock = threading.Lock()
+        self._queues: dict[str, list[_PendingWrite]] = {}
+        self.combined_transactions = 0  # observability: transactions that carried 2+ writes
+        self.combined_writes = 0
+
+    def run(self, group: str, statement: ServerStatement, args: Sequence[str | None]) -> str | None:
+        mine = _PendingWrite(statement, args)
+        with self._lock:
+            queue = self._queues.get(group)
+            leading = queue is None
+            if queue is None:
+                queue = self._queues[group] = []
+            queue.append(mine)
+        if not leading:
+            mine.finished.wait()
+            leading = mine.leads
+        if leading:
+            with self._lock:
+                batch = queue[: self.MAX_BATCH]
+                del queue[: self.MAX_BATCH]
+            try:
+                self._run(batch)
+            finally:
+                with self._lock:
+                    if queue:
+                        queue[0].leads = True
+                        queue[0].finished.set()
+                    else:
+                        del self._queues[group]
+                for pending in batch:
+                    if pending is not mine:
+                        pending.finished.set()
+        if mine.error is not None:
+            raise mine.error
+        return mine.result
+
+    def _run(self, batch: list[_PendingWrite]) -> None:
+        if len(batch) > 1:
+            try:
+                results = self._run_together(batch)
+            except Exception as exc:  # noqa: BLE001 - any failure: each write runs again alone
+                log.warning("ledger.combined_write_failed", writes=len(batch), error=type(exc).__name__)
+            else:
+                for pending, result in zip(batch, results, strict=True):
+                    pending.result = result
+                with self._lock:
+                    self.combined_transactions += 1
+                    self.combined_writes += len(batch)
+                return
+        # Alone: a group of one, or a combined transaction that rolled back as a whole (nothing
+        # of it was applied, so running each write again is exact).
+        for pending in batch:
+            try:
+                pending.result = self.db._run_alone(pending.statement, pending.args)
+            except Exception as exc:  # noqa: BLE001 - handed to its own caller
+                pending.error = exc
+
+    def _run_together(self, batch: list[_PendingWrite]) -> list[str | None]:
+        return self.db.run_in_one_transaction([(pending.statement, pending.args) for pending in batch])
 
 
 _default: Database | None = None

@@ -958,17 +958,26 @@ class LedgerService:
     # these: on PostgreSQL the write and its commit are one round trip, so the wallet's lock is
     # held only while the database works, never while the client does.
 
+    # Concurrent writes to one account from this process share one commit (decision 0028): the
+    # account is the group.
+
     def commit_place_hold(self, db: Database, **request: Any) -> HoldView:
         """``place_hold`` in a transaction of its own, committed before it returns."""
-        return self._commit(db, self._plan_place_hold(**request))  # type: ignore[no-any-return]
+        write = self._plan_place_hold(**request)
+        return self._commit(db, write, group=request["account_id"])  # type: ignore[no-any-return]
 
-    def commit_capture_hold(self, db: Database, **request: Any) -> HoldView:
-        """``capture_hold`` in a transaction of its own, committed before it returns."""
-        return self._commit(db, self._plan_capture_hold(**request))  # type: ignore[no-any-return]
+    def commit_capture_hold(self, db: Database, account_id: str | None = None, **request: Any) -> HoldView:
+        """``capture_hold`` in a transaction of its own, committed before it returns.
+
+        ``account_id`` is the account the hold is on, when the caller knows it. The capture then
+        shares a commit with concurrent writes to that account. Without it the capture commits
+        alone; a wrong one only costs that sharing, since the hold decides the wallet.
+        """
+        return self._commit(db, self._plan_capture_hold(**request), group=account_id)  # type: ignore[no-any-return]
 
     def commit_debit(self, db: Database, **request: Any) -> DebitView:
         """``debit`` in a transaction of its own, committed before it returns."""
-        return self._commit(db, self._plan_debit(**request))  # type: ignore[no-any-return]
+        return self._commit(db, self._plan_debit(**request), group=request["account_id"])  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ internals
 
@@ -980,9 +989,9 @@ class LedgerService:
                 return write.result_type.model_validate(done)
         return write.python(session)
 
-    def _commit(self, db: Database, write: _LedgerWrite) -> Any:
+    def _commit(self, db: Database, write: _LedgerWrite, group: str | None) -> Any:
         if self.db_functions and db.dialect == "postgresql":
-            done = db.run_autocommit(_FUNCTION_STATEMENTS[write.function], write.text_args())
+            done = db.run_autocommit(_FUNCTION_STATEMENTS[write.function], write.text_args(), group=group)
             if done is not None:
                 return write.result_type.model_validate_json(done)
         # Declined (nothing was written): the Python path, in a transaction, answers.
