@@ -102,7 +102,7 @@ def _work(
             hold = ledger.commit_place_hold(
                 db, account_id=account, amount=5_000, expires_at=expires, idempotency_key=key
             )
-            # The usage service knows the account its holds are on and passes it (decision 0028).
+            # The caller that placed the hold knows its account and names it (decision 0028).
             ledger.commit_capture_hold(
                 db, hold_id=hold.id, amount=3_000, idempotency_key=key, account_id=account
             )
