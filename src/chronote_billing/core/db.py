@@ -240,7 +240,9 @@ class Database:
         With a ``group``, calls of this process that overlap in time share one transaction
         (decision 0028): callers that arrive while a call of their group is in flight queue, and
         the next of them runs the queue as one pipelined transaction. Each caller still gets its
-        own result or its own error.
+        own result or its own error. Grouped statements must be idempotent (the ledger's carry
+        their keys): when a combined transaction fails, or its connection is lost after the
+        commit was sent, each of its statements runs again alone.
 
         The statement is prepared once per pooled connection and then run by name with text
         arguments straight through libpq: on the ledger's hottest writes the driver's per-call
@@ -464,7 +466,7 @@ class _WriteCombiner:
             try:
                 results = self._run_together(batch)
             except Exception as exc:  # noqa: BLE001 - any failure: each write runs again alone
-                log.warning("ledger.combined_write_failed", writes=len(batch), error=type(exc).__name__)
+                log.warning("db.combined_transaction_failed", writes=len(batch), error=type(exc).__name__)
             else:
                 for pending, result in zip(batch, results, strict=True):
                     pending.result = result
