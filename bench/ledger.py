@@ -110,15 +110,23 @@ def _work(
     return ops
 
 
+def _connect(url: str, db_functions: bool, connections: int) -> tuple[Database, LedgerService]:
+    """A Database with ``connections`` connections already open, so none opens in the timed
+    interval, and the ledger service the workers share."""
+    db = Database(url)
+    if db.dialect == "postgresql":
+        db.open_autocommit_connections(connections)
+    else:
+        db.read(lambda s: s.execute(text("select 1")).scalar())
+    return db, LedgerService(db_functions=db_functions)
+
+
 def run_threads(
     url: str, case: str, targets: list[str], workers: int, seconds: float, db_functions: bool
 ) -> float:
     """Workers as threads sharing one Database and one LedgerService, as the API's request
     threads do (decision 0027)."""
-    db = Database(url)
-    ledger = LedgerService(db_functions=db_functions)
-    if db.dialect == "postgresql":
-        db.open_autocommit_connections(workers)  # none opens in the timed interval
+    db, ledger = _connect(url, db_functions, workers)
     go = threading.Barrier(workers + 1)
     counts = [0] * workers
 
@@ -146,10 +154,7 @@ def _process_worker(
     worker: int,
     db_functions: bool,
 ) -> None:
-    db = Database(url)
-    ledger = LedgerService(db_functions=db_functions)
-    if db.dialect == "postgresql":
-        db.open_autocommit_connections(1)
+    db, ledger = _connect(url, db_functions, 1)
     go.wait()
     results.put(_work(db, ledger, case, targets, seconds, worker * 7919 + os.getpid()))
     db.dispose()
@@ -248,8 +253,8 @@ def sql_place_capture_script(owner: str, wallets: int) -> str:
     arguments made in SQL instead of by the Python service (``--sql-clients``).
 
     ``owner`` is an SQL expression for the wallet owner's reference, in which ``:w`` is a random
-    number below ``wallets``. The pair is one pgbench
-    "transaction" (two ledger transactions), so its tps counts pairs, like the place_capture cases.
+    number below ``wallets``. The pair is one pgbench "transaction" (two ledger transactions), so
+    its tps counts pairs, like the place_capture cases.
     """
     hold = "'hold_sql_' || :client_id || '_' || :k"
     key = "'sql-' || :client_id || '-' || :k"

@@ -258,7 +258,7 @@ class Database:
         self, statement: ServerStatement, args: Sequence[str | None], attempts: int = 8
     ) -> str | None:
         pool = self._autocommit_pool
-        values = [None if arg is None else arg.encode() for arg in args]
+        values = _as_bytes(args)
         for attempt in range(1, attempts + 1):
             conn = pool.getconn()
             try:
@@ -317,8 +317,7 @@ class Database:
             try:
                 pgconn.send_query_params(b"BEGIN", None)
                 for statement, args in calls:
-                    values = [None if arg is None else arg.encode() for arg in args]
-                    pgconn.send_query_prepared(statement.name_bytes, values)  # type: ignore[arg-type]
+                    pgconn.send_query_prepared(statement.name_bytes, _as_bytes(args))  # type: ignore[arg-type]
                 pgconn.send_query_params(b"COMMIT", None)
                 pgconn.pipeline_sync()
                 _flush(pgconn)
@@ -378,6 +377,11 @@ class Database:
             self._autocommit_pool.close()
             del self.__dict__["_autocommit_pool"]
             self._prepared.clear()
+
+
+def _as_bytes(args: Sequence[str | None]) -> list[bytes | None]:
+    """Text arguments as libpq takes them; None sends NULL."""
+    return [None if arg is None else arg.encode() for arg in args]
 
 
 def _flush(pgconn: pq.abc.PGconn) -> None:

@@ -963,8 +963,7 @@ class LedgerService:
 
     def commit_place_hold(self, db: Database, **request: Any) -> HoldView:
         """``place_hold`` in a transaction of its own, committed before it returns."""
-        write = self._plan_place_hold(**request)
-        return self._commit(db, write, group=request["account_id"])  # type: ignore[no-any-return]
+        return self._commit(db, self._plan_place_hold(**request), group=request["account_id"])  # type: ignore[no-any-return]
 
     def commit_capture_hold(self, db: Database, account_id: str | None = None, **request: Any) -> HoldView:
         """``capture_hold`` in a transaction of its own, committed before it returns.
