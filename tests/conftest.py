@@ -7,6 +7,7 @@ a manual clock, and the ledger invariants verified once more when the session en
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import tempfile
@@ -28,6 +29,10 @@ IS_POSTGRES = BASE_URL.startswith("postgresql")
 REQUIRE_POSTGRES = os.environ.get("CHRONOTE_REQUIRE_POSTGRES") == "1"
 
 
+# Two checkouts testing against one PostgreSQL server at once must not drop each other's databases.
+CHECKOUT_TAG = hashlib.sha1(str(Path(__file__).resolve().parent).encode()).hexdigest()[:6]
+
+
 def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
@@ -35,7 +40,7 @@ def _worker() -> str:
 def create_database(suffix: str) -> str:
     """A new empty database for this test process; returns its URL."""
     if IS_POSTGRES:
-        return recreate_postgres_database(BASE_URL, f"chronote_test_{_worker()}_{suffix}".lower())
+        return recreate_postgres_database(BASE_URL, f"chronote_test_{CHECKOUT_TAG}_{_worker()}_{suffix}".lower())
     directory = Path(tempfile.mkdtemp(prefix=f"chronote-{_worker()}-"))
     return f"sqlite:///{directory / (suffix + '.db')}"
 
