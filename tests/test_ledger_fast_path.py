@@ -193,6 +193,14 @@ OPS = st.one_of(
     st.tuples(st.just("debit"), AMOUNTS, st.booleans()),
     st.tuples(st.just("hold"), AMOUNTS, st.booleans(), st.sampled_from([5, 45, 240]), st.booleans()),
     st.tuples(st.just("capture"), st.integers(0, 9), st.integers(0, 7_000)),
+    st.tuples(
+        st.just("extend"),
+        st.integers(0, 9),
+        st.sampled_from([0, 500, 3_000, 9_000]),
+        st.booleans(),
+        st.sampled_from([None, 10, 60]),
+        st.booleans(),
+    ),
     st.tuples(st.just("release"), st.integers(0, 9)),
     st.tuples(st.just("freeze"), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("retry"), st.integers(0, 30), st.booleans()),
@@ -360,6 +368,18 @@ def _kwargs(
             "metadata": {"meeting": step},
             "cap": CapSpec(twin.cap_id, 9_000) if capped else None,
         }
+    if kind == "extend":
+        if not twin.holds:
+            return None
+        _, index, amount, partial, minutes, capped = op
+        return "extend_hold", {
+            "hold_id": twin.holds[index % len(twin.holds)],
+            "idempotency_key": key,
+            "amount": amount,
+            "expires_at": None if minutes is None else now + timedelta(minutes=minutes),
+            "allow_partial": partial,
+            "cap_limit": 9_000 if capped else None,
+        }
     if kind in ("capture", "release"):
         if not twin.holds:
             return None
@@ -500,3 +520,36 @@ def test_autocommit_connections_can_be_opened_ahead_of_concurrent_callers(db: Da
     assert stats["pool_available"] >= 3  # open, idle and back in the pool: three callers find one each
     pid = ServerStatement("backend_pid", "SELECT pg_backend_pid()")
     assert db.run_autocommit(pid, []) is not None
+
+
+def test_extending_a_hold_is_one_function_call_in_the_common_case(db: Database) -> None:
+    """The extension's function answers the common case itself (not the Python path)."""
+    clock = ManualClock()
+    ledger = LedgerService(clock)
+    account, _ = _open(db, clock, {"amount": 10_000})
+    hold = db.write(
+        lambda s: ledger.place_hold(
+            s,
+            account_id=account,
+            amount=2_000,
+            expires_at=clock.now() + timedelta(minutes=30),
+            idempotency_key="h",
+        )
+    )
+    later = clock.now() + timedelta(hours=1)
+    write = ledger.plan_extend_hold(hold_id=hold.id, idempotency_key="e", amount=3_000, expires_at=later)
+
+    def extend(session: Any) -> Any:
+        return (
+            session.connection().exec_driver_sql(_FUNCTION_SQL[write.function], write.driver_args()).scalar()
+        )
+
+    done = db.write(extend)
+    assert done is not None and done["amount_held"] == 5_000 and done["partial"] is False
+    assert db.write(extend) == done  # the same key and request: the first result
+    again = db.write(
+        lambda s: ledger.extend_hold(s, hold_id=hold.id, idempotency_key="e", amount=3_000, expires_at=later)
+    )
+    assert again.amount_held == 5_000 and again.expires_at == later
+    assert db.read(lambda s: ledger.balance(s, account)).held == 5_000
+    assert db.read(lambda s: verify(s, first_only=False)) == []

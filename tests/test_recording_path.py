@@ -221,6 +221,7 @@ def test_any_key_and_meeting_id_a_client_may_send_works_everywhere(c, client):  
     rec = ada.start(10, meeting_id=meeting)
     extended = ada.call("POST", f"/v1/recordings/{rec['id']}/extend", {"additional_minutes": 5}, key=longest)
     assert extended.status_code == 200 and extended.json()["approved_minutes"] == 15
+    assert extended.json()["partial"] is False
     assert (
         ada.call("POST", f"/v1/recordings/{rec['id']}/extend", {"additional_minutes": 5}, key=longest).json()
         == extended.json()

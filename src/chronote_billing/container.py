@@ -15,6 +15,7 @@ from chronote_billing.ledger.service import LedgerService
 from chronote_billing.notifications.service import NotificationService
 from chronote_billing.orgs.service import OrgService
 from chronote_billing.stripe_sync.service import BillingService
+from chronote_billing.usage.fast_path import CommittedWrites
 from chronote_billing.usage.service import UsageService
 
 
@@ -57,3 +58,8 @@ class Container:
     @cached_property
     def notifications(self) -> NotificationService:
         return NotificationService(self.clock, self.ledger)
+
+    @cached_property
+    def usage_writes(self) -> CommittedWrites:
+        """The recording path's writes, each a transaction of its own (what the API calls)."""
+        return CommittedWrites(self.db, self.usage.recordings, self.usage.events)

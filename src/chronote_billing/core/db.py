@@ -8,6 +8,7 @@ serialization failures a bounded number of times.
 
 from __future__ import annotations
 
+import json
 import random
 import select
 import threading
@@ -25,6 +26,7 @@ import structlog
 from psycopg import Connection as PgConnection
 from psycopg import errors, pq
 from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -503,3 +505,25 @@ def get_database() -> Database:
 def set_database(db: Database | None) -> None:
     global _default
     _default = db
+
+
+def json_argument(value: Any) -> str:
+    """A JSON argument's text; a result document (a view) is serialized by pydantic in one step."""
+    return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
+
+
+def text_argument(value: Any, sql_type: str) -> str | None:
+    """An argument as PostgreSQL's text input for ``sql_type``, for statements run by name."""
+    if value is None:
+        return None
+    if sql_type in ("jsonb", "json"):
+        return json_argument(value)
+    if sql_type == "boolean":
+        return "true" if value else "false"
+    if sql_type == "timestamptz":
+        return str(as_utc(value).isoformat())
+    if sql_type == "text[]":
+        return (
+            "{" + ",".join('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in value) + "}"
+        )
+    return str(value)

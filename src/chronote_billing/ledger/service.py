@@ -13,19 +13,17 @@ A validation failure raises before anything is written.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import Connection, bindparam, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import Clock, as_utc, month_key, system_clock
-from chronote_billing.core.db import Database, ServerStatement
+from chronote_billing.core.db import Database, ServerStatement, json_argument, text_argument
 from chronote_billing.core.errors import (
     CapReached,
     Conflict,
@@ -397,7 +395,7 @@ class LedgerService:
     ) -> HoldView:
         return self._run(
             session,
-            self._plan_place_hold(
+            self.plan_place_hold(
                 account_id=account_id,
                 amount=amount,
                 expires_at=expires_at,
@@ -410,7 +408,7 @@ class LedgerService:
             ),
         )
 
-    def _plan_place_hold(
+    def plan_place_hold(
         self,
         *,
         account_id: str,
@@ -540,6 +538,30 @@ class LedgerService:
         cap_limit: int | None = None,
     ) -> HoldView:
         """Reserve ``amount`` more and/or move the expiry later, while the hold is open."""
+        return self._run(
+            session,
+            self.plan_extend_hold(
+                hold_id=hold_id,
+                idempotency_key=idempotency_key,
+                amount=amount,
+                expires_at=expires_at,
+                ttl_seconds=ttl_seconds,
+                allow_partial=allow_partial,
+                cap_limit=cap_limit,
+            ),
+        )
+
+    def plan_extend_hold(
+        self,
+        *,
+        hold_id: str,
+        idempotency_key: str,
+        amount: int = 0,
+        expires_at: datetime | None = None,
+        ttl_seconds: int | None = None,
+        allow_partial: bool = False,
+        cap_limit: int | None = None,
+    ) -> _LedgerWrite:
         now = self.clock.now()
         key = idempotency.check_key(idempotency_key)
         _check_amount(amount, allow_zero=True)
@@ -554,52 +576,65 @@ class LedgerService:
             "allow_partial": allow_partial,
             "cap_limit": cap_limit,
         }
-        wallet, hold = self._lock_hold(session, hold_id)
-        prior = idempotency.lookup(session, f"ledger.hold_extend:{wallet.billing_account_id}", key, params)
-        if prior is not None:
-            return HoldView.model_validate(prior)
-        self._check_open(hold, now, "extend")
-        if new_expiry is not None and new_expiry <= now:
-            raise ValidationFailed("The new expiry must be in the future.", field="expires_at")
-        self._settle_due(session, wallet, now)
 
-        added = 0
-        if amount > 0:
-            lots = self._lots(session, wallet.id, spendable_at=now)
-            cap = CapSpec(hold.cap_id, cap_limit) if hold.cap_id else None
-            added = self._approvable(
-                session, wallet, lots, amount, allow_partial, cap, now, cap_period=hold.cap_period
+        def python(session: Session) -> HoldView:
+            wallet, hold = self._lock_hold(session, hold_id)
+            scope = f"ledger.hold_extend:{wallet.billing_account_id}"
+            prior = idempotency.lookup(session, scope, key, params)
+            if prior is not None:
+                return HoldView.model_validate(prior)
+            self._check_open(hold, now, "extend")
+            if new_expiry is not None and new_expiry <= now:
+                raise ValidationFailed("The new expiry must be in the future.", field="expires_at")
+            self._settle_due(session, wallet, now)
+
+            added = 0
+            if amount > 0:
+                lots = self._lots(session, wallet.id, spendable_at=now)
+                cap = CapSpec(hold.cap_id, cap_limit) if hold.cap_id else None
+                added = self._approvable(
+                    session, wallet, lots, amount, allow_partial, cap, now, cap_period=hold.cap_period
+                )
+                draws, transfers = self._reserve(
+                    wallet, lots, added, hold_id, "hold_extend", hold.reason or "hold extended", now
+                )
+                self._insert_transfers(session, transfers)
+                self._save_lots(session, [lot for lot, _ in draws])
+                if hold.cap_id and hold.cap_period:
+                    self._bump_cap(session, hold.cap_id, hold.cap_period, held=added)
+            expires = max(hold.expires_at, new_expiry) if new_expiry else hold.expires_at
+            _conn(session).execute(
+                update(Hold)
+                .where(Hold.id == hold_id)
+                .values(
+                    amount_held=hold.amount_held + added,
+                    amount_requested=hold.amount_requested + amount,
+                    expires_at=expires,
+                )
             )
-            draws, transfers = self._reserve(
-                wallet, lots, added, hold_id, "hold_extend", hold.reason or "hold extended", now
-            )
-            self._insert_transfers(session, transfers)
-            self._save_lots(session, [lot for lot, _ in draws])
-            if hold.cap_id and hold.cap_period:
-                self._bump_cap(session, hold.cap_id, hold.cap_period, held=added)
-        expires = max(hold.expires_at, new_expiry) if new_expiry else hold.expires_at
-        _conn(session).execute(
-            update(Hold)
-            .where(Hold.id == hold_id)
-            .values(
-                amount_held=hold.amount_held + added,
-                amount_requested=hold.amount_requested + amount,
-                expires_at=expires,
-            )
+            wallet.next_due_at = _earliest(wallet.next_due_at, expires)
+            self._save_wallet(session, wallet)
+            view = self._hold_view(session, hold_id)
+            view.partial = added < amount
+            idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
+            return view
+
+        return _LedgerWrite(
+            "ledger_try_extend_hold",
+            dict(
+                hold_id=hold_id,
+                amount=amount,
+                expires_at=new_expiry,
+                allow_partial=allow_partial,
+                cap_limit=cap_limit,
+                now=now,
+                scope_prefix="ledger.hold_extend:",
+                key=key,
+                hash=idempotency.request_fingerprint(params),
+            ),
+            HoldView,
+            python,
         )
-        wallet.next_due_at = _earliest(wallet.next_due_at, expires)
-        self._save_wallet(session, wallet)
-        view = self._hold_view(session, hold_id)
-        view.partial = added < amount
-        idempotency.remember(
-            session,
-            f"ledger.hold_extend:{wallet.billing_account_id}",
-            key,
-            params,
-            view.model_dump(mode="json"),
-            now,
-        )
-        return view
 
     def capture_hold(
         self, session: Session, *, hold_id: str, amount: int, idempotency_key: str, reason: str | None = None
@@ -607,12 +642,12 @@ class LedgerService:
         """Charge ``amount`` (at most what is held) and return the rest, in one step."""
         return self._run(
             session,
-            self._plan_capture_hold(
+            self.plan_capture_hold(
                 hold_id=hold_id, amount=amount, idempotency_key=idempotency_key, reason=reason
             ),
         )
 
-    def _plan_capture_hold(
+    def plan_capture_hold(
         self, *, hold_id: str, amount: int, idempotency_key: str, reason: str | None = None
     ) -> _LedgerWrite:
         now = self.clock.now()
@@ -709,7 +744,7 @@ class LedgerService:
         """Charge at once (a metered event): all or nothing."""
         return self._run(
             session,
-            self._plan_debit(
+            self.plan_debit(
                 account_id=account_id,
                 amount=amount,
                 idempotency_key=idempotency_key,
@@ -719,7 +754,7 @@ class LedgerService:
             ),
         )
 
-    def _plan_debit(
+    def plan_debit(
         self,
         *,
         account_id: str,
@@ -856,14 +891,16 @@ class LedgerService:
     def balance(self, session: Session, account_id: str) -> BalanceView:
         return self._balance(session, account_id)[0]
 
-    def spendable(self, session: Session, account_id: str) -> tuple[int, bool]:
-        """What the wallet can spend now, and whether an expired hold or grant waits to be
-        settled (decision 0015): the facts a payer decision needs of a wallet."""
-        view, next_due_at = self._balance(session, account_id)
+    def spendable(self, session: Session, account_id: str, at: datetime | None = None) -> tuple[int, bool]:
+        """What the wallet can spend at ``at`` (now), and whether an expired hold or grant waits
+        to be settled (decision 0015): the facts a payer decision needs of a wallet."""
+        view, next_due_at = self._balance(session, account_id, at)
         return view.available, next_due_at is not None and next_due_at <= view.as_of
 
-    def _balance(self, session: Session, account_id: str) -> tuple[BalanceView, datetime | None]:
-        now = self.clock.now()
+    def _balance(
+        self, session: Session, account_id: str, at: datetime | None = None
+    ) -> tuple[BalanceView, datetime | None]:
+        now = at or self.clock.now()
         # The wallet's counters and its active grants in one statement (one round trip).
         rows = _conn(session).execute(_BALANCE_QUERY, {"account_id": account_id}).all()
         if not rows:
@@ -981,7 +1018,7 @@ class LedgerService:
 
     def commit_place_hold(self, db: Database, **request: Any) -> HoldView:
         """``place_hold`` in a transaction of its own, committed before it returns."""
-        return self._commit(db, self._plan_place_hold(**request), group=request["account_id"])  # type: ignore[no-any-return]
+        return self._commit(db, self.plan_place_hold(**request), group=request["account_id"])  # type: ignore[no-any-return]
 
     def commit_capture_hold(self, db: Database, account_id: str | None = None, **request: Any) -> HoldView:
         """``capture_hold`` in a transaction of its own, committed before it returns.
@@ -990,11 +1027,11 @@ class LedgerService:
         shares a commit with concurrent writes to that account. Without it the capture commits
         alone; a wrong one only costs that sharing, since the hold decides the wallet.
         """
-        return self._commit(db, self._plan_capture_hold(**request), group=account_id)  # type: ignore[no-any-return]
+        return self._commit(db, self.plan_capture_hold(**request), group=account_id)  # type: ignore[no-any-return]
 
     def commit_debit(self, db: Database, **request: Any) -> DebitView:
         """``debit`` in a transaction of its own, committed before it returns."""
-        return self._commit(db, self._plan_debit(**request), group=request["account_id"])  # type: ignore[no-any-return]
+        return self._commit(db, self.plan_debit(**request), group=request["account_id"])  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ internals
 
@@ -1572,6 +1609,17 @@ _FUNCTION_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
         ("metadata", "jsonb"),
         ("transfer_reason", "text"),
     ),
+    "ledger_try_extend_hold": (
+        ("hold_id", "text"),
+        ("amount", "bigint"),
+        ("expires_at", "timestamptz"),
+        ("allow_partial", "boolean"),
+        ("cap_limit", "bigint"),
+        ("now", "timestamptz"),
+        ("scope_prefix", "text"),
+        ("key", "text"),
+        ("hash", "text"),
+    ),
     "ledger_try_capture_hold": (
         ("hold_id", "text"),
         ("amount", "bigint"),
@@ -1609,13 +1657,13 @@ class _LedgerWrite:
 
     def driver_args(self) -> dict[str, Any]:
         return {
-            name: _as_json(self.args[name]) if sql_type == "jsonb" else self.args[name]
+            name: json_argument(self.args[name]) if sql_type == "jsonb" else self.args[name]
             for name, sql_type in _FUNCTION_ARGS[self.function]
         }
 
     def text_args(self) -> list[str | None]:
         """The arguments in order, as PostgreSQL's text input for their types."""
-        return [_as_text(self.args[name], sql_type) for name, sql_type in _FUNCTION_ARGS[self.function]]
+        return [text_argument(self.args[name], sql_type) for name, sql_type in _FUNCTION_ARGS[self.function]]
 
 
 def _expiry(
@@ -1631,23 +1679,6 @@ def _expiry(
         return None, {}
     expires = as_utc(expires_at)
     return expires, {"expires_at": expires.isoformat()}
-
-
-def _as_json(value: Any) -> str:
-    # A result document (a view) is serialized by pydantic directly: one step, not two.
-    return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
-
-
-def _as_text(value: Any, sql_type: str) -> str | None:
-    if value is None:
-        return None
-    if sql_type == "jsonb":
-        return _as_json(value)
-    if sql_type == "boolean":
-        return "true" if value else "false"
-    if sql_type == "timestamptz":
-        return str(as_utc(value).isoformat())
-    return str(value)
 
 
 def _draw(lots: list[_Lot], amount: int) -> list[tuple[_Lot, int]]:

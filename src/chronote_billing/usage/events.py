@@ -4,6 +4,9 @@ idempotent by event id per requester, paid by the chain of the context where the
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy.orm import Session
 
 from chronote_billing.core import idempotency
@@ -40,8 +43,20 @@ class EventService:
         ask = event_ask(req, rate)
         record_id = new_id("use")
         approval, debit = self._debit(session, req, ask, record_id, f"{scope}:{req.event_id}")
-        records.insert_record(
-            session,
+        records.insert_record(session, self.event_values(req, approval, record_id, debit.id, now))
+        attempts = payer_attempts(approval.attempts)
+        r.emit_caps_reached(session, attempts)
+        r.notifications.after_balance_change(session, debit.account_id)
+        view = records.view_of(session, self.ledger, records.record(session, record_id), attempts)
+        idempotency.remember(
+            session, scope, req.event_id, params, view.model_dump(mode="json"), now, record_id
+        )
+        return view
+
+    def event_values(
+        self, req: EventRequest, approval: Approval, record_id: str, debit_id: str, now: datetime
+    ) -> dict[str, Any]:
+        return records.record_values(
             record_id=record_id,
             kind="event",
             status="charged",
@@ -56,18 +71,25 @@ class EventService:
             requested_minutes=0,
             requested=approval.amount,
             hold_id=None,
-            debit_id=debit.id,
-            rate_card_version=rate.version,
+            debit_id=debit_id,
+            rate_card_version=self.recordings.catalog.rate_card.version,
             now=now,
         )
-        attempts = payer_attempts(approval.attempts)
-        r.emit_caps_reached(session, attempts)
-        r.notifications.after_balance_change(session, debit.account_id)
-        view = records.view_of(session, self.ledger, records.record(session, record_id), attempts)
-        idempotency.remember(
-            session, scope, req.event_id, params, view.model_dump(mode="json"), now, record_id
+
+    def debit_request(
+        self, req: EventRequest, verdict: Approval, record_id: str, account_id: str
+    ) -> dict[str, Any]:
+        """The ledger debit an event makes on the decided payer."""
+        auth = verdict.payer.authorization
+        what = EVENT_LABELS[req.event_type]
+        return dict(
+            account_id=account_id,
+            amount=verdict.amount,
+            idempotency_key=idempotency.compose_key("usage", record_id, "debit"),
+            reason=charge_reason(what, None, verdict.statement_reason),
+            metadata=self.recordings.charge_metadata(req, verdict, record_id, what),
+            cap=CapSpec(auth.id, auth.monthly_cap) if auth else None,
         )
-        return view
 
     def _debit(
         self, session: Session, req: EventRequest, ask: Ask, record_id: str, dedupe: str
@@ -75,7 +97,6 @@ class EventService:
         r = self.recordings
         now = r.clock.now()
         where = facts.Where(req.context, req.user_id, req.guild_id, req.meeting_id, event_type=req.event_type)
-        what = EVENT_LABELS[req.event_type]
         refusal: InsufficientCredits | CapReached | None = None
         for _ in range(DECIDE_ATTEMPTS):
             gathered = facts.gather(session, self.ledger, where, now)
@@ -83,18 +104,8 @@ class EventService:
             if isinstance(verdict, Decline):
                 raise r.declined(verdict, req, dedupe, req.event_type, None)
             account_id = r.payer_account(session, verdict, now)
-            auth = verdict.payer.authorization
-            metadata = r.charge_metadata(req, verdict, record_id, what)
             try:
-                debit = self.ledger.debit(
-                    session,
-                    account_id=account_id,
-                    amount=verdict.amount,
-                    idempotency_key=idempotency.compose_key("usage", record_id, "debit"),
-                    reason=charge_reason(what, None, verdict.statement_reason),
-                    metadata=metadata,
-                    cap=CapSpec(auth.id, auth.monthly_cap) if auth else None,
-                )
+                debit = self.ledger.debit(session, **self.debit_request(req, verdict, record_id, account_id))
             except (InsufficientCredits, CapReached) as exc:
                 refusal = exc
                 continue

@@ -102,7 +102,6 @@ class Gathered:
 
 def gather_raw(session: Session, ledger: LedgerService, where: Where, now: datetime) -> dict[str, Any]:
     """The raw facts document, read with ORM queries (the Python twin of ``usage_facts``)."""
-    period = month_key(now)
     account = session.execute(
         select(BillingAccount).where(
             BillingAccount.kind == str(where.requester_kind), BillingAccount.owner_ref == where.requester_ref
@@ -136,7 +135,7 @@ def gather_raw(session: Session, ledger: LedgerService, where: Where, now: datet
             )
         name = account.display_name if account else f"Server {where.requester_ref}"
         if auth is not None:
-            raw["authorizations"] = [_raw_authorization(session, ledger, auth, name, None, period)]
+            raw["authorizations"] = [_raw_authorization(session, ledger, auth, name, None, now)]
     elif where.user_id is not None:
         rows = session.execute(
             select(SpendAuthorization, OrgMember.role)
@@ -152,9 +151,7 @@ def gather_raw(session: Session, ledger: LedgerService, where: Where, now: datet
         ).all()
         person = session.get(Person, where.user_id)
         name = person.display_name if person else where.user_id
-        raw["authorizations"] = [
-            _raw_authorization(session, ledger, a, name, role, period) for a, role in rows
-        ]
+        raw["authorizations"] = [_raw_authorization(session, ledger, a, name, role, now) for a, role in rows]
         pref = session.get(FundingPreference, where.user_id)
         raw["preferred_order"] = list(pref.source_order) if pref else []
     if where.meeting_id:
@@ -188,7 +185,7 @@ def _raw_account(
             ComplimentaryPlan.account_id == account.id, ComplimentaryPlan.starts_at <= now
         )
     ).scalars()
-    available, due = ledger.spendable(session, account.id)
+    available, due = ledger.spendable(session, account.id, now)
     allowances = session.execute(
         select(Grant.cause_type, Grant.cause_id).where(
             Grant.billing_account_id == account.id,
@@ -246,12 +243,13 @@ def _raw_authorization(
     auth: SpendAuthorization,
     subject_name: str,
     role: str | None,
-    period: str,
+    now: datetime,
 ) -> dict[str, Any]:
+    period = month_key(now)
     org = session.get(Organization, auth.org_id)
     assert org is not None
     usage = session.get(CapUsage, (auth.id, period))
-    available, due = ledger.spendable(session, org.billing_account_id)
+    available, due = ledger.spendable(session, org.billing_account_id, now)
     return {
         "id": auth.id,
         "org_id": org.id,

@@ -138,8 +138,19 @@ class RecordingService:
         ask = recording_ask(req, self.catalog.rate_card)
         record_id = new_id("rec")
         approval, hold = self._place_hold(session, req, ask, record_id, f"{scope}:{key}", now)
-        records.insert_record(
-            session,
+        records.insert_record(session, self.start_values(req, ask, approval, record_id, hold.id, now))
+        if req.meeting_id:
+            records.attribute_meeting(session, self.attribution_values(req, approval, record_id, now))
+        attempts = payer_attempts(approval.attempts)
+        self.emit_caps_reached(session, attempts)
+        view = records.view_of(session, self.ledger, records.record(session, record_id), attempts)
+        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now, record_id)
+        return view
+
+    def start_values(
+        self, req: UsageRequest, ask: Ask, approval: Approval, record_id: str, hold_id: str, now: datetime
+    ) -> dict[str, Any]:
+        return records.record_values(
             record_id=record_id,
             kind="upload" if req.capture_source == "upload" else "recording",
             status="open",
@@ -153,54 +164,59 @@ class RecordingService:
             meeting_id=req.meeting_id,
             requested_minutes=ask.minutes,
             requested=ask.minutes * self.unit,
-            hold_id=hold.id,
+            hold_id=hold_id,
             debit_id=None,
             rate_card_version=self.catalog.rate_card.version,
             now=now,
         )
-        if req.meeting_id:
-            records.attribute_meeting(
-                session,
-                meeting_id=req.meeting_id,
-                owner_user_id=req.user_id,
-                context=req.context,
-                guild_id=req.guild_id,
-                capture_source=req.capture_source,
-                approval=approval,
-                record_id=record_id,
-                now=now,
-            )
-        attempts = payer_attempts(approval.attempts)
-        self.emit_caps_reached(session, attempts)
-        view = records.view_of(session, self.ledger, records.record(session, record_id), attempts)
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now, record_id)
-        return view
+
+    @staticmethod
+    def attribution_values(
+        req: UsageRequest, approval: Approval, record_id: str, now: datetime
+    ) -> dict[str, Any]:
+        assert req.meeting_id is not None
+        return records.attribution_values(
+            meeting_id=req.meeting_id,
+            owner_user_id=req.user_id,
+            context=req.context,
+            guild_id=req.guild_id,
+            capture_source=req.capture_source,
+            approval=approval,
+            record_id=record_id,
+            now=now,
+        )
+
+    def hold_request(
+        self, req: UsageRequest, verdict: Approval, record_id: str, account_id: str, now: datetime
+    ) -> dict[str, Any]:
+        """The ledger hold a start places for the decided payer and amount."""
+        payer = verdict.payer
+        auth = payer.authorization
+        what = SOURCE_LABELS.get(req.capture_source, "Usage")
+        return dict(
+            account_id=account_id,
+            amount=verdict.amount,
+            expires_at=now + timedelta(minutes=payer.max_minutes + self.catalog.rate_card.hold_grace_minutes),
+            idempotency_key=idempotency.compose_key("usage", record_id, "hold"),
+            reason=f"{what}, {verdict.minutes} min · {verdict.statement_reason}",
+            metadata=self.charge_metadata(req, verdict, record_id, what),
+            cap=CapSpec(auth.id, auth.monthly_cap) if auth else None,
+        )
 
     def _place_hold(
         self, session: Session, req: UsageRequest, ask: Ask, record_id: str, dedupe: str, now: datetime
     ) -> tuple[Approval, HoldView]:
         where = _where(req)
-        what = SOURCE_LABELS.get(req.capture_source, "Usage")
         refusal: InsufficientCredits | CapReached | None = None
         for _ in range(DECIDE_ATTEMPTS):
             gathered = facts.gather(session, self.ledger, where, now)
             verdict = decide(ask, payer_chain(ask, gathered.snapshot), self.unit)
             if isinstance(verdict, Decline):
                 raise self.declined(verdict, req, dedupe, "recording", ask.minutes)
-            payer = verdict.payer
             account_id = self.payer_account(session, verdict, now)
-            auth = payer.authorization
             try:
                 hold = self.ledger.place_hold(
-                    session,
-                    account_id=account_id,
-                    amount=verdict.amount,
-                    expires_at=now
-                    + timedelta(minutes=payer.max_minutes + self.catalog.rate_card.hold_grace_minutes),
-                    idempotency_key=idempotency.compose_key("usage", record_id, "hold"),
-                    reason=f"{what}, {verdict.minutes} min · {verdict.statement_reason}",
-                    metadata=self.charge_metadata(req, verdict, record_id, what),
-                    cap=CapSpec(auth.id, auth.monthly_cap) if auth else None,
+                    session, **self.hold_request(req, verdict, record_id, account_id, now)
                 )
             except (InsufficientCredits, CapReached) as exc:
                 refusal = exc  # the facts were stale: another write took the credits; gather again
@@ -292,6 +308,8 @@ class RecordingService:
             raise self._extension_declined(
                 rec, auth.id if auth else None, payer, exc, f"{scope}:{key}"
             ) from exc
+        # Before the update: the session brings ``rec`` up to date with it.
+        added = extended.amount_held - rec.held
         records.update_record(
             session,
             rec.id,
@@ -300,7 +318,6 @@ class RecordingService:
             requested_minutes=rec.requested_minutes + minutes,
             requested=rec.requested + minutes * self.unit,
         )
-        added = extended.amount_held - rec.held
         view = records.view_of(
             session, self.ledger, records.record(session, rec.id), partial=added < minutes * self.unit
         )

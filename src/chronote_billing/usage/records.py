@@ -18,8 +18,7 @@ from .models import MeetingAttribution, UsageRecord
 from .schemas import PayerAttempt, RecordingView
 
 
-def insert_record(
-    session: Session,
+def record_values(
     *,
     record_id: str,
     kind: str,
@@ -38,46 +37,48 @@ def insert_record(
     debit_id: str | None,
     rate_card_version: str,
     now: datetime,
-) -> None:
+) -> dict[str, Any]:
+    """A new usage record's columns: the decision made for it, written once."""
     payer = approval.payer
     auth = payer.authorization
     assert payer.account.id is not None
-    session.execute(
-        insert(UsageRecord).values(
-            id=record_id,
-            kind=kind,
-            status=status,
-            payer_account_id=payer.account.id,
-            payer_kind=payer.account.kind,
-            authorization_id=auth.id if auth else None,
-            hold_id=hold_id,
-            debit_id=debit_id,
-            context=context,
-            capture_source=capture_source,
-            event_type=event_type,
-            event_id=event_id,
-            user_id=user_id,
-            guild_id=guild_id,
-            meeting_id=meeting_id,
-            reason=approval.reason,
-            requested_minutes=requested_minutes,
-            approved_minutes=approval.minutes,
-            max_minutes=payer.max_minutes if kind != "event" else 0,
-            requested=requested,
-            held=approval.amount if hold_id else 0,
-            charged=approval.amount if debit_id else 0,
-            shortfall=0,
-            seconds_by_source=None,
-            wall_clock_seconds=None,
-            rate_card_version=rate_card_version,
-            created_at=now,
-            finished_at=now if debit_id else None,
-        )
-    )
+    return {
+        "id": record_id,
+        "kind": kind,
+        "status": status,
+        "payer_account_id": payer.account.id,
+        "payer_kind": payer.account.kind,
+        "authorization_id": auth.id if auth else None,
+        "hold_id": hold_id,
+        "debit_id": debit_id,
+        "context": context,
+        "capture_source": capture_source,
+        "event_type": event_type,
+        "event_id": event_id,
+        "user_id": user_id,
+        "guild_id": guild_id,
+        "meeting_id": meeting_id,
+        "reason": approval.reason,
+        "requested_minutes": requested_minutes,
+        "approved_minutes": approval.minutes,
+        "max_minutes": payer.max_minutes if kind != "event" else 0,
+        "requested": requested,
+        "held": approval.amount if hold_id else 0,
+        "charged": approval.amount if debit_id else 0,
+        "shortfall": 0,
+        "seconds_by_source": None,
+        "wall_clock_seconds": None,
+        "rate_card_version": rate_card_version,
+        "created_at": now,
+        "finished_at": now if debit_id else None,
+    }
 
 
-def attribute_meeting(
-    session: Session,
+def insert_record(session: Session, values: dict[str, Any]) -> None:
+    session.execute(insert(UsageRecord).values(**values))
+
+
+def attribution_values(
     *,
     meeting_id: str,
     owner_user_id: str | None,
@@ -87,25 +88,26 @@ def attribute_meeting(
     approval: Approval,
     record_id: str,
     now: datetime,
-) -> None:
-    """The meeting's first recording decides who paid for it, forever."""
-    if session.get(MeetingAttribution, meeting_id) is not None:
-        return
+) -> dict[str, Any]:
     payer = approval.payer
-    session.execute(
-        insert(MeetingAttribution).values(
-            meeting_id=meeting_id,
-            owner_user_id=owner_user_id,
-            context=context,
-            guild_id=guild_id,
-            capture_source=capture_source,
-            payer_account_id=payer.account.id,
-            authorization_id=payer.authorization.id if payer.authorization else None,
-            usage_record_id=record_id,
-            reason=approval.reason,
-            created_at=now,
-        )
-    )
+    return {
+        "meeting_id": meeting_id,
+        "owner_user_id": owner_user_id,
+        "context": context,
+        "guild_id": guild_id,
+        "capture_source": capture_source,
+        "payer_account_id": payer.account.id,
+        "authorization_id": payer.authorization.id if payer.authorization else None,
+        "usage_record_id": record_id,
+        "reason": approval.reason,
+        "created_at": now,
+    }
+
+
+def attribute_meeting(session: Session, values: dict[str, Any]) -> None:
+    """The meeting's first recording decides who paid for it, forever."""
+    if session.get(MeetingAttribution, values["meeting_id"]) is None:
+        session.execute(insert(MeetingAttribution).values(**values))
 
 
 def lock_record(session: Session, recording_id: str) -> UsageRecord:
@@ -154,42 +156,24 @@ def view_of(
     attempts: list[PayerAttempt] | None = None,
     partial: bool | None = None,
 ) -> RecordingView:
-    """A recording as the API shows it. ``partial`` defaults to approved below requested; an
-    extension reports whether it got less than it asked for."""
+    """A recording as the API shows it, read back from its row."""
     expires = None
     if rec.hold_id and rec.status == "open":
         expires = ledger.get_hold(session, rec.hold_id).expires_at
-    return RecordingView(
-        id=rec.id,
-        kind=rec.kind,
-        status=rec.status,
-        payer_account_id=rec.payer_account_id,
-        payer_kind=rec.payer_kind,
-        authorization_id=rec.authorization_id,
-        reason=rec.reason,
-        context=rec.context,
-        capture_source=rec.capture_source,
-        event_type=rec.event_type,
-        event_id=rec.event_id,
-        user_id=rec.user_id,
-        guild_id=rec.guild_id,
-        meeting_id=rec.meeting_id,
-        requested_minutes=rec.requested_minutes,
-        approved_minutes=rec.approved_minutes,
-        max_minutes=rec.max_minutes,
-        partial=(rec.kind != "event" and rec.approved_minutes < rec.requested_minutes)
-        if partial is None
-        else partial,
-        held=rec.held,
-        charged=rec.charged,
-        shortfall=rec.shortfall,
-        hold_id=rec.hold_id,
-        debit_id=rec.debit_id,
-        hold_expires_at=expires,
-        seconds_by_source=rec.seconds_by_source,
-        wall_clock_seconds=rec.wall_clock_seconds,
-        rate_card_version=rec.rate_card_version,
-        created_at=rec.created_at,
-        finished_at=rec.finished_at,
-        attempts=attempts or [],
-    )
+    values = {c.name: getattr(rec, c.key) for c in UsageRecord.__table__.columns}
+    return view_from(values, expires, attempts, partial)
+
+
+def view_from(
+    values: dict[str, Any],
+    hold_expires_at: datetime | None,
+    attempts: list[PayerAttempt] | None = None,
+    partial: bool | None = None,
+) -> RecordingView:
+    """A recording as the API shows it (the same document the database's ``usage_view`` builds).
+    ``partial`` defaults to approved below requested; an extension reports whether it got less
+    than it asked for."""
+    if partial is None:
+        partial = values["kind"] != "event" and values["approved_minutes"] < values["requested_minutes"]
+    fields = {k: v for k, v in values.items() if k in RecordingView.model_fields}
+    return RecordingView(**fields, partial=partial, hold_expires_at=hold_expires_at, attempts=attempts or [])

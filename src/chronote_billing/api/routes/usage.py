@@ -25,7 +25,6 @@ from chronote_billing.usage.schemas import (
     UsageReport,
     UsageRequest,
 )
-from chronote_billing.usage.service import write_or_record_decline
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -117,9 +116,7 @@ def start_recording(
     body: RecordingStart, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> RecordingView:
     req = _usage_request(body, principal)
-    return write_or_record_decline(
-        container.db, container.usage, lambda s: container.usage.start_recording(s, req, key)
-    )
+    return container.usage_writes.start(req, key)
 
 
 @router.get("/recordings/{recording_id}", response_model=RecordingView, summary="A recording and its payer")
@@ -141,12 +138,8 @@ def extend_recording(
     key: IdempotencyKeyDep,
 ) -> RecordingView:
     _require_recording_scope(principal, "holds:write")
-    return write_or_record_decline(
-        container.db,
-        container.usage,
-        lambda s: container.usage.extend_recording(
-            s, principal, recording_id, body.additional_minutes, key, body.allow_partial
-        ),
+    return container.usage_writes.extend(
+        principal, recording_id, body.additional_minutes, key, body.allow_partial
     )
 
 
@@ -163,9 +156,7 @@ def finish_recording(
     key: IdempotencyKeyDep,
 ) -> RecordingView:
     _require_recording_scope(principal, "holds:write")
-    return container.db.write(
-        lambda s: container.usage.finish_recording(s, principal, recording_id, body.seconds_by_source, key)
-    )
+    return container.usage_writes.finish(principal, recording_id, body.seconds_by_source, key)
 
 
 @router.post(
@@ -199,9 +190,7 @@ def fail_recording(
 def charge_event(body: MeteredEvent, container: ContainerDep, principal: PrincipalDep) -> RecordingView:
     principal.require_scope("usage:write")
     req = EventRequest(user_id=principal.require_user(), **body.model_dump())
-    return write_or_record_decline(
-        container.db, container.usage, lambda s: container.usage.charge_event(s, req)
-    )
+    return container.usage_writes.charge(req)
 
 
 @router.post(
