@@ -2,8 +2,8 @@
 
 The failover test runs it; it can also be run by hand to try the service against a pair:
 
-    python tests/replicated_postgres.py up /tmp/pgpair     # prints the service's database URL
-    python tests/replicated_postgres.py down /tmp/pgpair
+    python tests/replicated_postgres.py up var/pgpair     # prints the service's database URL
+    python tests/replicated_postgres.py down var/pgpair
 
 Both clusters listen on 127.0.0.1 on free ports, with their sockets in the directory. Commits on
 the primary wait until the standby has flushed them (``synchronous_standby_names`` naming the
@@ -135,7 +135,7 @@ class ReplicatedPostgres:
     """A primary and its synchronous standby under ``root``; ``stop()`` removes everything."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="chronote-pgpair-"))
+        self.root = Path(root).resolve() if root else Path(tempfile.mkdtemp(prefix="chronote-pgpair-"))
         self.primary = Node("primary", free_port(), self.root / "primary")
         self.standby = Node("standby", free_port(), self.root / "standby")
 

@@ -345,6 +345,7 @@ class Disturbance:
     answered_503: int  # attempts answered 503
     unanswered: int  # attempts with no answer (refused, dropped, timed out)
     seconds_unavailable: float  # first failed attempt to the first answer after the last one
+    seconds_to_recover: float  # the fault's start to the first answer after the last failure
 
     @property
     def requests_failed(self) -> int:
@@ -355,7 +356,7 @@ def measure(load: Load, label: str, began: float, ended: float) -> Disturbance:
     """The failures clients saw between ``began`` and ``ended`` (monotonic times)."""
     failed = sorted((t, kind) for c in load.clients for t, kind in c.tally.failures if began <= t < ended)
     if not failed:
-        return Disturbance(label, 0, 0, 0.0)
+        return Disturbance(label, 0, 0, 0.0, 0.0)
     last = failed[-1][0]
     answered_after = [t for c in load.clients for t in c.tally.ok_times if last < t < ended]
     back = min(answered_after) if answered_after else last
@@ -364,6 +365,7 @@ def measure(load: Load, label: str, began: float, ended: float) -> Disturbance:
         sum(1 for _, kind in failed if kind == "503"),
         sum(1 for _, kind in failed if kind == "unanswered"),
         round(back - failed[0][0], 2),
+        round(back - began, 2),
     )
 
 

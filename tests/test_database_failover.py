@@ -59,6 +59,7 @@ def test_restart_and_failover_under_load_lose_nothing(pair: ReplicatedPostgres, 
     try:
         with Load(service.base_url, payers) as load:
             load.wait_for_answers(after=0, count=40)
+            time.sleep(1)
 
             began = time.monotonic()
             pair.primary.pg_ctl("restart", "-m", "fast", "-w", "-t", "30")
@@ -66,6 +67,7 @@ def test_restart_and_failover_under_load_lose_nothing(pair: ReplicatedPostgres, 
             disturbances.append(measure(load, "restart", began, time.monotonic()))
             pair.wait_synchronous()
             # Acknowledged before the failover, so the promoted server must have them.
+            time.sleep(1)
             before_failover = len(load.acked())
 
             began = time.monotonic()
