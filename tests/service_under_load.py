@@ -68,6 +68,7 @@ class ServiceProcess:
                 return time.monotonic() - began
             except httpx.TransportError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"the service did not answer within {timeout} s: {self.log_tail()}")
 
     def kill(self) -> None:
