@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -189,14 +188,13 @@ class LoadClient(threading.Thread):
     def _hold_flow(self, http: httpx.Client) -> None:
         base = f"{self.name}-h{self.flows}"
         amount = self.random.randrange(1_000, 5_000)
-        # An absolute expiry, fixed before the first attempt: every retry sends the same body.
-        expires = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0).isoformat()
+        # A TTL, as a client sends it: its retry seconds later must still find the first hold.
         hold = self.send(
             http,
             "hold",
             f"/v1/accounts/{self.payer.account_id}/holds",
             base + "-place",
-            {"amount": amount, "expires_at": expires, "reason": "load"},
+            {"amount": amount, "ttl_seconds": 7200, "reason": "load"},
         )
         if hold is None:
             return
