@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 DEFAULT_SQLITE_PATH = Path("var") / "chronote.db"
 
@@ -19,7 +20,24 @@ def normalize_database_url(url: str) -> str:
         url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
+    return _multi_host_as_query(url)
+
+
+def _multi_host_as_query(url: str) -> str:
+    """libpq's multi-host form, ``postgresql://user@db1:5432,db2:5432/chronote?...`` (a primary
+    and its standbys, decision 0050), in the form SQLAlchemy parses:
+    ``postgresql+psycopg://user@/chronote?host=db1:5432&host=db2:5432&...``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.startswith("postgresql"):
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if "," not in hosts:
+        return url
+    database, question, query = path.partition("?")
+    host_params = "&".join(f"host={quote(host, safe=':[]')}" for host in hosts.split(",") if host)
+    query = host_params + ("&" + query if query else "")
+    return f"{scheme}://{userinfo}{at}/{database}?{query}"
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import psycopg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chronote_billing.core.db import classify_database_failure
 from chronote_billing.core.errors import BillingError
 
 log = structlog.get_logger(__name__)
@@ -88,6 +91,37 @@ def install(app: FastAPI) -> None:
         return problem(
             exc.status_code, code, code.replace("_", " ").capitalize(), str(exc.detail), request.url.path
         )
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(psycopg.Error)
+    async def _database_unavailable(request: Request, exc: Exception) -> HTMLResponse | JSONResponse:
+        """A failover, restart or lock storm answers 503 with Retry-After, never a 500: the
+        client retries the same request with the same key (decision 0050)."""
+        code = classify_database_failure(exc)
+        if code is None:
+            raise exc  # any other database error is unexpected: the handler below answers
+        log.warning(
+            code,
+            path=request.url.path,
+            error=(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300],
+        )
+        headers = {"Retry-After": "1"}
+        if request.url.path.startswith("/portal"):
+            page = "<!doctype html><title>Chronote Billing</title><p>Billing is briefly unavailable; please try again in a few seconds.</p>"
+            return HTMLResponse(page, status_code=503, headers=headers)
+        if code == "database_busy":
+            title, detail = "Database busy", "Too many concurrent changes to the same records."
+        else:
+            title, detail = "Database unavailable", "The database is failing over or restarting."
+        response = problem(
+            503,
+            code,
+            title,
+            detail + " Retry the same request with the same Idempotency-Key after Retry-After seconds.",
+            request.url.path,
+        )
+        response.headers.update(headers)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import structlog
 from psycopg import Connection as PgConnection
 from psycopg import errors, pq
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, MetaData, create_engine, event, text
@@ -94,6 +95,58 @@ def _is_retryable(exc: BaseException) -> bool:
     return False
 
 
+# Failures that mean the server cannot take our writes now (decisions 0050, 0051): it shut down
+# or is starting (57P01-57P03), it is a standby (25006: a server demoted under a connection that
+# was made to a primary), or the connection broke (class 08). An error without a SQLSTATE is
+# the client's own report of a connection that could not be made or was lost mid-statement (a
+# pool that gave no connection in time raises one too).
+_SERVER_LOST_PG_STATES = {"57P01", "57P02", "57P03", "25006"}
+_TOO_MANY_CONNECTIONS = "53300"
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    return exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+
+
+def _server_lost(exc: BaseException) -> bool:
+    """The connection's server is gone, restarting or read-only: connections to it are useless."""
+    orig = _driver_error(exc)
+    if not isinstance(orig, errors.Error):
+        return False
+    state = orig.sqlstate
+    if state is None:
+        # libpq's own reports carry no SQLSTATE; a lost connection's comes as a bare
+        # DatabaseError from a failed result ("server closed the connection unexpectedly").
+        return isinstance(orig, errors.OperationalError) or type(orig) is errors.DatabaseError
+    return state in _SERVER_LOST_PG_STATES or state.startswith("08")
+
+
+def classify_database_failure(exc: BaseException) -> str | None:
+    """``database_unavailable`` when the database cannot take the request now (failover,
+    restart, lost connection, no connection to be had), ``database_busy`` when lock conflicts
+    outlasted their retries, None for any other error. Either code is worth a retry with the
+    same idempotency key (decision 0050)."""
+    if _server_lost(exc):
+        return "database_unavailable"
+    state = getattr(_driver_error(exc), "sqlstate", None)
+    if state == _TOO_MANY_CONNECTIONS:
+        return "database_unavailable"
+    if state in _RETRYABLE_PG_STATES or _is_retryable(exc):
+        return "database_busy"
+    return None
+
+
+def _drop_connections_to_lost_servers(engine: Engine) -> None:
+    """SQLAlchemy discards a connection whose socket broke, with every pooled connection older
+    than it; have it do the same when the server ended the session or turned read-only under an
+    open connection (decision 0051). Runs only when a statement fails: no cost per transaction."""
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if not context.is_disconnect and _server_lost(context.original_exception):
+            context.is_disconnect = True
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -128,7 +181,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # server-side timeouts instead, and a connection that died anyway fails its transaction,
     # which `Database.write` does not retry (the caller's idempotency key makes its retry safe).
     kwargs.setdefault("pool_recycle", 1800)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _drop_connections_to_lost_servers(engine)
+    return engine
 
 
 def recreate_postgres_database(base_url: str, name: str) -> str:
@@ -177,6 +232,10 @@ class Database:
             expire_on_commit=False,
             autoflush=False,
         )
+        # The autocommit pool is replaced after its database was lost (decision 0051); no new one
+        # is tried before this monotonic time.
+        self._autocommit_pool_lock = threading.Lock()
+        self._autocommit_attempt_after = 0.0
 
     @property
     def dialect(self) -> str:
@@ -206,7 +265,8 @@ class Database:
         # Connections of their own, kept in autocommit: nothing to switch on checkout and nothing
         # to roll back on return. psycopg's own pool: taking and returning a connection costs a
         # fraction of what the engine's pool does, on the path where it is paid twice per hold.
-        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conninfo = self._autocommit_conninfo()
+        self._attempt_autocommit_connection(conninfo)
         return ConnectionPool(
             conninfo,
             min_size=1,
@@ -275,6 +335,8 @@ class Database:
                 value = result.get_value(0, 0) if result.ntuples else None
                 return None if value is None else bytes(value).decode()
             except errors.Error as exc:
+                if _server_lost(exc):
+                    self._discard_autocommit_pool(pool, conn)
                 error = DBAPIError.instance(
                     statement.sql, list(args), exc, errors.Error, connection_invalidated=conn.broken
                 )
@@ -359,8 +421,10 @@ class Database:
                 value = result.get_value(0, 0) if result.ntuples else None
                 values_out.append(None if value is None else bytes(value).decode())
             return values_out
-        except Exception:
-            if pgconn.pipeline_status != pq.PipelineStatus.OFF or pgconn.transaction_status not in (
+        except Exception as exc:
+            if _server_lost(exc):
+                self._discard_autocommit_pool(pool, conn)
+            elif pgconn.pipeline_status != pq.PipelineStatus.OFF or pgconn.transaction_status not in (
                 pq.TransactionStatus.IDLE,
                 pq.TransactionStatus.UNKNOWN,
             ):
@@ -368,6 +432,43 @@ class Database:
             raise
         finally:
             pool.putconn(conn)
+
+    # ---------------------------------------------------------------- reconnection (decision 0051)
+
+    # While the database is away, a new autocommit pool is tried at most this often; callers in
+    # between fail at once instead of waiting for a pool that cannot connect.
+    AUTOCOMMIT_REATTEMPT_SECONDS = 0.2
+
+    def _autocommit_conninfo(self) -> str:
+        """libpq's connection string for the engine's URL, every host of a multi-host URL included
+        (the dialect turns SQLAlchemy's ``?host=a:1&host=b:2`` into libpq's ``host=a,b port=1,2``)."""
+        _, params = self.engine.dialect.create_connect_args(self.engine.url)
+        return make_conninfo("", **{k: v for k, v in params.items() if isinstance(v, str | int)})
+
+    def _attempt_autocommit_connection(self, conninfo: str) -> None:
+        """One direct connection before a pool is opened: a pool whose database is away would
+        make every caller wait for its timeout. Raises psycopg's OperationalError when the
+        database cannot be reached, at once when it could not be a moment ago."""
+        with self._autocommit_pool_lock:
+            now = time.monotonic()
+            if now < self._autocommit_attempt_after:
+                raise errors.OperationalError("the database could not be reached a moment ago")
+            self._autocommit_attempt_after = now + self.AUTOCOMMIT_REATTEMPT_SECONDS
+        PgConnection.connect(conninfo, autocommit=True).close()
+        with self._autocommit_pool_lock:
+            self._autocommit_attempt_after = 0.0
+
+    def _discard_autocommit_pool(self, pool: ConnectionPool, conn: PgConnection[Any]) -> None:
+        """``conn`` failed because its server is gone or read-only: so are the pool's other
+        connections. Close it, set the pool aside (closed in the background; connections still
+        out are closed as they come back) and let the next caller open a new one."""
+        conn.close()
+        with self._autocommit_pool_lock:
+            if self.__dict__.get("_autocommit_pool") is not pool:
+                return  # another caller already replaced it
+            del self.__dict__["_autocommit_pool"]
+        log.warning("db.autocommit_pool_discarded", reason="server lost")
+        threading.Thread(target=pool.close, name="chronote-autocommit-close", daemon=True).start()
 
     def read(self, work: Callable[[Session], T]) -> T:
         with self.session(readonly=True) as session:

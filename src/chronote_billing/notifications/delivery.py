@@ -31,6 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from chronote_billing import __version__
+from chronote_billing.core.db import classify_database_failure
 from chronote_billing.core.errors import BillingError, ExternalServiceError
 
 from .models import OutboxEntry
@@ -157,8 +158,11 @@ class DeliveryWorker:
         while not stop_event.is_set():
             try:
                 self.run_once()
-            except Exception:  # a database outage must not kill the worker; try again later
-                log.exception("notification_delivery_pass_failed")
+            except Exception as exc:  # a database outage must not kill the worker; try again later
+                if reason := classify_database_failure(exc):
+                    log.warning("notification_delivery_paused", reason=reason)  # no traceback: expected
+                else:
+                    log.exception("notification_delivery_pass_failed")
             stop_event.wait(poll_interval)
 
     # ------------------------------------------------------------------ claim / record
