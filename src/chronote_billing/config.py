@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chronote_billing.core.errors import ValidationFailed
+
 DEFAULT_SQLITE_PATH = Path("var") / "chronote.db"
 
 
@@ -20,6 +22,15 @@ def normalize_database_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
+
+
+def _whole(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValidationFailed(f"{name} must be a whole number of days, 1 or more.", field=name)
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,11 @@ class Settings:
     chronote_webhook_secret: str = field(
         default_factory=lambda: os.environ.get("CHRONOTE_WEBHOOK_SECRET", "whsec_chronote_outbound_local")
     )
+
+    # Bearer token of /metrics (decision 0036); empty: /metrics is off.
+    metrics_token: str = field(default_factory=lambda: os.environ.get("CHRONOTE_METRICS_TOKEN", ""))
+    # Days delivered notifications and non-money idempotency records are kept (decision 0037).
+    retention_days: int = field(default_factory=lambda: _whole("CHRONOTE_RETENTION_DAYS", 30))
 
     @property
     def is_sqlite(self) -> bool:

@@ -29,6 +29,7 @@ from chronote_billing.access.service import Principal
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.errors import PermissionDenied
+from chronote_billing.core.validation import text_problem
 from chronote_billing.demo import DEMO_SERVERS, DEMO_USERS
 from chronote_billing.people import service as people
 
@@ -165,7 +166,7 @@ def check_csrf(request: Request, submitted: str | None) -> None:
 
 def safe_next(target: str | None) -> str:
     """Only same-site portal paths are followed after sign-in."""
-    if not target:
+    if not target or text_problem(target) is not None or len(target) > 2000:
         return "/portal"
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/portal") or target.startswith("//"):
