@@ -222,5 +222,7 @@ def test_outbox_listing_is_for_operators(client, keys, db, clock, make_account):
         "validation_error",
     )
     assert_problem(client.get(f"/v1/notifications/{new_id('evt')}", headers=auth(operator)), 404, "not_found")
-    assert_problem(client.get("/v1/notifications/evt_missing", headers=auth(operator)), 422, "validation_error")
+    assert_problem(
+        client.get("/v1/notifications/evt_missing", headers=auth(operator)), 422, "validation_error"
+    )
     assert_problem(client.get("/v1/notifications"), 401, "unauthenticated")
