@@ -194,7 +194,14 @@ def _bounded_moment(value: datetime) -> datetime:
     return value
 
 
-Moment = Annotated[datetime, AfterValidator(_bounded_moment)]
+def _iso_text(value: Any) -> Any:
+    # A moment is sent as ISO 8601 text; a bare number is not a date (no epoch guessing).
+    if not isinstance(value, str | datetime):
+        raise PydanticCustomError("moment", "must be a date and time in ISO 8601, e.g. 2026-12-05T10:00:00Z")
+    return value
+
+
+Moment = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_bounded_moment)]
 
 # ---------------------------------------------------------------------------- structured
 

@@ -157,11 +157,16 @@ def csrf_token(request: Request) -> str:
 def check_csrf(request: Request, submitted: str | None) -> None:
     expected = request.session.get("csrf")
     given = submitted or request.headers.get("X-CSRF-Token")
-    if not expected or not given or not hmac.compare_digest(str(expected), str(given)):
+    # Compared as bytes: compare_digest refuses text with characters outside ASCII.
+    if not expected or not given or not hmac.compare_digest(_bytes(expected), _bytes(given)):
         raise PermissionDenied(
             "This form has expired or did not come from this site. Reload the page and try again.",
             missing_permission="a valid form token (CSRF) for this session",
         )
+
+
+def _bytes(value: Any) -> bytes:
+    return str(value).encode("utf-8", "replace")
 
 
 def safe_next(target: str | None) -> str:

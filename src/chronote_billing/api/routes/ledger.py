@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from chronote_billing.access.service import require_view
 from chronote_billing.accounts.schemas import AccountView
@@ -20,6 +20,7 @@ from chronote_billing.core.errors import (
     ValidationFailed,
 )
 from chronote_billing.core.validation import (
+    BIGINT_MAX,
     AccountId,
     HoldId,
     Metadata,
@@ -63,7 +64,9 @@ class HoldCreate(StrictModel):
     amount: Millicredits
     expires_at: Moment | None = Field(default=None, description="When the hold lapses if not settled.")
     ttl_seconds: TtlSeconds | None = Field(default=None, description="Alternative to expires_at.")
-    allow_partial: bool = Field(default=False, description="Approve what is available instead of declining.")
+    allow_partial: StrictBool = Field(
+        default=False, description="Approve what is available instead of declining."
+    )
     reason: Reason = ""
     metadata: Metadata = Field(default_factory=dict)
 
@@ -80,7 +83,7 @@ class HoldExtend(StrictModel):
     )
     expires_at: Moment | None = None
     ttl_seconds: TtlSeconds | None = None
-    allow_partial: bool = False
+    allow_partial: StrictBool = False
 
 
 class HoldCapture(StrictModel):
@@ -162,7 +165,7 @@ def get_statement(
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: Annotated[
-        int | None, Query(ge=0, description="Cursor: the last line id of the previous page.")
+        int | None, Query(ge=0, le=BIGINT_MAX, description="Cursor: the last line id of the previous page.")
     ] = None,
 ) -> StatementPage:
     principal.require_scope("accounts:read")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from chronote_billing.access.service import require_manage
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
@@ -39,7 +39,7 @@ class AlertSettingsUpdate(StrictModel):
 
 
 class AutoRechargeUpdate(StrictModel):
-    enabled: bool
+    enabled: StrictBool
     threshold_credits: WholeNumber = Field(
         description="Whole credits; the pack is bought when the available balance falls below it."
     )

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import require_view
@@ -69,14 +69,14 @@ class RecordingStart(StrictModel):
         default=None, description="Minutes to hold; uploads are sized instead."
     )
     funding_source: FundingSource | None = None
-    allow_partial: bool = False
+    allow_partial: StrictBool = False
     declared_duration_seconds: DurationSeconds | None = None
     file_size_bytes: ByteCount | None = None
 
 
 class RecordingExtend(StrictModel):
     additional_minutes: Minutes
-    allow_partial: bool = False
+    allow_partial: StrictBool = False
 
 
 class RecordingFinish(StrictModel):
