@@ -11,7 +11,7 @@ from functools import cache
 from typing import Annotated, Any
 
 from alembic.script import ScriptDirectory
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Header, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -60,6 +60,11 @@ def create_app(container: Container | None = None) -> FastAPI:
     container = container or Container()
     sampler = metrics.ProcessSampler(container.db)
 
+    def current(request: Request) -> Container:
+        # Tests point a built app at another container; the routes follow app.state.
+        found: Container = request.app.state.container
+        return found
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Several workers: each keeps its own samples fresh for whichever worker is scraped.
@@ -95,25 +100,31 @@ def create_app(container: Container | None = None) -> FastAPI:
         summary="Readiness: the database answers and its schema is at the migrations' head",
         responses=declare(NOT_READY),
     )
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
+        ready_container = current(request)
         try:
-            current = await asyncio.wait_for(
-                run_in_threadpool(_schema_revisions, container), READINESS_TIMEOUT_SECONDS
+            revisions = await asyncio.wait_for(
+                run_in_threadpool(_schema_revisions, ready_container), READINESS_TIMEOUT_SECONDS
             )
         except TimeoutError:
             return _not_ready(f"the database did not answer within {READINESS_TIMEOUT_SECONDS:g} s")
         except Exception as exc:  # noqa: BLE001 - any failure to reach the database is "not ready"
             return _not_ready(f"the database is unreachable ({type(exc).__name__})")
         heads = _migration_heads()
-        if current != heads:
+        if revisions != heads:
             return _not_ready(
-                f"the schema is at {', '.join(sorted(current)) or 'nothing'}, the migrations at {', '.join(sorted(heads))}"
+                f"the schema is at {', '.join(sorted(revisions)) or 'nothing'}, "
+                f"the migrations at {', '.join(sorted(heads))}"
             )
-        return JSONResponse({"status": "ready", "version": __version__, "database": container.db.dialect})
+        return JSONResponse(
+            {"status": "ready", "version": __version__, "database": ready_container.db.dialect}
+        )
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics_endpoint(authorization: Annotated[str | None, Header()] = None) -> Response:
-        token = container.settings.metrics_token
+    def metrics_endpoint(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+        nonlocal sampler
+        scraped = current(request)
+        token = scraped.settings.metrics_token
         if not token:
             return problems.problem(
                 404, "not_found", "Not found", "Metrics are off: set CHRONOTE_METRICS_TOKEN.", "/metrics"
@@ -127,7 +138,9 @@ def create_app(container: Container | None = None) -> FastAPI:
                 "Send the metrics token as a bearer token.",
                 "/metrics",
             )
-        return Response(metrics.render(container, sampler), media_type=CONTENT_TYPE_LATEST)
+        if sampler.db is not scraped.db:
+            sampler = metrics.ProcessSampler(scraped.db)
+        return Response(metrics.render(scraped, sampler), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
