@@ -78,7 +78,7 @@ def configure_logging(level: str | None = None, stream: TextIO | None = None, fo
             return
         name = (level or os.environ.get("CHRONOTE_LOG_LEVEL") or "info").upper()
         numeric = logging.getLevelNamesMapping().get(name, logging.INFO)
-        out = stream or sys.stderr
+        out = stream or _Stderr()
         renderer = structlog.processors.JSONRenderer()  # ASCII output: nothing can fail to encode
         structlog.configure(
             processors=[
@@ -117,10 +117,20 @@ def configure_logging(level: str | None = None, stream: TextIO | None = None, fo
         _configured = True
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (a test's capture, a redirected stream)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 class _NamedWriteLogger(structlog.WriteLogger):
     """structlog's line writer (one lock per file), knowing the module that logs through it."""
 
-    def __init__(self, file: TextIO, name: Any) -> None:
+    def __init__(self, file: Any, name: Any) -> None:
         super().__init__(file)
         self.name = name if isinstance(name, str) else None
 
