@@ -121,10 +121,19 @@ CREDIT_OPERATIONS: dict[tuple[str, str], str] = {
 }
 
 
+# Label children by key: `labels()` takes a lock and builds a tuple on every call; the request
+# path asks for the same few children over and over.
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(method: str, route: str, status: int, seconds: float, problem_code: str | None) -> None:
     """Count one answered request (called once per request by the request middleware)."""
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_DURATION.labels(method, route).observe(seconds)
+    children = _request_children.get((method, route, status))
+    if children is None:
+        children = (HTTP_REQUESTS.labels(method, route, str(status)), HTTP_DURATION.labels(method, route))
+        _request_children[(method, route, status)] = children
+    children[0].inc()
+    children[1].observe(seconds)
     if problem_code is not None:
         HTTP_PROBLEMS.labels(route, problem_code).inc()
     operation = CREDIT_OPERATIONS.get((method, route))

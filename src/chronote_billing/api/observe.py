@@ -72,26 +72,27 @@ class RequestObserver:
                 message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id.encode())]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception:
-                if not response_started:
-                    raise
-                # Starlette answered 500 and re-raised for the server to log; the API's handler
-                # has logged it already, with a bounded traceback.
-            finally:
-                seconds = time.perf_counter() - started
-                route = route_of(scope, status)
-                method = scope.get("method", "")
-                problem_code = state.get(PROBLEM_CODE)
-                metrics.observe_request(method, route, status, seconds, problem_code)
-                log.info(
-                    "request",
-                    method=method,
-                    route=route,
-                    status=status,
-                    duration_ms=round(seconds * 1000, 2),
-                    api_key_id=state.get(API_KEY_ID),
-                    code=problem_code,
-                )
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if not response_started:
+                raise
+            # Starlette answered 500 and re-raised for the server to log; the API's handler has
+            # logged it already, with a bounded traceback.
+        finally:
+            seconds = time.perf_counter() - started
+            route = route_of(scope, status)
+            method = scope.get("method", "")
+            problem_code = state.get(PROBLEM_CODE)
+            metrics.observe_request(method, route, status, seconds, problem_code)
+            log.info(
+                "request",
+                method=method,
+                route=route,
+                status=status,
+                duration_ms=round(seconds * 1000, 2),
+                api_key_id=state.get(API_KEY_ID),
+                code=problem_code,
+            )
+            structlog.contextvars.reset_contextvars(**bound)
