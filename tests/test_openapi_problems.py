@@ -47,7 +47,9 @@ def codes(operation: dict[str, Any], status: int) -> list[str]:
 
 
 @pytest.mark.parametrize(("method", "path", "operation"), list(operations()), ids=lambda v: str(v)[:60])
-def test_each_operation_declares_the_problems_of_its_kind(method: str, path: str, operation: dict[str, Any]) -> None:
+def test_each_operation_declares_the_problems_of_its_kind(
+    method: str, path: str, operation: dict[str, Any]
+) -> None:
     responses = operation["responses"]
     assert "500" not in responses, "a 500 is a bug, never part of the contract"
     if operation.get("security"):
@@ -104,4 +106,7 @@ def test_a_missing_idempotency_key_is_the_same_readable_problem(db: Database) ->
     )
     body = response.json()
     assert response.status_code == 422 and body["code"] == "validation_error"
-    assert body["field"] == "Idempotency-Key" and body["detail"] == "Send an Idempotency-Key header with every write."
+    assert (
+        body["field"] == "Idempotency-Key"
+        and body["detail"] == "Send an Idempotency-Key header with every write."
+    )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
-from chronote_billing.access.service import require_view
+from chronote_billing.access.service import require_manage, require_view
 from chronote_billing.accounts.schemas import AccountView
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
 from chronote_billing.api.responses import problems
@@ -17,7 +16,6 @@ from chronote_billing.core.errors import (
     HoldExpired,
     InsufficientCredits,
     NotFound,
-    ValidationFailed,
 )
 from chronote_billing.core.validation import (
     BIGINT_MAX,
@@ -32,6 +30,7 @@ from chronote_billing.core.validation import (
 )
 from chronote_billing.ledger.schemas import BalanceView, GrantView, HoldView, StatementPage
 from chronote_billing.ledger.service import CaptureExceedsHold
+from chronote_billing.usage.errors import HoldManagedByRecording
 
 router = APIRouter(prefix="/v1", tags=["ledger"])
 
@@ -97,12 +96,6 @@ class HoldRelease(StrictModel):
     reason: Reason | None = None
 
 
-def _expiry(container: ContainerDep, expires_at: datetime | None, ttl: int | None) -> datetime | None:
-    if ttl is not None:
-        return container.clock.now() + timedelta(seconds=ttl)
-    return expires_at
-
-
 @router.post(
     "/accounts",
     response_model=AccountView,
@@ -114,7 +107,8 @@ def resolve_account(body: AccountLookup, container: ContainerDep, principal: Pri
 
     def work(session):  # type: ignore[no-untyped-def]
         account = container.accounts.get_or_create(session, body.kind, body.owner_ref, body.display_name)
-        require_view(session, principal, account)
+        # Raises before commit: nobody creates or renames an account they may not manage.
+        require_manage(session, principal, account)
         return container.accounts.view(account)
 
     return container.db.write(work)
@@ -243,16 +237,15 @@ def place_hold(
     key: IdempotencyKeyDep,
 ) -> HoldView:
     principal.require_scope("holds:write")
-    expires = _expiry(container, body.expires_at, body.ttl_seconds)
-    assert expires is not None
 
-    container.db.read(lambda s: require_view(s, principal, container.accounts.get(s, account_id)))
+    container.db.read(lambda s: require_manage(s, principal, container.accounts.get(s, account_id)))
     # The hold is a unit of work of its own: one round trip on PostgreSQL (decision 0023).
     return container.ledger.commit_place_hold(
         container.db,
         account_id=account_id,
         amount=body.amount,
-        expires_at=expires,
+        expires_at=body.expires_at,
+        ttl_seconds=body.ttl_seconds,
         idempotency_key=key,
         allow_partial=body.allow_partial,
         reason=body.reason,
@@ -261,13 +254,17 @@ def place_hold(
 
 
 def _hold_access(container: ContainerDep, principal: PrincipalDep, session, hold_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Settling a raw hold needs the right to manage its account; a recording's hold is settled
+    through its recording, which keeps the recording and its hold in step (decision 0029)."""
     hold = container.ledger.get_hold(session, hold_id)
-    if hold.cap_id is not None and not principal.is_operator:
-        # Holds under an authorization belong to the usage API, which keeps their attribution.
-        raise ValidationFailed(
-            "This hold was placed through the usage API; settle it there.", field="hold_id"
+    require_manage(session, principal, container.accounts.get(session, hold.account_id))
+    recording = hold.metadata.get("usage_record_id")
+    if recording:
+        raise HoldManagedByRecording(
+            f"Hold '{hold_id}' belongs to recording '{recording}'; extend, finish or cancel the recording.",
+            hold_id=hold_id,
+            recording_id=recording,
         )
-    require_view(session, principal, container.accounts.get(session, hold.account_id))
 
 
 @router.get("/holds/{hold_id}", response_model=HoldView, summary="A hold", responses=problems(NotFound))
@@ -286,7 +283,9 @@ def get_hold(hold_id: HoldId, container: ContainerDep, principal: PrincipalDep) 
     "/holds/{hold_id}/extend",
     response_model=HoldView,
     summary="Reserve more and/or keep a hold longer",
-    responses=problems(NotFound, InsufficientCredits, HoldExpired, HoldAlreadySettled),
+    responses=problems(
+        NotFound, InsufficientCredits, HoldExpired, HoldAlreadySettled, HoldManagedByRecording
+    ),
 )
 def extend_hold(
     hold_id: HoldId,
@@ -296,7 +295,6 @@ def extend_hold(
     key: IdempotencyKeyDep,
 ) -> HoldView:
     principal.require_scope("holds:write")
-    expires = _expiry(container, body.expires_at, body.ttl_seconds)
 
     def work(session):  # type: ignore[no-untyped-def]
         _hold_access(container, principal, session, hold_id)
@@ -305,7 +303,8 @@ def extend_hold(
             hold_id=hold_id,
             idempotency_key=key,
             amount=body.amount,
-            expires_at=expires,
+            expires_at=body.expires_at,
+            ttl_seconds=body.ttl_seconds,
             allow_partial=body.allow_partial,
         )
 
@@ -316,7 +315,7 @@ def extend_hold(
     "/holds/{hold_id}/capture",
     response_model=HoldView,
     summary="Capture at most the held amount; the rest is released",
-    responses=problems(NotFound, HoldExpired, HoldAlreadySettled, CaptureExceedsHold),
+    responses=problems(NotFound, HoldExpired, HoldAlreadySettled, CaptureExceedsHold, HoldManagedByRecording),
 )
 def capture_hold(
     hold_id: HoldId,
@@ -337,7 +336,7 @@ def capture_hold(
     "/holds/{hold_id}/release",
     response_model=HoldView,
     summary="Release a hold: nothing is charged",
-    responses=problems(NotFound, HoldExpired, HoldAlreadySettled),
+    responses=problems(NotFound, HoldExpired, HoldAlreadySettled, HoldManagedByRecording),
 )
 def release_hold(
     hold_id: HoldId,

@@ -10,10 +10,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy.orm import Session
 
-from chronote_billing.access.service import require_view
+from chronote_billing.access.service import Principal, may_see_server_credits, require_view
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
 from chronote_billing.api.responses import USAGE_DECLINES, problems
-from chronote_billing.core.errors import HoldAlreadySettled, HoldExpired, NotFound
+from chronote_billing.core.errors import HoldAlreadySettled, HoldExpired, NotFound, PermissionDenied
 from chronote_billing.core.validation import (
     AccountId,
     AuthorizationId,
@@ -31,6 +31,16 @@ from chronote_billing.core.validation import (
 )
 from chronote_billing.orgs.service import UnknownCaptureSource
 from chronote_billing.usage import reports
+from chronote_billing.usage.attribution import FundingSourceNotHeld
+from chronote_billing.usage.errors import (
+    CaptureSourceMismatch,
+    FundingSourceNotAllowed,
+    RecordingAlreadySettled,
+    RecordingExpired,
+    RecordingInProgress,
+    RecordingNotOpen,
+    RecordingTooLong,
+)
 from chronote_billing.usage.schemas import (
     AttributionView,
     Decision,
@@ -41,15 +51,7 @@ from chronote_billing.usage.schemas import (
     UsageReport,
     UsageRequest,
 )
-from chronote_billing.usage.service import (
-    CaptureSourceMismatch,
-    FundingSourceNotAllowed,
-    FundingSourceNotHeld,
-    RecordingInProgress,
-    RecordingNotOpen,
-    RecordingTooLong,
-    write_or_record_decline,
-)
+from chronote_billing.usage.service import write_or_record_decline
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -117,8 +119,24 @@ USAGE_REQUEST_PROBLEMS = (
 )
 
 
-def _usage_request(body: RecordingStart, user: str) -> UsageRequest:
-    return UsageRequest(user_id=user, **body.model_dump())
+def _usage_request(body: RecordingStart, principal: Principal) -> UsageRequest:
+    """The request, for the acting user; a server's auto-record names nobody (decision 0029)."""
+    if principal.user_id is None and principal.is_auto_recorder:
+        if body.context != "server":
+            raise PermissionDenied(
+                "Without an acting user only a server's auto-recorded meetings can be started.",
+                missing_permission="an acting user (Chronote-Acting-User)",
+            )
+        return UsageRequest(user_id=None, **body.model_dump())
+    principal.require_scope("holds:write")
+    return UsageRequest(user_id=principal.require_user(), **body.model_dump())
+
+
+def _require_recording_scope(principal: Principal, scope: str) -> None:
+    """Recording routes need their scope, or the auto-record scope without an acting user; who
+    may touch which recording is the usage service's check."""
+    if not (principal.user_id is None and principal.is_auto_recorder):
+        principal.require_scope(scope)
 
 
 @router.post(
@@ -128,9 +146,8 @@ def _usage_request(body: RecordingStart, user: str) -> UsageRequest:
     responses=problems(USAGE_REQUEST_PROBLEMS),
 )
 def quote(body: RecordingStart, container: ContainerDep, principal: PrincipalDep) -> Decision:
-    principal.require_scope("holds:write")
-    req = _usage_request(body, principal.require_user())
-    return container.db.write(lambda s: container.usage.quote(s, req))
+    req = _usage_request(body, principal)
+    return container.db.read(lambda s: container.usage.quote(s, req))
 
 
 @router.post(
@@ -143,8 +160,7 @@ def quote(body: RecordingStart, container: ContainerDep, principal: PrincipalDep
 def start_recording(
     body: RecordingStart, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> RecordingView:
-    principal.require_scope("holds:write")
-    req = _usage_request(body, principal.require_user())
+    req = _usage_request(body, principal)
     return write_or_record_decline(
         container.db, container.usage, lambda s: container.usage.start_recording(s, req, key)
     )
@@ -159,15 +175,17 @@ def start_recording(
 def get_recording(
     recording_id: RecordingId, container: ContainerDep, principal: PrincipalDep
 ) -> RecordingView:
-    principal.require_scope("accounts:read")
-    return container.db.read(lambda s: container.usage.get_recording(s, recording_id))
+    _require_recording_scope(principal, "accounts:read")
+    return container.db.read(lambda s: container.usage.get_recording(s, principal, recording_id))
 
 
 @router.post(
     "/recordings/{recording_id}/extend",
     response_model=RecordingView,
     summary="Hold more minutes on the same payer",
-    responses=problems(NotFound, RecordingNotOpen, USAGE_DECLINES, HoldExpired, HoldAlreadySettled),
+    responses=problems(
+        NotFound, RecordingNotOpen, RecordingExpired, USAGE_DECLINES, HoldExpired, HoldAlreadySettled
+    ),
 )
 def extend_recording(
     recording_id: RecordingId,
@@ -176,12 +194,12 @@ def extend_recording(
     principal: PrincipalDep,
     key: IdempotencyKeyDep,
 ) -> RecordingView:
-    principal.require_scope("holds:write")
+    _require_recording_scope(principal, "holds:write")
     return write_or_record_decline(
         container.db,
         container.usage,
         lambda s: container.usage.extend_recording(
-            s, recording_id, body.additional_minutes, key, body.allow_partial
+            s, principal, recording_id, body.additional_minutes, key, body.allow_partial
         ),
     )
 
@@ -190,7 +208,9 @@ def extend_recording(
     "/recordings/{recording_id}/finish",
     response_model=RecordingView,
     summary="Charge the actual minutes, release the rest",
-    responses=problems(NotFound, RecordingNotOpen, HoldExpired, HoldAlreadySettled),
+    responses=problems(
+        NotFound, RecordingNotOpen, RecordingAlreadySettled, RecordingExpired, HoldExpired, HoldAlreadySettled
+    ),
 )
 def finish_recording(
     recording_id: RecordingId,
@@ -199,9 +219,9 @@ def finish_recording(
     principal: PrincipalDep,
     key: IdempotencyKeyDep,
 ) -> RecordingView:
-    principal.require_scope("holds:write")
+    _require_recording_scope(principal, "holds:write")
     return container.db.write(
-        lambda s: container.usage.finish_recording(s, recording_id, body.seconds_by_source, key)
+        lambda s: container.usage.finish_recording(s, principal, recording_id, body.seconds_by_source, key)
     )
 
 
@@ -214,8 +234,8 @@ def finish_recording(
 def cancel_recording(
     recording_id: RecordingId, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> RecordingView:
-    principal.require_scope("holds:write")
-    return container.db.write(lambda s: container.usage.cancel_recording(s, recording_id, key))
+    _require_recording_scope(principal, "holds:write")
+    return container.db.write(lambda s: container.usage.cancel_recording(s, principal, recording_id, key))
 
 
 @router.post(
@@ -227,8 +247,8 @@ def cancel_recording(
 def fail_recording(
     recording_id: RecordingId, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> RecordingView:
-    principal.require_scope("holds:write")
-    return container.db.write(lambda s: container.usage.fail_recording(s, recording_id, key))
+    _require_recording_scope(principal, "holds:write")
+    return container.db.write(lambda s: container.usage.fail_recording(s, principal, recording_id, key))
 
 
 @router.post(
@@ -278,8 +298,8 @@ def share_meeting(
 def meeting_attribution(
     meeting_id: MeetingRef, container: ContainerDep, principal: PrincipalDep
 ) -> AttributionView:
-    principal.require_scope("accounts:read")
-    return container.db.read(lambda s: container.usage.meeting_attribution(s, meeting_id))
+    _require_recording_scope(principal, "accounts:read")
+    return container.db.read(lambda s: container.usage.meeting_attribution(s, principal, meeting_id))
 
 
 @router.get(
@@ -296,7 +316,11 @@ def entitlements(
 ) -> EntitlementsView:
     principal.require_scope("accounts:read")
     user = principal.require_user()
-    return container.db.read(lambda s: container.usage.entitlements(s, user, guild_id, context))
+    view = container.db.read(lambda s: container.usage.entitlements(s, user, guild_id, context))
+    if context == "server" and not may_see_server_credits(principal, view.guild_id):
+        # The plan and its limits gate a meeting for anyone; what is left is the managers' (0029).
+        view.funding_sources = []
+    return view
 
 
 @router.get(

@@ -1,7 +1,7 @@
 """indexes for the retention purge and the metrics of the outbox and Stripe events
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 
 Decisions 0036 and 0037. The purge deletes delivered outbox rows and the idempotency records of
 non-money scopes by age; /metrics counts dead outbox rows and reads the Stripe events of the
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
