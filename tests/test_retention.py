@@ -44,7 +44,7 @@ MONEY = [
     "billing.plan_change",
     "billing.cancel",
     "billing.pack_off_session",
-    "billing.portal_session",
+    "billing.portal",
     "something.added_later",
 ]
 
