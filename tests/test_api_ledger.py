@@ -17,6 +17,7 @@ from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
 from chronote_billing.core.clock import ManualClock
 from chronote_billing.core.db import Database
+from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.models import Hold
 
 
@@ -210,13 +211,17 @@ def test_decline_and_state_errors(api: Api, make_account) -> None:  # type: igno
 
 
 def test_not_found_and_unauthenticated(api: Api, make_account) -> None:  # type: ignore[no-untyped-def]
-    problem(api.call("GET", "/v1/accounts/acct_missing/balance", api.reader), 404, "not_found")
-    problem(api.call("GET", "/v1/holds/hold_missing", api.reader), 404, "not_found")
+    missing_account, missing_hold = new_id("acct"), new_id("hold")
+    problem(api.call("GET", f"/v1/accounts/{missing_account}/balance", api.reader), 404, "not_found")
+    problem(api.call("GET", f"/v1/holds/{missing_hold}", api.reader), 404, "not_found")
     problem(
-        api.call("POST", "/v1/holds/hold_missing/capture", api.reader, "x", json={"amount": 1}),
+        api.call("POST", f"/v1/holds/{missing_hold}/capture", api.reader, "x", json={"amount": 1}),
         404,
         "not_found",
     )
+    # Something that cannot be an id of ours is bad input, named as such (decision 0034).
+    body = problem(api.call("GET", "/v1/holds/hold_missing", api.reader), 422, "validation_error")
+    assert body["field"] == "hold_id"
     problem(api.call("GET", "/v1/nowhere", api.reader), 404, "not_found")
     acct = make_account()
     problem(api.call("GET", f"/v1/accounts/{acct}/balance"), 401, "unauthenticated")

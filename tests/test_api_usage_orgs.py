@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
+from chronote_billing.core.ids import new_id
 from chronote_billing.orgs.models import OrgAuditEntry
 from conftest import snowflake
 
@@ -173,7 +174,7 @@ def test_api_bad_input_and_missing_scope_have_stable_codes_and_write_nothing(c, 
                 "context": "personal",
                 "capture_source": "desktop",
                 "requested_minutes": 5,
-                "funding_source": "auth_x",
+                "funding_source": new_id("auth"),
             },
             "funding_source_not_held",
         ),

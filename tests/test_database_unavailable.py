@@ -75,8 +75,11 @@ def test_an_unreachable_database_answers_503_problems_with_retry_after() -> None
     db = Database(UNREACHABLE)
     client = TestClient(create_app(Container(db=db, clock=ManualClock())), raise_server_exceptions=False)
     headers = {"Authorization": "Bearer cbk_x_y", "Idempotency-Key": "k1"}
+    # The process is alive (decision 0036); it is not ready while its database is away.
+    assert client.get("/healthz").status_code == 200
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503 and not_ready.json()["code"] == "not_ready"
     for method, path, body in [
-        ("GET", "/healthz", None),
         ("GET", "/v1/accounts/acct_x/balance", None),
         ("POST", "/v1/accounts/acct_x/holds", {"amount": 1000, "ttl_seconds": 60}),
     ]:

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from chronote_billing.api.app import create_app
 from chronote_billing.apikeys.service import ApiKeyService
 from chronote_billing.container import Container
+from chronote_billing.core.ids import new_id
 
 PROBLEM = "application/problem+json"
 
@@ -132,7 +133,9 @@ def test_alert_settings_errors(client, keys, db, accounts, make_account):
         "permission_denied",
     )
     assert_problem(
-        client.get("/v1/accounts/acct_nope/alert-settings", headers=auth(keys("operator"))), 404, "not_found"
+        client.get(f"/v1/accounts/{new_id('acct')}/alert-settings", headers=auth(keys("operator"))),
+        404,
+        "not_found",
     )
     assert client.get(url, headers=auth(secret, user)).json()["low_balance_threshold_credits"] is None
 
@@ -218,5 +221,8 @@ def test_outbox_listing_is_for_operators(client, keys, db, clock, make_account):
         422,
         "validation_error",
     )
-    assert_problem(client.get("/v1/notifications/evt_missing", headers=auth(operator)), 404, "not_found")
+    assert_problem(client.get(f"/v1/notifications/{new_id('evt')}", headers=auth(operator)), 404, "not_found")
+    assert_problem(
+        client.get("/v1/notifications/evt_missing", headers=auth(operator)), 422, "validation_error"
+    )
     assert_problem(client.get("/v1/notifications"), 401, "unauthenticated")

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
 from chronote_billing.core.idempotency import IdempotencyRecord
+from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.models import Hold, Transfer
 from chronote_billing.usage.models import UsageRecord
 from conftest import snowflake
@@ -145,7 +146,17 @@ def test_refusals_on_the_recording_path_have_stable_codes_and_write_nothing(c, c
             "permission_denied",
         ),
         (ben.call("GET", f"/v1/recordings/{rec['id']}"), 403, "permission_denied"),
-        (ada.call("POST", "/v1/recordings/rec_unknown/extend", {"additional_minutes": 5}), 404, "not_found"),
+        (
+            ada.call("POST", f"/v1/recordings/{new_id('rec')}/extend", {"additional_minutes": 5}),
+            404,
+            "not_found",
+        ),
+        # Something that cannot be an id of ours is refused at the edge (decision 0034).
+        (
+            ada.call("POST", "/v1/recordings/rec_unknown/extend", {"additional_minutes": 5}),
+            422,
+            "validation_error",
+        ),
         (
             ada.call("POST", f"/v1/recordings/{finished['id']}/extend", {"additional_minutes": 5}),
             409,
@@ -160,7 +171,7 @@ def test_refusals_on_the_recording_path_have_stable_codes_and_write_nothing(c, c
                     "context": "personal",
                     "capture_source": "desktop",
                     "requested_minutes": 5,
-                    "funding_source": "auth_nope",
+                    "funding_source": new_id("auth"),
                 },
             ),
             403,

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from chronote_billing.core.errors import ValidationFailed
+
 DEFAULT_SQLITE_PATH = Path("var") / "chronote.db"
 
 
@@ -38,6 +40,15 @@ def _multi_host_as_query(url: str) -> str:
     host_params = "&".join(f"host={quote(host, safe=':[]')}" for host in hosts.split(",") if host)
     query = host_params + ("&" + query if query else "")
     return f"{scheme}://{userinfo}{at}/{database}?{query}"
+
+
+def _whole(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValidationFailed(f"{name} must be a whole number of days, 1 or more.", field=name)
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,11 @@ class Settings:
     chronote_webhook_secret: str = field(
         default_factory=lambda: os.environ.get("CHRONOTE_WEBHOOK_SECRET", "whsec_chronote_outbound_local")
     )
+
+    # Bearer token of /metrics (decision 0036); empty: /metrics is off.
+    metrics_token: str = field(default_factory=lambda: os.environ.get("CHRONOTE_METRICS_TOKEN", ""))
+    # Days delivered notifications and non-money idempotency records are kept (decision 0037).
+    retention_days: int = field(default_factory=lambda: _whole("CHRONOTE_RETENTION_DAYS", 30))
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,5 +1,6 @@
 """Every domain's tables, imported once so Alembic and tests see the whole schema."""
 
+from chronote_billing import retention as _retention  # noqa: F401 - the purge's index
 from chronote_billing.accounts import models as _accounts  # noqa: F401
 from chronote_billing.apikeys import models as _apikeys  # noqa: F401
 from chronote_billing.catalog import models as _catalog  # noqa: F401

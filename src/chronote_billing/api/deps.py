@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session
 from chronote_billing.access.service import Principal
 from chronote_billing.accounts.service import check_snowflake
 from chronote_billing.container import Container
-from chronote_billing.core import idempotency
 from chronote_billing.core.errors import Unauthenticated, ValidationFailed
+from chronote_billing.core.validation import DiscordId, GuildList, IdempotencyKeyText
+
+from .observe import API_KEY_ID
 
 bearer = HTTPBearer(auto_error=False, description="A Chronote Billing API key: `Bearer cbk_...`.")
 
@@ -26,17 +28,18 @@ ContainerDep = Annotated[Container, Depends(get_container)]
 
 
 def get_principal(
+    request: Request,
     container: ContainerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     acting_user: Annotated[
-        str | None,
+        DiscordId | None,
         Header(
             alias="Chronote-Acting-User",
             description="Discord user id the service client acts for.",
         ),
     ] = None,
     manage_guilds: Annotated[
-        str | None,
+        GuildList | None,
         Header(
             alias="Chronote-Manage-Guilds",
             description="Comma-separated guild ids on which the acting user has Manage Server, as checked with Discord by the client.",
@@ -46,6 +49,7 @@ def get_principal(
     if credentials is None:
         raise Unauthenticated("Send an API key as 'Authorization: Bearer cbk_...'.")
     key = container.db.read(lambda s: _authenticate(container, s, credentials.credentials))
+    setattr(request.state, API_KEY_ID, key[0])  # for the request's log line: the id, never the secret
     user = check_snowflake(acting_user, "Chronote-Acting-User") if acting_user else None
     guilds = frozenset(
         check_snowflake(g, "Chronote-Manage-Guilds") for g in (manage_guilds or "").split(",") if g.strip()
@@ -69,20 +73,13 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 def idempotency_key(
     key: Annotated[
-        str | None,
+        IdempotencyKeyText,
         Header(
             alias="Idempotency-Key",
             description="Required on every write; a retry with the same key returns the first result.",
         ),
-    ] = None,
+    ],
 ) -> str:
-    key = (key or "").strip()
-    if not key:
-        raise ValidationFailed("Send an Idempotency-Key header with every write.", field="Idempotency-Key")
-    if len(key) > idempotency.MAX_KEY_LENGTH:
-        raise ValidationFailed(
-            f"Idempotency-Key is at most {idempotency.MAX_KEY_LENGTH} characters.", field="Idempotency-Key"
-        )
     return key
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from chronote_billing import retention
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.cli.output import (
     console,
@@ -196,8 +197,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @handle_errors
-    def sweep() -> None:
-        """Settle expired holds and grant remainders on every wallet that has something due."""
+    def sweep(
+        retention_days: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Delete delivered notifications and non-money idempotency records older than this "
+                "many days (default: CHRONOTE_RETENTION_DAYS, 30).",
+            ),
+        ] = None,
+    ) -> None:
+        """Settle expired holds and grant remainders on every wallet that has something due, then
+        purge what is past retention (decision 0037)."""
         c = container()
         total = 0
         with Progress(console=console, transient=True) as progress:
@@ -210,3 +221,9 @@ def register(app: typer.Typer) -> None:
                     total += c.db.write(functools.partial(_sweep_one, account_id))
                     progress.advance(task)
         console.print(f"settled {total} expired holds and grants")
+        days = retention_days if retention_days is not None else c.settings.retention_days
+        purged = retention.purge(c.db, c.clock.now(), timedelta(days=days))
+        console.print(
+            f"purged {purged.outbox_rows} delivered notifications and {purged.idempotency_records} "
+            f"non-money idempotency records older than {days} days"
+        )

@@ -10,6 +10,7 @@ import typer
 
 from chronote_billing.cli.output import console, container, handle_errors
 from chronote_billing.core import migrate as migrations
+from chronote_billing.core.logs import UVICORN_LOG_CONFIG, configure_logging
 from chronote_billing.notifications.delivery import start_delivery_thread
 
 
@@ -31,13 +32,25 @@ def register(app: typer.Typer) -> None:
         """Serve the API and the portal, and deliver notifications in the background."""
         import uvicorn
 
+        from chronote_billing.api import metrics
         from chronote_billing.api.app import create_app
 
+        configure_logging()
+        # Several workers share their metrics through this directory (decision 0036); it is
+        # emptied before they start. Pass the number of workers when serving several.
+        metrics.prepare_multiprocess_directory(workers=1)
         c = container()
         stop = threading.Event()
         start_delivery_thread(c, stop)
         try:
-            uvicorn.run(create_app(c), host=host, port=port, log_level="info")
+            uvicorn.run(
+                create_app(c),
+                host=host,
+                port=port,
+                log_level="info",
+                log_config=UVICORN_LOG_CONFIG,
+                access_log=False,
+            )
         finally:
             stop.set()
 
@@ -67,7 +80,15 @@ def register(app: typer.Typer) -> None:
         stop = threading.Event()
         start_delivery_thread(c, stop)
         console.print(f"portal: http://{host}:{port}/portal   API docs: http://{host}:{port}/docs")
+        configure_logging()
         try:
-            uvicorn.run(create_app(c), host=host, port=port, log_level="info")
+            uvicorn.run(
+                create_app(c),
+                host=host,
+                port=port,
+                log_level="info",
+                log_config=UVICORN_LOG_CONFIG,
+                access_log=False,
+            )
         finally:
             stop.set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chronote_billing.core.db import Base, BigInt, JSONType, UTCDateTime
@@ -29,6 +29,20 @@ class OutboxEntry(Base):
         CheckConstraint("attempts >= 0", name="attempts_nonneg"),
         Index("ix_notification_outbox_due", "next_attempt_at"),
         Index("ix_notification_outbox_account", "account_id", "created_at"),
+        # The retention purge (decision 0037) and the dead count of /metrics (0036): partial, so
+        # pending rows write no entry.
+        Index(
+            "ix_notification_outbox_delivered",
+            "delivered_at",
+            postgresql_where=text("delivered_at IS NOT NULL"),
+            sqlite_where=text("delivered_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_notification_outbox_dead",
+            "dead_at",
+            postgresql_where=text("dead_at IS NOT NULL"),
+            sqlite_where=text("dead_at IS NOT NULL"),
+        ),
     )
 
     # evt_... for events (the id Chronote dedupes by), job_... for jobs.

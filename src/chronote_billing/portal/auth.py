@@ -29,6 +29,7 @@ from chronote_billing.access.service import Principal
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.errors import PermissionDenied
+from chronote_billing.core.validation import text_problem
 from chronote_billing.demo import DEMO_SERVERS, DEMO_USERS
 from chronote_billing.people import service as people
 
@@ -156,16 +157,21 @@ def csrf_token(request: Request) -> str:
 def check_csrf(request: Request, submitted: str | None) -> None:
     expected = request.session.get("csrf")
     given = submitted or request.headers.get("X-CSRF-Token")
-    if not expected or not given or not hmac.compare_digest(str(expected), str(given)):
+    # Compared as bytes: compare_digest refuses text with characters outside ASCII.
+    if not expected or not given or not hmac.compare_digest(_bytes(expected), _bytes(given)):
         raise PermissionDenied(
             "This form has expired or did not come from this site. Reload the page and try again.",
             missing_permission="a valid form token (CSRF) for this session",
         )
 
 
+def _bytes(value: Any) -> bytes:
+    return str(value).encode("utf-8", "replace")
+
+
 def safe_next(target: str | None) -> str:
     """Only same-site portal paths are followed after sign-in."""
-    if not target:
+    if not target or text_problem(target) is not None or len(target) > 2000:
         return "/portal"
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/portal") or target.startswith("//"):

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time
 from starlette.datastructures import FormData
 
 from chronote_billing.core.errors import ValidationFailed
+from chronote_billing.core.validation import printable, text_problem
 
 NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
@@ -34,13 +35,14 @@ class Form:
 
     def text(self, name: str, label: str | None = None, required: bool = True, max_length: int = 200) -> str:
         value = str(self.data.get(name) or "").strip()
+        what = label or name.replace("_", " ").capitalize()
         if required and not value:
-            raise ValidationFailed(f"{label or name.replace('_', ' ').capitalize()} is required.", field=name)
+            raise ValidationFailed(f"{what} is required.", field=name)
         if len(value) > max_length:
-            raise ValidationFailed(
-                f"{label or name.replace('_', ' ').capitalize()} is at most {max_length} characters.",
-                field=name,
-            )
+            raise ValidationFailed(f"{what} is at most {max_length} characters.", field=name)
+        problem = text_problem(value)
+        if problem is not None:
+            raise ValidationFailed(f"{what} {problem}.", field=name)
         return value
 
     def choice(self, name: str, options: tuple[str, ...] | list[str], label: str | None = None) -> str:
@@ -52,8 +54,18 @@ class Form:
             )
         return value
 
-    def values(self, name: str) -> list[str]:
-        return [str(v).strip() for v in self.data.getlist(name) if str(v).strip()]
+    def values(self, name: str, max_items: int = 100, max_length: int = 64) -> list[str]:
+        values = [str(v).strip() for v in self.data.getlist(name) if str(v).strip()]
+        what = name.replace("_", " ").capitalize()
+        if len(values) > max_items:
+            raise ValidationFailed(f"{what}: at most {max_items} choices.", field=name)
+        for value in values:
+            problem = text_problem(value) or (
+                f"is at most {max_length} characters" if len(value) > max_length else None
+            )
+            if problem is not None:
+                raise ValidationFailed(f"{what} {problem}.", field=name)
+        return values
 
     def checked(self, name: str) -> bool:
         return str(self.data.get(name) or "").lower() in ("1", "on", "true", "yes")
@@ -65,7 +77,7 @@ class Form:
                 raise ValidationFailed(f"{label} is required.", field=name)
             return None
         if not re.fullmatch(r"-?[0-9]{1,15}", raw):
-            raise ValidationFailed(f"{label} must be a whole number, got '{raw}'.", field=name)
+            raise ValidationFailed(f"{label} must be a whole number, got '{printable(raw, 20)}'.", field=name)
         return int(raw)
 
     def day(self, name: str, label: str, end_of_day: bool = False) -> datetime | None:
@@ -86,7 +98,9 @@ def parse_day(raw: str, label: str, field: str) -> date:
     try:
         day = datetime.strptime(raw.strip(), "%Y-%m-%d").date()
     except ValueError:
-        raise ValidationFailed(f"{label} must be a date (YYYY-MM-DD), got '{raw}'.", field=field) from None
+        raise ValidationFailed(
+            f"{label} must be a date (YYYY-MM-DD), got '{printable(raw, 20)}'.", field=field
+        ) from None
     if day >= date.max:
         raise ValidationFailed(f"{label} is too far in the future.", field=field)
     return day

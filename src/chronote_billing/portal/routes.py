@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
@@ -27,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.container import Container
 from chronote_billing.core.errors import BillingError, NotFound, ValidationFailed
+from chronote_billing.core.validation import AuthorizationId, DiscordId, OrgId, printable
 from chronote_billing.orgs.models import ROLES
 
 from . import auth, forms, presenters, views
@@ -106,7 +108,8 @@ def error_page(request: Request, user: SignedIn | None, exc: BillingError) -> HT
     template = {403: "403.html", 404: "404.html"}.get(status, "error.html")
     context = {
         "error": exc,
-        "message": exc.message,
+        # Messages may quote what was sent (an address, a field); never a control character.
+        "message": printable(exc.message, limit=500),
         "missing": exc.details.get("missing_permission"),
         "title": exc.title,
     }
@@ -115,11 +118,32 @@ def error_page(request: Request, user: SignedIn | None, exc: BillingError) -> HT
 
 def error_fragment(request: Request, exc: BillingError) -> HTMLResponse:
     """What an HTMX form swaps into its error box; the status stays the error's own."""
-    context = {"message": exc.message, "missing": exc.details.get("missing_permission"), "title": exc.title}
+    context = {
+        "message": printable(exc.message, limit=500),
+        "missing": exc.details.get("missing_permission"),
+        "title": exc.title,
+    }
     response = templates.TemplateResponse(
         request, "partials/form_error.html", context, status_code=exc.status if exc.status >= 400 else 400
     )
     return response
+
+
+def validation_page(request: Request, exc: RequestValidationError) -> Response | None:
+    """Portal addresses whose ids are malformed are pages that do not exist (decision 0034);
+    other bad input is a readable error. None for requests that are not the portal's."""
+    if not request.url.path.startswith("/portal"):
+        return None
+    in_path = any(tuple(err.get("loc", ()))[:1] == ("path",) for err in exc.errors())
+    error: BillingError = (
+        NotFound("There is no such page: the address does not name a server, organization or member.")
+        if in_path
+        else ValidationFailed("Some of what was sent could not be read. Go back and check the form.")
+    )
+    user = current_user(request)
+    if is_htmx(request) and not in_path:
+        return error_fragment(request, error)
+    return error_page(request, user, error)
 
 
 def go(request: Request, url: str) -> Response:
@@ -301,7 +325,7 @@ def server_url(guild_id: str) -> str:
 
 
 @router.get("/server/{guild_id}/billing")
-def server_billing(request: Request, guild_id: str) -> Response:
+def server_billing(request: Request, guild_id: DiscordId) -> Response:
     return page(
         request,
         "server_billing.html",
@@ -339,21 +363,21 @@ async def org_create(request: Request) -> Response:
 
 
 @router.get("/org/{org_id}/billing")
-def org_billing(request: Request, org_id: str) -> Response:
+def org_billing(request: Request, org_id: OrgId) -> Response:
     return page(
         request, "org_billing.html", lambda c, s, u: views.org_billing(c, s, u, org_id), f"org:{org_id}"
     )
 
 
 @router.get("/org/{org_id}/billing/members")
-def org_members(request: Request, org_id: str) -> Response:
+def org_members(request: Request, org_id: OrgId) -> Response:
     return page(
         request, "org_members.html", lambda c, s, u: views.org_members(c, s, u, org_id), f"org:{org_id}"
     )
 
 
 @router.get("/org/{org_id}/billing/authorizations")
-def org_authorizations(request: Request, org_id: str) -> Response:
+def org_authorizations(request: Request, org_id: OrgId) -> Response:
     return page(
         request,
         "org_authorizations.html",
@@ -363,7 +387,7 @@ def org_authorizations(request: Request, org_id: str) -> Response:
 
 
 @router.post("/org/{org_id}/billing/members/add")
-async def org_member_add(request: Request, org_id: str) -> Response:
+async def org_member_add(request: Request, org_id: OrgId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         return c.orgs.add_member(
@@ -385,7 +409,7 @@ async def org_member_add(request: Request, org_id: str) -> Response:
 
 
 @router.post("/org/{org_id}/billing/members/{member_id}/role")
-async def org_member_role(request: Request, org_id: str, member_id: str) -> Response:
+async def org_member_role(request: Request, org_id: OrgId, member_id: DiscordId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         return c.orgs.set_role(
@@ -407,7 +431,7 @@ async def org_member_role(request: Request, org_id: str, member_id: str) -> Resp
 
 
 @router.post("/org/{org_id}/billing/members/{member_id}/remove")
-async def org_member_remove(request: Request, org_id: str, member_id: str) -> Response:
+async def org_member_remove(request: Request, org_id: OrgId, member_id: DiscordId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         return c.orgs.remove_member(
@@ -424,7 +448,7 @@ async def org_member_remove(request: Request, org_id: str, member_id: str) -> Re
 
 
 @router.post("/org/{org_id}/billing/servers/link")
-async def org_server_link(request: Request, org_id: str) -> Response:
+async def org_server_link(request: Request, org_id: OrgId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         guild_id = form.text("guild_id", "Server")
@@ -443,7 +467,7 @@ async def org_server_link(request: Request, org_id: str) -> Response:
 
 
 @router.post("/org/{org_id}/billing/servers/{guild_id}/unlink")
-async def org_server_unlink(request: Request, org_id: str, guild_id: str) -> Response:
+async def org_server_unlink(request: Request, org_id: OrgId, guild_id: DiscordId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         return c.orgs.unlink_server(
@@ -465,7 +489,7 @@ def _sources(form: forms.Form) -> list[str] | None:
 
 
 @router.post("/org/{org_id}/billing/authorizations/create")
-async def org_authorization_create(request: Request, org_id: str) -> Response:
+async def org_authorization_create(request: Request, org_id: OrgId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         subject = form.text("subject", "Who may spend")
@@ -498,7 +522,9 @@ def _authorization_in(c: Container, s: Session, org_id: str, authorization_id: s
 
 
 @router.post("/org/{org_id}/billing/authorizations/{authorization_id}/cap")
-async def org_authorization_cap(request: Request, org_id: str, authorization_id: str) -> Response:
+async def org_authorization_cap(
+    request: Request, org_id: OrgId, authorization_id: AuthorizationId
+) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         _authorization_in(c, s, org_id, authorization_id)
@@ -516,7 +542,9 @@ async def org_authorization_cap(request: Request, org_id: str, authorization_id:
 
 
 @router.post("/org/{org_id}/billing/authorizations/{authorization_id}/revoke")
-async def org_authorization_revoke(request: Request, org_id: str, authorization_id: str) -> Response:
+async def org_authorization_revoke(
+    request: Request, org_id: OrgId, authorization_id: AuthorizationId
+) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         _authorization_in(c, s, org_id, authorization_id)
@@ -534,7 +562,7 @@ async def org_authorization_revoke(request: Request, org_id: str, authorization_
 
 
 @router.post("/org/{org_id}/billing/alerts")
-async def org_alerts(request: Request, org_id: str) -> Response:
+async def org_alerts(request: Request, org_id: OrgId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         _, account = views.org_account(c, s, user, org_id)
         return c.notifications.set_alert_settings(
@@ -548,7 +576,7 @@ async def org_alerts(request: Request, org_id: str) -> Response:
 
 
 @router.post("/org/{org_id}/billing/auto-recharge")
-async def org_auto_recharge(request: Request, org_id: str) -> Response:
+async def org_auto_recharge(request: Request, org_id: OrgId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         _, account = views.org_account(c, s, user, org_id)
         threshold = form.whole("threshold_credits", "Recharge threshold")
@@ -676,17 +704,17 @@ def _server(guild_id: str) -> Resolve:
 
 
 @router.post("/server/{guild_id}/billing/plan")
-async def server_plan(request: Request, guild_id: str) -> Response:
+async def server_plan(request: Request, guild_id: DiscordId) -> Response:
     return await pay(request, "server.plan", _server(guild_id), "plan", server_url(guild_id), True)
 
 
 @router.post("/server/{guild_id}/billing/packs")
-async def server_pack(request: Request, guild_id: str) -> Response:
+async def server_pack(request: Request, guild_id: DiscordId) -> Response:
     return await pay(request, "server.pack", _server(guild_id), "pack", server_url(guild_id), True)
 
 
 @router.post("/server/{guild_id}/billing/manage")
-async def server_manage(request: Request, guild_id: str) -> Response:
+async def server_manage(request: Request, guild_id: DiscordId) -> Response:
     return await pay(request, "server.portal", _server(guild_id), "portal", server_url(guild_id), True)
 
 
@@ -695,17 +723,17 @@ def _org(org_id: str) -> Resolve:
 
 
 @router.post("/org/{org_id}/billing/packs")
-async def org_pack(request: Request, org_id: str) -> Response:
+async def org_pack(request: Request, org_id: OrgId) -> Response:
     return await pay(request, "org.pack", _org(org_id), "pack", org_url(org_id))
 
 
 @router.post("/org/{org_id}/billing/manage")
-async def org_manage(request: Request, org_id: str) -> Response:
+async def org_manage(request: Request, org_id: OrgId) -> Response:
     return await pay(request, "org.portal", _org(org_id), "portal", org_url(org_id))
 
 
 @router.get("/org/{org_id}/billing/usage")
-def org_usage(request: Request, org_id: str) -> Response:
+def org_usage(request: Request, org_id: OrgId) -> Response:
     params = request.query_params
     return page(
         request,
@@ -718,7 +746,7 @@ def org_usage(request: Request, org_id: str) -> Response:
 
 
 @router.get("/org/{org_id}/billing/usage.csv")
-def org_usage_csv(request: Request, org_id: str) -> Response:
+def org_usage_csv(request: Request, org_id: OrgId) -> Response:
     user = current_user(request)
     if user is None:
         return login_redirect(request)
@@ -732,7 +760,8 @@ def org_usage_csv(request: Request, org_id: str) -> Response:
         )
     except BillingError as exc:
         return error_page(request, user, exc)
-    name = f"usage-{org_id}-{params.get('group_by') or 'lines'}.csv"
+    group = params.get("group_by")
+    name = f"usage-{org_id}-{group if group in views.USAGE_GROUPS else 'lines'}.csv"
     return Response(
         body,
         media_type="text/csv; charset=utf-8",
@@ -745,4 +774,6 @@ def org_usage_csv(request: Request, org_id: str) -> Response:
 
 @router.get("/{path:path}")
 def portal_not_found(request: Request, path: str) -> Response:
-    return error_page(request, current_user(request), NotFound(f"There is no portal page '/portal/{path}'."))
+    return error_page(
+        request, current_user(request), NotFound(f"There is no portal page '/portal/{printable(path)}'.")
+    )

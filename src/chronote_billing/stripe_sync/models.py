@@ -51,7 +51,8 @@ class StripeEvent(Base):
     outcome: Mapped[str] = mapped_column(String(24))
     note: Mapped[str] = mapped_column(Text, default="")
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Webhook lag and unapplied events over recent hours, for /metrics (decision 0036).
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class StripeSubscription(Base):

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chronote_billing.catalog.service import Catalog
+from chronote_billing.core.validation import CatalogRef, Url
 
 
 class StrictModel(BaseModel):
@@ -109,11 +110,11 @@ class CatalogView(BaseModel):
 
 
 class CheckoutRequest(StrictModel):
-    plan: str | None = Field(default=None, description="Plan id (subscription checkout).", max_length=40)
+    plan: CatalogRef | None = Field(default=None, description="Plan id (subscription checkout).")
     interval: Literal["month", "year"] = "month"
-    pack: str | None = Field(default=None, description="Credit pack id (one-time payment).", max_length=40)
-    success_url: str | None = Field(default=None, max_length=2000)
-    cancel_url: str | None = Field(default=None, max_length=2000)
+    pack: CatalogRef | None = Field(default=None, description="Credit pack id (one-time payment).")
+    success_url: Url | None = None
+    cancel_url: Url | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> CheckoutRequest:
@@ -135,7 +136,7 @@ class CheckoutView(BaseModel):
 
 
 class PlanChangeRequest(StrictModel):
-    plan: str = Field(max_length=40)
+    plan: CatalogRef
     interval: Literal["month", "year"] = "month"
 
 
@@ -185,7 +186,7 @@ class PortalSessionView(BaseModel):
 
 
 class PortalRequest(StrictModel):
-    return_url: str | None = Field(default=None, max_length=2000)
+    return_url: Url | None = None
 
 
 class PackPurchaseView(BaseModel):

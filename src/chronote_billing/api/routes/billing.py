@@ -5,7 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
-from chronote_billing.catalog.service import load_catalog
+from chronote_billing.api.responses import PAYMENT_PROVIDER_ERROR, problems
+from chronote_billing.catalog.service import PlanScopeMismatch, UnknownPlan, load_catalog
+from chronote_billing.core.errors import NotFound
+from chronote_billing.core.validation import AccountId
 from chronote_billing.stripe_sync.schemas import (
     CancelView,
     CatalogView,
@@ -16,6 +19,13 @@ from chronote_billing.stripe_sync.schemas import (
     PortalRequest,
     PortalSessionView,
     SubscriptionView,
+)
+from chronote_billing.stripe_sync.service import (
+    NoStripeCustomer,
+    NoSubscription,
+    PaymentFailed,
+    PlanChangeNotSupported,
+    SubscriptionExists,
 )
 
 router = APIRouter(prefix="/v1", tags=["billing"])
@@ -30,8 +40,11 @@ def get_catalog() -> CatalogView:
     "/accounts/{account_id}/subscription",
     response_model=SubscriptionView,
     summary="The plan in force, its status, period and payment grace",
+    responses=problems(NotFound),
 )
-def get_subscription(account_id: str, container: ContainerDep, principal: PrincipalDep) -> SubscriptionView:
+def get_subscription(
+    account_id: AccountId, container: ContainerDep, principal: PrincipalDep
+) -> SubscriptionView:
     principal.require_scope("accounts:read")
     return container.billing.get_subscription(principal, account_id)
 
@@ -41,9 +54,10 @@ def get_subscription(account_id: str, container: ContainerDep, principal: Princi
     response_model=CheckoutView,
     status_code=201,
     summary="Start a Stripe Checkout for a plan (subscription) or a credit pack (one-time payment)",
+    responses=problems(NotFound, UnknownPlan, PlanScopeMismatch, SubscriptionExists, PAYMENT_PROVIDER_ERROR),
 )
 def start_checkout(
-    account_id: str,
+    account_id: AccountId,
     body: CheckoutRequest,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -66,9 +80,18 @@ def start_checkout(
     "/accounts/{account_id}/subscription",
     response_model=PlanChangeView,
     summary="Change the plan: an upgrade now with proration, a downgrade at the end of the period",
+    responses=problems(
+        NotFound,
+        NoSubscription,
+        PlanChangeNotSupported,
+        UnknownPlan,
+        PlanScopeMismatch,
+        PaymentFailed,
+        PAYMENT_PROVIDER_ERROR,
+    ),
 )
 def change_plan(
-    account_id: str,
+    account_id: AccountId,
     body: PlanChangeRequest,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -84,9 +107,10 @@ def change_plan(
     "/accounts/{account_id}/subscription",
     response_model=CancelView,
     summary="Cancel at the end of the period (the plan stays until then)",
+    responses=problems(NotFound, NoSubscription, PAYMENT_PROVIDER_ERROR),
 )
 def cancel_subscription(
-    account_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    account_id: AccountId, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> CancelView:
     principal.require_scope("billing:write")
     return container.billing.cancel(principal, account_id, idempotency_key=key)
@@ -97,9 +121,10 @@ def cancel_subscription(
     response_model=PortalSessionView,
     status_code=201,
     summary="A Stripe customer portal session on this account's own customer",
+    responses=problems(NotFound, NoStripeCustomer, PAYMENT_PROVIDER_ERROR),
 )
 def portal_session(
-    account_id: str,
+    account_id: AccountId,
     container: ContainerDep,
     principal: PrincipalDep,
     key: IdempotencyKeyDep,

@@ -2,46 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from chronote_billing.access.service import require_manage, require_view
 from chronote_billing.accounts.schemas import AccountView
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.api.responses import problems
+from chronote_billing.core.errors import (
+    HoldAlreadySettled,
+    HoldExpired,
+    InsufficientCredits,
+    NotFound,
+)
+from chronote_billing.core.validation import (
+    BIGINT_MAX,
+    AccountId,
+    HoldId,
+    Metadata,
+    Moment,
+    Name,
+    OwnerRef,
+    Reason,
+    TtlSeconds,
+)
 from chronote_billing.ledger.schemas import BalanceView, GrantView, HoldView, StatementPage
+from chronote_billing.ledger.service import CaptureExceedsHold
 from chronote_billing.usage.errors import HoldManagedByRecording
 
-
-class Problem(BaseModel):
-    """An RFC 9457 problem; errors may add members such as ``field`` or ``available``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: str = Field(description="Stable error code, e.g. insufficient_credits.")
-    instance: str
-
-
-_PROBLEM = {"application/problem+json": {"schema": Problem.model_json_schema()}}
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "unauthenticated", "content": _PROBLEM},
-    402: {"description": "insufficient_credits or cap_reached", "content": _PROBLEM},
-    403: {"description": "permission_denied", "content": _PROBLEM},
-    404: {"description": "not_found", "content": _PROBLEM},
-    409: {
-        "description": "hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict",
-        "content": _PROBLEM,
-    },
-    422: {"description": "validation_error or capture_exceeds_hold", "content": _PROBLEM},
-}
-
-router = APIRouter(prefix="/v1", tags=["ledger"], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["ledger"])
 
 # Strict: "100" or 1.0 is not an amount of money.
 Millicredits = Annotated[
@@ -55,30 +46,28 @@ class StrictModel(BaseModel):
 
 class AccountLookup(StrictModel):
     kind: Literal["personal", "server", "organization"]
-    owner_ref: str = Field(
-        description="Discord user id, guild id or organization id.", min_length=1, max_length=64
-    )
-    display_name: str | None = Field(default=None, max_length=200)
+    owner_ref: OwnerRef = Field(description="Discord user id, guild id or organization id.")
+    display_name: Name | None = None
 
 
 class GrantCreate(StrictModel):
     amount: Millicredits
     source: Literal["promotional", "comp", "adjustment", "migration"] = "promotional"
-    expires_at: datetime | None = None
-    effective_at: datetime | None = None
-    priority: int = Field(default=50, ge=0, le=100)
-    description: str = Field(default="", max_length=500)
+    expires_at: Moment | None = None
+    effective_at: Moment | None = None
+    priority: Annotated[StrictInt, Field(ge=0, le=100)] = 50
+    description: Reason = ""
 
 
 class HoldCreate(StrictModel):
     amount: Millicredits
-    expires_at: datetime | None = Field(default=None, description="When the hold lapses if not settled.")
-    ttl_seconds: int | None = Field(
-        default=None, gt=0, le=7 * 24 * 3600, description="Alternative to expires_at."
+    expires_at: Moment | None = Field(default=None, description="When the hold lapses if not settled.")
+    ttl_seconds: TtlSeconds | None = Field(default=None, description="Alternative to expires_at.")
+    allow_partial: StrictBool = Field(
+        default=False, description="Approve what is available instead of declining."
     )
-    allow_partial: bool = Field(default=False, description="Approve what is available instead of declining.")
-    reason: str = Field(default="", max_length=500)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    reason: Reason = ""
+    metadata: Metadata = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_expiry(self) -> HoldCreate:
@@ -91,23 +80,28 @@ class HoldExtend(StrictModel):
     amount: int = Field(
         default=0, ge=0, le=10**15, strict=True, description="Additional millicredits to reserve."
     )
-    expires_at: datetime | None = None
-    ttl_seconds: int | None = Field(default=None, gt=0, le=7 * 24 * 3600)
-    allow_partial: bool = False
+    expires_at: Moment | None = None
+    ttl_seconds: TtlSeconds | None = None
+    allow_partial: StrictBool = False
 
 
 class HoldCapture(StrictModel):
     amount: int = Field(
         ge=0, le=10**15, strict=True, description="Millicredits to charge; at most what is held."
     )
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Reason | None = None
 
 
 class HoldRelease(StrictModel):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Reason | None = None
 
 
-@router.post("/accounts", response_model=AccountView, summary="Find or create the billing account of a payer")
+@router.post(
+    "/accounts",
+    response_model=AccountView,
+    summary="Find or create the billing account of a payer",
+    responses=problems(),
+)
 def resolve_account(body: AccountLookup, container: ContainerDep, principal: PrincipalDep) -> AccountView:
     principal.require_scope("accounts:read")
 
@@ -120,8 +114,13 @@ def resolve_account(body: AccountLookup, container: ContainerDep, principal: Pri
     return container.db.write(work)
 
 
-@router.get("/accounts/{account_id}", response_model=AccountView, summary="A billing account")
-def get_account(account_id: str, container: ContainerDep, principal: PrincipalDep) -> AccountView:
+@router.get(
+    "/accounts/{account_id}",
+    response_model=AccountView,
+    summary="A billing account",
+    responses=problems(NotFound),
+)
+def get_account(account_id: AccountId, container: ContainerDep, principal: PrincipalDep) -> AccountView:
     principal.require_scope("accounts:read")
 
     def work(session):  # type: ignore[no-untyped-def]
@@ -136,8 +135,9 @@ def get_account(account_id: str, container: ContainerDep, principal: PrincipalDe
     "/accounts/{account_id}/balance",
     response_model=BalanceView,
     summary="Available, held and per-grant balance",
+    responses=problems(NotFound),
 )
-def get_balance(account_id: str, container: ContainerDep, principal: PrincipalDep) -> BalanceView:
+def get_balance(account_id: AccountId, container: ContainerDep, principal: PrincipalDep) -> BalanceView:
     principal.require_scope("accounts:read")
 
     def work(session):  # type: ignore[no-untyped-def]
@@ -151,14 +151,15 @@ def get_balance(account_id: str, container: ContainerDep, principal: PrincipalDe
     "/accounts/{account_id}/ledger",
     response_model=StatementPage,
     summary="Statement: every movement with its reason",
+    responses=problems(NotFound),
 )
 def get_statement(
-    account_id: str,
+    account_id: AccountId,
     container: ContainerDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: Annotated[
-        int | None, Query(ge=0, description="Cursor: the last line id of the previous page.")
+        int | None, Query(ge=0, le=BIGINT_MAX, description="Cursor: the last line id of the previous page.")
     ] = None,
 ) -> StatementPage:
     principal.require_scope("accounts:read")
@@ -170,8 +171,13 @@ def get_statement(
     return container.db.read(work)
 
 
-@router.get("/accounts/{account_id}/grants", response_model=list[GrantView], summary="Grants, newest first")
-def list_grants(account_id: str, container: ContainerDep, principal: PrincipalDep) -> list[GrantView]:
+@router.get(
+    "/accounts/{account_id}/grants",
+    response_model=list[GrantView],
+    summary="Grants, newest first",
+    responses=problems(NotFound),
+)
+def list_grants(account_id: AccountId, container: ContainerDep, principal: PrincipalDep) -> list[GrantView]:
     principal.require_scope("accounts:read")
 
     def work(session):  # type: ignore[no-untyped-def]
@@ -186,9 +192,10 @@ def list_grants(account_id: str, container: ContainerDep, principal: PrincipalDe
     response_model=GrantView,
     status_code=201,
     summary="Issue a promotional grant (operators only)",
+    responses=problems(NotFound),
 )
 def create_grant(
-    account_id: str,
+    account_id: AccountId,
     body: GrantCreate,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -215,9 +222,15 @@ def create_grant(
     return container.db.write(work)
 
 
-@router.post("/accounts/{account_id}/holds", response_model=HoldView, status_code=201, summary="Place a hold")
+@router.post(
+    "/accounts/{account_id}/holds",
+    response_model=HoldView,
+    status_code=201,
+    summary="Place a hold",
+    responses=problems(NotFound, InsufficientCredits),
+)
 def place_hold(
-    account_id: str,
+    account_id: AccountId,
     body: HoldCreate,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -254,8 +267,8 @@ def _hold_access(container: ContainerDep, principal: PrincipalDep, session, hold
         )
 
 
-@router.get("/holds/{hold_id}", response_model=HoldView, summary="A hold")
-def get_hold(hold_id: str, container: ContainerDep, principal: PrincipalDep) -> HoldView:
+@router.get("/holds/{hold_id}", response_model=HoldView, summary="A hold", responses=problems(NotFound))
+def get_hold(hold_id: HoldId, container: ContainerDep, principal: PrincipalDep) -> HoldView:
     principal.require_scope("accounts:read")
 
     def work(session):  # type: ignore[no-untyped-def]
@@ -267,10 +280,19 @@ def get_hold(hold_id: str, container: ContainerDep, principal: PrincipalDep) -> 
 
 
 @router.post(
-    "/holds/{hold_id}/extend", response_model=HoldView, summary="Reserve more and/or keep a hold longer"
+    "/holds/{hold_id}/extend",
+    response_model=HoldView,
+    summary="Reserve more and/or keep a hold longer",
+    responses=problems(
+        NotFound, InsufficientCredits, HoldExpired, HoldAlreadySettled, HoldManagedByRecording
+    ),
 )
 def extend_hold(
-    hold_id: str, body: HoldExtend, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    hold_id: HoldId,
+    body: HoldExtend,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
 ) -> HoldView:
     principal.require_scope("holds:write")
 
@@ -293,9 +315,14 @@ def extend_hold(
     "/holds/{hold_id}/capture",
     response_model=HoldView,
     summary="Capture at most the held amount; the rest is released",
+    responses=problems(NotFound, HoldExpired, HoldAlreadySettled, CaptureExceedsHold, HoldManagedByRecording),
 )
 def capture_hold(
-    hold_id: str, body: HoldCapture, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    hold_id: HoldId,
+    body: HoldCapture,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
 ) -> HoldView:
     principal.require_scope("holds:write")
 
@@ -306,10 +333,13 @@ def capture_hold(
 
 
 @router.post(
-    "/holds/{hold_id}/release", response_model=HoldView, summary="Release a hold: nothing is charged"
+    "/holds/{hold_id}/release",
+    response_model=HoldView,
+    summary="Release a hold: nothing is charged",
+    responses=problems(NotFound, HoldExpired, HoldAlreadySettled, HoldManagedByRecording),
 )
 def release_hold(
-    hold_id: str,
+    hold_id: HoldId,
     container: ContainerDep,
     principal: PrincipalDep,
     key: IdempotencyKeyDep,

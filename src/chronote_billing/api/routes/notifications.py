@@ -5,15 +5,23 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from chronote_billing.access.service import require_manage
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.api.responses import problems
+from chronote_billing.core.errors import NotFound
+from chronote_billing.core.validation import AccountId, CatalogRef, NotificationId, WholeNumber
 from chronote_billing.notifications.schemas import (
     AlertSettingsView,
     AutoRechargeView,
     OutboxEntryView,
     OutboxPage,
+)
+from chronote_billing.notifications.service import (
+    AutoRechargeOrganizationsOnly,
+    InvalidThreshold,
+    UnknownPack,
 )
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
@@ -24,27 +32,28 @@ class StrictModel(BaseModel):
 
 
 class AlertSettingsUpdate(StrictModel):
-    low_balance_threshold_credits: int | None = Field(
+    low_balance_threshold_credits: WholeNumber | None = Field(
         description="Whole credits; Chronote gets wallet.balance_low when the available balance falls "
         "below it (once per crossing). null turns the alert off.",
     )
 
 
 class AutoRechargeUpdate(StrictModel):
-    enabled: bool
-    threshold_credits: int = Field(
+    enabled: StrictBool
+    threshold_credits: WholeNumber = Field(
         description="Whole credits; the pack is bought when the available balance falls below it."
     )
-    pack_id: str = Field(description="A credit pack of the catalog, e.g. credits_5000.", max_length=40)
+    pack_id: CatalogRef = Field(description="A credit pack of the catalog, e.g. credits_5000.")
 
 
 @router.get(
     "/accounts/{account_id}/alert-settings",
     response_model=AlertSettingsView,
     summary="The low-balance alert threshold",
+    responses=problems(NotFound),
 )
 def get_alert_settings(
-    account_id: str, container: ContainerDep, principal: PrincipalDep
+    account_id: AccountId, container: ContainerDep, principal: PrincipalDep
 ) -> AlertSettingsView:
     principal.require_scope("accounts:read")
 
@@ -59,9 +68,10 @@ def get_alert_settings(
     "/accounts/{account_id}/alert-settings",
     response_model=AlertSettingsView,
     summary="Set or turn off the low-balance alert threshold",
+    responses=problems(NotFound, InvalidThreshold),
 )
 def put_alert_settings(
-    account_id: str,
+    account_id: AccountId,
     body: AlertSettingsUpdate,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -85,8 +95,11 @@ def put_alert_settings(
     "/accounts/{account_id}/auto-recharge",
     response_model=AutoRechargeView,
     summary="Auto-recharge settings (organizations)",
+    responses=problems(NotFound),
 )
-def get_auto_recharge(account_id: str, container: ContainerDep, principal: PrincipalDep) -> AutoRechargeView:
+def get_auto_recharge(
+    account_id: AccountId, container: ContainerDep, principal: PrincipalDep
+) -> AutoRechargeView:
     principal.require_scope("accounts:read")
 
     def work(session):  # type: ignore[no-untyped-def]
@@ -100,12 +113,13 @@ def get_auto_recharge(account_id: str, container: ContainerDep, principal: Princ
     "/accounts/{account_id}/auto-recharge",
     response_model=AutoRechargeView,
     summary="Turn auto-recharge on or off (organizations)",
+    responses=problems(NotFound, InvalidThreshold, UnknownPack, AutoRechargeOrganizationsOnly),
     description="When the available balance falls below the threshold, the chosen pack is bought "
     "off-session with the organization's saved card, at most once per crossing. Credits arrive "
     "when Stripe confirms the payment.",
 )
 def put_auto_recharge(
-    account_id: str,
+    account_id: AccountId,
     body: AutoRechargeUpdate,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -131,16 +145,17 @@ def put_auto_recharge(
     "/notifications",
     response_model=OutboxPage,
     summary="The notification outbox, newest first (operators)",
+    responses=problems(),
 )
 def list_notifications(
     container: ContainerDep,
     principal: PrincipalDep,
     status: Annotated[Literal["pending", "delivered", "dead"] | None, Query()] = None,
     kind: Annotated[Literal["event", "job"] | None, Query()] = None,
-    account_id: Annotated[str | None, Query(max_length=40)] = None,
+    account_id: Annotated[AccountId | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: Annotated[
-        str | None, Query(max_length=40, description="Cursor: the last id of the previous page.")
+        NotificationId | None, Query(description="Cursor: the last id of the previous page.")
     ] = None,
 ) -> OutboxPage:
     principal.require_scope("operator")
@@ -160,9 +175,10 @@ def list_notifications(
     "/notifications/{notification_id}",
     response_model=OutboxEntryView,
     summary="One outbox entry (operators)",
+    responses=problems(NotFound),
 )
 def get_notification(
-    notification_id: str, container: ContainerDep, principal: PrincipalDep
+    notification_id: NotificationId, container: ContainerDep, principal: PrincipalDep
 ) -> OutboxEntryView:
     principal.require_scope("operator")
     return container.db.read(lambda s: container.notifications.get_entry(s, notification_id))

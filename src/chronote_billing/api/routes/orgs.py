@@ -7,7 +7,6 @@ checked against our own tables, Manage Server is what the client states in
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -16,7 +15,17 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import Principal
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
-from chronote_billing.core.errors import PermissionDenied
+from chronote_billing.api.responses import problems
+from chronote_billing.core.errors import NotFound, PermissionDenied
+from chronote_billing.core.validation import (
+    AuthorizationId,
+    CapCredits,
+    DiscordId,
+    Keyword,
+    Moment,
+    Name,
+    OrgId,
+)
 from chronote_billing.orgs.schemas import (
     AuditEntryView,
     AuthorizationView,
@@ -25,7 +34,20 @@ from chronote_billing.orgs.schemas import (
     OrgView,
     ServerView,
 )
-from chronote_billing.orgs.service import ADMIN_ROLES, UNSET, member_role
+from chronote_billing.orgs.service import (
+    ADMIN_ROLES,
+    UNSET,
+    AlreadyMember,
+    AuthorizationExists,
+    AuthorizationRevoked,
+    CannotChangeOwnAuthorization,
+    LastOwner,
+    NotAMember,
+    ServerAlreadyLinked,
+    ServerNotLinked,
+    UnknownCaptureSource,
+    member_role,
+)
 
 router = APIRouter(prefix="/v1", tags=["organizations"])
 
@@ -35,11 +57,11 @@ class StrictModel(BaseModel):
 
 
 class OrgCreate(StrictModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
 
 
 class MemberAdd(StrictModel):
-    user_id: str = Field(description="Discord user id.")
+    user_id: DiscordId = Field(description="Discord user id.")
     role: Literal["owner", "billing_admin", "member"] = "member"
 
 
@@ -48,25 +70,27 @@ class RoleChange(StrictModel):
 
 
 class ServerLink(StrictModel):
-    guild_id: str
+    guild_id: DiscordId
 
 
 class AuthorizationCreate(StrictModel):
     subject_type: Literal["member", "server"]
-    subject_id: str = Field(description="The member's Discord user id or the linked server's guild id.")
-    monthly_cap_credits: int | None = Field(default=None, ge=0, description="Null: no monthly cap.")
-    capture_sources: list[str] | None = Field(default=None, description="Null: every source.")
-    valid_from: datetime | None = None
-    valid_until: datetime | None = None
+    subject_id: DiscordId = Field(description="The member's Discord user id or the linked server's guild id.")
+    monthly_cap_credits: CapCredits | None = Field(default=None, description="Null: no monthly cap.")
+    capture_sources: list[Keyword] | None = Field(
+        default=None, max_length=16, description="Null: every source."
+    )
+    valid_from: Moment | None = None
+    valid_until: Moment | None = None
 
 
 class AuthorizationUpdate(StrictModel):
-    monthly_cap_credits: int | None = Field(default=None, ge=0)
-    capture_sources: list[str] | None = None
-    valid_until: datetime | None = None
+    monthly_cap_credits: CapCredits | None = None
+    capture_sources: list[Keyword] | None = Field(default=None, max_length=16)
+    valid_until: Moment | None = None
 
 
-def _require_member(session: Session, principal: Principal, org_id: str, admin: bool) -> None:
+def _require_member(session: Session, principal: Principal, org_id: OrgId, admin: bool) -> None:
     if principal.is_operator:
         return
     user = principal.require_user()
@@ -80,7 +104,11 @@ def _require_member(session: Session, principal: Principal, org_id: str, admin: 
 
 
 @router.post(
-    "/orgs", response_model=OrgView, status_code=201, summary="Create an organization (you become owner)"
+    "/orgs",
+    response_model=OrgView,
+    status_code=201,
+    summary="Create an organization (you become owner)",
+    responses=problems(),
 )
 def create_org(
     body: OrgCreate, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
@@ -92,15 +120,20 @@ def create_org(
     )
 
 
-@router.get("/orgs", response_model=list[MembershipView], summary="Organizations of the acting user")
+@router.get(
+    "/orgs",
+    response_model=list[MembershipView],
+    summary="Organizations of the acting user",
+    responses=problems(),
+)
 def my_orgs(container: ContainerDep, principal: PrincipalDep) -> list[MembershipView]:
     principal.require_scope("orgs:read")
     user = principal.require_user()
     return container.db.read(lambda s: container.orgs.memberships(s, user))
 
 
-@router.get("/orgs/{org_id}", response_model=OrgView, summary="An organization")
-def get_org(org_id: str, container: ContainerDep, principal: PrincipalDep) -> OrgView:
+@router.get("/orgs/{org_id}", response_model=OrgView, summary="An organization", responses=problems(NotFound))
+def get_org(org_id: OrgId, container: ContainerDep, principal: PrincipalDep) -> OrgView:
     principal.require_scope("orgs:read")
 
     def work(session: Session) -> OrgView:
@@ -111,8 +144,13 @@ def get_org(org_id: str, container: ContainerDep, principal: PrincipalDep) -> Or
     return container.db.read(work)
 
 
-@router.get("/orgs/{org_id}/members", response_model=list[MemberView], summary="Members and roles")
-def list_members(org_id: str, container: ContainerDep, principal: PrincipalDep) -> list[MemberView]:
+@router.get(
+    "/orgs/{org_id}/members",
+    response_model=list[MemberView],
+    summary="Members and roles",
+    responses=problems(NotFound),
+)
+def list_members(org_id: OrgId, container: ContainerDep, principal: PrincipalDep) -> list[MemberView]:
     principal.require_scope("orgs:read")
 
     def work(session: Session) -> list[MemberView]:
@@ -123,9 +161,15 @@ def list_members(org_id: str, container: ContainerDep, principal: PrincipalDep) 
     return container.db.read(work)
 
 
-@router.post("/orgs/{org_id}/members", response_model=MemberView, status_code=201, summary="Add a member")
+@router.post(
+    "/orgs/{org_id}/members",
+    response_model=MemberView,
+    status_code=201,
+    summary="Add a member",
+    responses=problems(NotFound, AlreadyMember),
+)
 def add_member(
-    org_id: str, body: MemberAdd, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    org_id: OrgId, body: MemberAdd, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> MemberView:
     principal.require_scope("orgs:write")
     user = principal.require_user()
@@ -136,10 +180,15 @@ def add_member(
     )
 
 
-@router.patch("/orgs/{org_id}/members/{user_id}", response_model=MemberView, summary="Change a member's role")
+@router.patch(
+    "/orgs/{org_id}/members/{user_id}",
+    response_model=MemberView,
+    summary="Change a member's role",
+    responses=problems(NotFound, NotAMember, LastOwner),
+)
 def set_role(
-    org_id: str,
-    user_id: str,
+    org_id: OrgId,
+    user_id: DiscordId,
     body: RoleChange,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -158,9 +207,14 @@ def set_role(
     "/orgs/{org_id}/members/{user_id}",
     response_model=MemberView,
     summary="Remove a member (their authorizations are revoked)",
+    responses=problems(NotFound, NotAMember, LastOwner),
 )
 def remove_member(
-    org_id: str, user_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    org_id: OrgId,
+    user_id: DiscordId,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
 ) -> MemberView:
     principal.require_scope("orgs:write")
     actor = principal.require_user()
@@ -171,8 +225,13 @@ def remove_member(
     )
 
 
-@router.get("/orgs/{org_id}/servers", response_model=list[ServerView], summary="Linked servers")
-def list_servers(org_id: str, container: ContainerDep, principal: PrincipalDep) -> list[ServerView]:
+@router.get(
+    "/orgs/{org_id}/servers",
+    response_model=list[ServerView],
+    summary="Linked servers",
+    responses=problems(NotFound),
+)
+def list_servers(org_id: OrgId, container: ContainerDep, principal: PrincipalDep) -> list[ServerView]:
     principal.require_scope("orgs:read")
 
     def work(session: Session) -> list[ServerView]:
@@ -188,9 +247,10 @@ def list_servers(org_id: str, container: ContainerDep, principal: PrincipalDep) 
     response_model=ServerView,
     status_code=201,
     summary="Link a server (Manage Server on it and owner or billing_admin)",
+    responses=problems(NotFound, ServerAlreadyLinked),
 )
 def link_server(
-    org_id: str, body: ServerLink, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    org_id: OrgId, body: ServerLink, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> ServerView:
     principal.require_scope("orgs:write")
     actor = principal.require_user()
@@ -210,9 +270,14 @@ def link_server(
     "/orgs/{org_id}/servers/{guild_id}",
     response_model=ServerView,
     summary="Unlink a server (its authorization is revoked)",
+    responses=problems(NotFound, ServerNotLinked),
 )
 def unlink_server(
-    org_id: str, guild_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    org_id: OrgId,
+    guild_id: DiscordId,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
 ) -> ServerView:
     principal.require_scope("orgs:write")
     actor = principal.require_user()
@@ -231,9 +296,10 @@ def unlink_server(
     "/orgs/{org_id}/authorizations",
     response_model=list[AuthorizationView],
     summary="Authorizations with this month's used, held and left",
+    responses=problems(NotFound),
 )
 def list_authorizations(
-    org_id: str, container: ContainerDep, principal: PrincipalDep
+    org_id: OrgId, container: ContainerDep, principal: PrincipalDep
 ) -> list[AuthorizationView]:
     principal.require_scope("orgs:read")
 
@@ -250,9 +316,17 @@ def list_authorizations(
     response_model=AuthorizationView,
     status_code=201,
     summary="Authorize a member or a linked server to spend",
+    responses=problems(
+        NotFound,
+        NotAMember,
+        ServerNotLinked,
+        AuthorizationExists,
+        CannotChangeOwnAuthorization,
+        UnknownCaptureSource,
+    ),
 )
 def create_authorization(
-    org_id: str,
+    org_id: OrgId,
     body: AuthorizationCreate,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -280,9 +354,10 @@ def create_authorization(
     "/authorizations/{authorization_id}",
     response_model=AuthorizationView,
     summary="Change an authorization's cap, sources or end (only the fields sent)",
+    responses=problems(NotFound, AuthorizationRevoked, CannotChangeOwnAuthorization, UnknownCaptureSource),
 )
 def update_authorization(
-    authorization_id: str,
+    authorization_id: AuthorizationId,
     body: AuthorizationUpdate,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -308,9 +383,13 @@ def update_authorization(
     "/authorizations/{authorization_id}/revoke",
     response_model=AuthorizationView,
     summary="Revoke at once for new holds (open holds may finish)",
+    responses=problems(NotFound, AuthorizationRevoked, CannotChangeOwnAuthorization),
 )
 def revoke_authorization(
-    authorization_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    authorization_id: AuthorizationId,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    key: IdempotencyKeyDep,
 ) -> AuthorizationView:
     principal.require_scope("orgs:write")
     actor = principal.require_user()
@@ -321,9 +400,14 @@ def revoke_authorization(
     )
 
 
-@router.get("/orgs/{org_id}/audit", response_model=list[AuditEntryView], summary="Audit log, newest first")
+@router.get(
+    "/orgs/{org_id}/audit",
+    response_model=list[AuditEntryView],
+    summary="Audit log, newest first",
+    responses=problems(NotFound),
+)
 def audit_log(
-    org_id: str,
+    org_id: OrgId,
     container: ContainerDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

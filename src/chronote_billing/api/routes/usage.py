@@ -3,18 +3,44 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import Principal, may_see_server_credits, require_view
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
-from chronote_billing.core.errors import PermissionDenied
+from chronote_billing.api.responses import USAGE_DECLINES, problems
+from chronote_billing.core.errors import HoldAlreadySettled, HoldExpired, NotFound, PermissionDenied
+from chronote_billing.core.validation import (
+    AccountId,
+    AuthorizationId,
+    ByteCount,
+    DiscordId,
+    DurationSeconds,
+    EventRef,
+    FundingSource,
+    Keyword,
+    MeetingRef,
+    Minutes,
+    Moment,
+    RecordingId,
+    SourceSeconds,
+)
+from chronote_billing.orgs.service import UnknownCaptureSource
 from chronote_billing.usage import reports
+from chronote_billing.usage.attribution import FundingSourceNotHeld
+from chronote_billing.usage.errors import (
+    CaptureSourceMismatch,
+    FundingSourceNotAllowed,
+    RecordingAlreadySettled,
+    RecordingExpired,
+    RecordingInProgress,
+    RecordingNotOpen,
+    RecordingTooLong,
+)
 from chronote_billing.usage.schemas import (
     AttributionView,
     Decision,
@@ -34,50 +60,62 @@ class StrictModel(BaseModel):
 
 
 class RecordingStart(StrictModel):
-    context: str = Field(description="personal or server.")
-    capture_source: str = Field(description="discord_voice, desktop, web, mobile, quick_capture or upload.")
-    guild_id: str | None = None
-    meeting_id: str | None = Field(default=None, max_length=128)
-    requested_minutes: int | None = Field(
+    context: Keyword = Field(description="personal or server.")
+    capture_source: Keyword = Field(
+        description="discord_voice, desktop, web, mobile, quick_capture or upload."
+    )
+    guild_id: DiscordId | None = None
+    meeting_id: MeetingRef | None = None
+    requested_minutes: Minutes | None = Field(
         default=None, description="Minutes to hold; uploads are sized instead."
     )
-    funding_source: str | None = Field(
-        default=None, description="'personal' or an authorization id you hold."
-    )
-    allow_partial: bool = False
-    declared_duration_seconds: int | None = None
-    file_size_bytes: int | None = None
+    funding_source: FundingSource | None = None
+    allow_partial: StrictBool = False
+    declared_duration_seconds: DurationSeconds | None = None
+    file_size_bytes: ByteCount | None = None
 
 
 class RecordingExtend(StrictModel):
-    additional_minutes: int
-    allow_partial: bool = False
+    additional_minutes: Minutes
+    allow_partial: StrictBool = False
 
 
 class RecordingFinish(StrictModel):
-    seconds_by_source: dict[str, int] = Field(
+    seconds_by_source: dict[Keyword, SourceSeconds] = Field(
+        max_length=16,
         description="Seconds recorded per audio source (at most 4); charged as the wall-clock "
-        "minutes of the longest, rounded up once. Uploads send their probed duration."
+        "minutes of the longest, rounded up once. Uploads send their probed duration.",
     )
 
 
 class MeteredEvent(StrictModel):
-    event_id: str = Field(min_length=1, max_length=128, description="Idempotency: one charge per event id.")
-    event_type: str = Field(description="chat_to_speech_message or ask_question.")
-    context: str
-    guild_id: str | None = None
-    meeting_id: str | None = Field(default=None, max_length=128)
-    funding_source: str | None = None
+    event_id: EventRef = Field(description="Idempotency: one charge per event id.")
+    event_type: Keyword = Field(description="chat_to_speech_message or ask_question.")
+    context: Keyword
+    guild_id: DiscordId | None = None
+    meeting_id: MeetingRef | None = None
+    funding_source: FundingSource | None = None
 
 
 class ShareCreate(StrictModel):
-    guild_id: str
+    guild_id: DiscordId
 
 
 class FundingOrder(StrictModel):
-    order: list[str] = Field(
-        description="Authorization ids in the order to use them after the personal wallet."
+    order: list[AuthorizationId] = Field(
+        max_length=100, description="Authorization ids in the order to use them after the personal wallet."
     )
+
+
+# What the usage engine refuses as bad input, whoever would pay.
+USAGE_REQUEST_PROBLEMS = (
+    NotFound,
+    RecordingTooLong,
+    CaptureSourceMismatch,
+    FundingSourceNotHeld,
+    FundingSourceNotAllowed,
+    UnknownCaptureSource,
+)
 
 
 def _usage_request(body: RecordingStart, principal: Principal) -> UsageRequest:
@@ -100,7 +138,12 @@ def _require_recording_scope(principal: Principal, scope: str) -> None:
         principal.require_scope(scope)
 
 
-@router.post("/usage/quote", response_model=Decision, summary="Who would pay, and why (places nothing)")
+@router.post(
+    "/usage/quote",
+    response_model=Decision,
+    summary="Who would pay, and why (places nothing)",
+    responses=problems(USAGE_REQUEST_PROBLEMS),
+)
 def quote(body: RecordingStart, container: ContainerDep, principal: PrincipalDep) -> Decision:
     req = _usage_request(body, principal)
     return container.db.read(lambda s: container.usage.quote(s, req))
@@ -111,6 +154,7 @@ def quote(body: RecordingStart, container: ContainerDep, principal: PrincipalDep
     response_model=RecordingView,
     status_code=201,
     summary="Start a recording or upload: places the hold",
+    responses=problems(USAGE_REQUEST_PROBLEMS, USAGE_DECLINES, RecordingInProgress),
 )
 def start_recording(
     body: RecordingStart, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
@@ -119,8 +163,15 @@ def start_recording(
     return container.usage_writes.start(req, key)
 
 
-@router.get("/recordings/{recording_id}", response_model=RecordingView, summary="A recording and its payer")
-def get_recording(recording_id: str, container: ContainerDep, principal: PrincipalDep) -> RecordingView:
+@router.get(
+    "/recordings/{recording_id}",
+    response_model=RecordingView,
+    summary="A recording and its payer",
+    responses=problems(NotFound),
+)
+def get_recording(
+    recording_id: RecordingId, container: ContainerDep, principal: PrincipalDep
+) -> RecordingView:
     _require_recording_scope(principal, "accounts:read")
     return container.db.read(lambda s: container.usage.get_recording(s, principal, recording_id))
 
@@ -129,9 +180,12 @@ def get_recording(recording_id: str, container: ContainerDep, principal: Princip
     "/recordings/{recording_id}/extend",
     response_model=RecordingView,
     summary="Hold more minutes on the same payer",
+    responses=problems(
+        NotFound, RecordingNotOpen, RecordingExpired, USAGE_DECLINES, HoldExpired, HoldAlreadySettled
+    ),
 )
 def extend_recording(
-    recording_id: str,
+    recording_id: RecordingId,
     body: RecordingExtend,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -147,9 +201,12 @@ def extend_recording(
     "/recordings/{recording_id}/finish",
     response_model=RecordingView,
     summary="Charge the actual minutes, release the rest",
+    responses=problems(
+        NotFound, RecordingNotOpen, RecordingAlreadySettled, RecordingExpired, HoldExpired, HoldAlreadySettled
+    ),
 )
 def finish_recording(
-    recording_id: str,
+    recording_id: RecordingId,
     body: RecordingFinish,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -160,10 +217,13 @@ def finish_recording(
 
 
 @router.post(
-    "/recordings/{recording_id}/cancel", response_model=RecordingView, summary="Cancel: nothing is charged"
+    "/recordings/{recording_id}/cancel",
+    response_model=RecordingView,
+    summary="Cancel: nothing is charged",
+    responses=problems(NotFound, RecordingNotOpen, HoldAlreadySettled),
 )
 def cancel_recording(
-    recording_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    recording_id: RecordingId, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> RecordingView:
     _require_recording_scope(principal, "holds:write")
     return container.db.write(lambda s: container.usage.cancel_recording(s, principal, recording_id, key))
@@ -173,9 +233,10 @@ def cancel_recording(
     "/recordings/{recording_id}/fail",
     response_model=RecordingView,
     summary="Processing failed on our side: released, nothing charged",
+    responses=problems(NotFound, RecordingNotOpen, HoldAlreadySettled),
 )
 def fail_recording(
-    recording_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    recording_id: RecordingId, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> RecordingView:
     _require_recording_scope(principal, "holds:write")
     return container.db.write(lambda s: container.usage.fail_recording(s, principal, recording_id, key))
@@ -186,6 +247,7 @@ def fail_recording(
     response_model=RecordingView,
     status_code=201,
     summary="Charge a metered event (idempotent by event id)",
+    responses=problems(USAGE_REQUEST_PROBLEMS, USAGE_DECLINES),
 )
 def charge_event(body: MeteredEvent, container: ContainerDep, principal: PrincipalDep) -> RecordingView:
     principal.require_scope("usage:write")
@@ -198,9 +260,10 @@ def charge_event(body: MeteredEvent, container: ContainerDep, principal: Princip
     response_model=AttributionView,
     status_code=201,
     summary="Record that a personal meeting was shared with a server (no charge)",
+    responses=problems(NotFound),
 )
 def share_meeting(
-    meeting_id: str,
+    meeting_id: MeetingRef,
     body: ShareCreate,
     container: ContainerDep,
     principal: PrincipalDep,
@@ -216,9 +279,14 @@ def share_meeting(
 
 
 @router.get(
-    "/meetings/{meeting_id}/attribution", response_model=AttributionView, summary="Who paid for a meeting"
+    "/meetings/{meeting_id}/attribution",
+    response_model=AttributionView,
+    summary="Who paid for a meeting",
+    responses=problems(NotFound),
 )
-def meeting_attribution(meeting_id: str, container: ContainerDep, principal: PrincipalDep) -> AttributionView:
+def meeting_attribution(
+    meeting_id: MeetingRef, container: ContainerDep, principal: PrincipalDep
+) -> AttributionView:
     _require_recording_scope(principal, "accounts:read")
     return container.db.read(lambda s: container.usage.meeting_attribution(s, principal, meeting_id))
 
@@ -227,12 +295,13 @@ def meeting_attribution(meeting_id: str, container: ContainerDep, principal: Pri
     "/entitlements",
     response_model=EntitlementsView,
     summary="Plan features and what each funding source has left, for the acting user",
+    responses=problems(NotFound),
 )
 def entitlements(
     container: ContainerDep,
     principal: PrincipalDep,
     context: Annotated[Literal["personal", "server"], Query()] = "personal",
-    guild_id: Annotated[str | None, Query()] = None,
+    guild_id: Annotated[DiscordId | None, Query()] = None,
 ) -> EntitlementsView:
     principal.require_scope("accounts:read")
     user = principal.require_user()
@@ -256,6 +325,7 @@ def funding_sources(container: ContainerDep, principal: PrincipalDep) -> list[Fu
     "/funding-sources/order",
     response_model=list[FundingSourceView],
     summary="Set the default order of authorizations",
+    responses=problems(NotFound, FundingSourceNotHeld),
 )
 def set_funding_order(
     body: FundingOrder, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
@@ -268,14 +338,19 @@ def set_funding_order(
 GroupBy = Literal["day", "source", "member", "server", "context"]
 
 
-@router.get("/accounts/{account_id}/usage", response_model=UsageReport, summary="Usage grouped one way")
+@router.get(
+    "/accounts/{account_id}/usage",
+    response_model=UsageReport,
+    summary="Usage grouped one way",
+    responses=problems(NotFound),
+)
 def usage_report(
-    account_id: str,
+    account_id: AccountId,
     container: ContainerDep,
     principal: PrincipalDep,
     group_by: GroupBy = "day",
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
 ) -> UsageReport:
     principal.require_scope("accounts:read")
 
@@ -286,14 +361,18 @@ def usage_report(
     return container.db.read(work)
 
 
-@router.get("/accounts/{account_id}/usage.csv", summary="Usage as CSV (lines with reasons, or grouped)")
+@router.get(
+    "/accounts/{account_id}/usage.csv",
+    summary="Usage as CSV (lines with reasons, or grouped)",
+    responses=problems(NotFound),
+)
 def usage_csv(
-    account_id: str,
+    account_id: AccountId,
     container: ContainerDep,
     principal: PrincipalDep,
     group_by: GroupBy | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
 ) -> Response:
     principal.require_scope("accounts:read")
 
