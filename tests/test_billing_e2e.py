@@ -408,7 +408,7 @@ def test_refund_of_a_plan_invoice_takes_back_its_share_of_the_allowance(billing:
     grant = next(g for g in billing.grants(account_id) if g.id == allowance.id)
     assert grant.remaining == 0 and billing.balance(account_id).posted >= 0
     statement = billing.db.read(lambda s: billing.container.ledger.statement(s, account_id)).data
-    assert sum(1 for line in statement if "Refund of" in line.reason) == 2
+    assert sum(1 for line in statement if "Refund of" in line.reason and line.kind == "refund") == 2
 
 
 def test_lost_dispute_takes_back_what_is_left_of_the_purchase(billing: Billing) -> None:

@@ -8,6 +8,7 @@ allowance of a yearly subscription (0002), each keyed by its period so it is gra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -96,103 +97,120 @@ def current_plan(session: Session, account: BillingAccount, now: datetime) -> Pl
     return catalog.free_plan(account.kind)
 
 
-def ensure_free_allowance(
-    session: Session, ledger: LedgerService, account: BillingAccount, now: datetime
-) -> bool:
-    """Grant this month's free allowance if the account is on a free plan and has not had it.
+@dataclass(frozen=True)
+class DueAllowance:
+    """An allowance in force now and not issued yet: what ``ensure_free_allowance`` would grant."""
 
-    Returns True when a grant was issued by this call.
-    """
+    amount: int
+    source: str
+    idempotency_key: str
+    cause_type: str
+    cause_id: str
+    effective_at: datetime
+    expires_at: datetime
+    description: str
+
+
+def due_allowance(session: Session, account: BillingAccount, now: datetime) -> DueAllowance | None:
+    """The allowance due now and not yet issued (decision 0039): this month's free allowance, a
+    complimentary plan's, or a later month of a yearly subscription. None when there is none."""
     plan = current_plan(session, account, now)
     if plan is None or plan.included_credits <= 0:
-        return False
+        return None
     if not plan.is_free:
-        return _ensure_paid_allowance(session, ledger, account, plan, now)
+        return _due_paid_allowance(session, account, plan, now)
     month = month_key(now)
     cause_id = f"{plan.id}:{month}"
     if _already_granted(session, account.id, "free_plan", cause_id):
-        return False
+        return None
     start, end = month_bounds(now)
-    ledger.issue_grant(
-        session,
-        account_id=account.id,
+    return DueAllowance(
         amount=plan.included_millicredits,
         source="free_allowance",
         idempotency_key=f"free-allowance:{month}",
         cause_type="free_plan",
         cause_id=cause_id,
-        priority=10,
         effective_at=start,
         expires_at=end,
         description=f"{plan.name} allowance for {month}",
     )
+
+
+def ensure_free_allowance(
+    session: Session, ledger: LedgerService, account: BillingAccount, now: datetime
+) -> bool:
+    """Grant the allowance that is due now (``due_allowance``), once per period.
+
+    Returns True when a grant was issued by this call.
+    """
+    due = due_allowance(session, account, now)
+    if due is None:
+        return False
+    ledger.issue_grant(
+        session,
+        account_id=account.id,
+        amount=due.amount,
+        source=due.source,
+        idempotency_key=due.idempotency_key,
+        cause_type=due.cause_type,
+        cause_id=due.cause_id,
+        priority=10,
+        effective_at=due.effective_at,
+        expires_at=due.expires_at,
+        description=due.description,
+    )
     return True
 
 
-def _ensure_paid_allowance(
-    session: Session, ledger: LedgerService, account: BillingAccount, plan: Plan, now: datetime
-) -> bool:
+def _due_paid_allowance(
+    session: Session, account: BillingAccount, plan: Plan, now: datetime
+) -> DueAllowance | None:
     """A complimentary plan's monthly allowance, or a yearly subscription's later monthly slices.
 
     The first slice of a subscription period comes with its paid invoice (webhooks); later slices
-    of a yearly period are issued here, once each, while the subscription is paid up.
+    of a yearly period are issued on first need, once each, while the subscription is paid up.
     """
     sub = plan_subscription(session, account.id)
     paid = paid_plan(sub, now)
     if paid is not None and paid.id == plan.id and sub is not None:
         if sub.status not in PAID_STATUSES or sub.interval != "year" or now >= sub.current_period_end:
-            return False
+            return None
         index, start, end = allowance_slice(sub.current_period_start, sub.current_period_end, now)
         if index == 0:
-            return False
+            return None
         cause_id = f"{sub.stripe_subscription_id}:{start.isoformat()}"
-        exists = session.execute(
-            select(Grant.id).where(
-                Grant.billing_account_id == account.id,
-                Grant.cause_type == "subscription",
-                Grant.cause_id == cause_id,
-            )
-        ).first()
-        if exists:
-            return False
-        ledger.issue_grant(
-            session,
-            account_id=account.id,
+        if _already_granted(session, account.id, "subscription", cause_id):
+            return None
+        return DueAllowance(
             amount=plan.included_millicredits,
             source="plan_allowance",
             idempotency_key=f"subscription:{cause_id}:allowance",
             cause_type="subscription",
             cause_id=cause_id,
-            priority=10,
             effective_at=start,
             expires_at=end,
             description=f"{plan.name} allowance {start.date()} to {end.date()}",
         )
-        return True
     comp = complimentary_plan(session, account, now)
     if comp is None or comp[1].id != plan.id:
-        return False
+        return None
     month = month_key(now)
     cause_id = f"{comp[0].id}:{month}"
     if _already_granted(session, account.id, "complimentary_plan", cause_id):
-        return False
+        return None
     start, end = month_bounds(now)
     if comp[0].ends_at is not None:
         end = min(end, comp[0].ends_at)
-    ledger.issue_grant(
-        session,
-        account_id=account.id,
+    return DueAllowance(
         amount=plan.included_millicredits,
         source="comp",
         idempotency_key=f"complimentary:{cause_id}",
         cause_type="complimentary_plan",
         cause_id=cause_id,
-        priority=10,
         effective_at=max(start, comp[0].starts_at),
         expires_at=end,
         description=f"Complimentary {plan.name} allowance for {month}",
     )
-    return True
 
 
 def _already_granted(session: Session, account_id: str, cause_type: str, cause_id: str) -> bool:

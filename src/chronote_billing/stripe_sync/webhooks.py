@@ -1049,7 +1049,9 @@ def apply_charge_effects(
                     grant_id=purchase.grant_id,
                     amount=delta,
                     idempotency_key=f"charge:{charge.id}:refund:{charge.amount_refunded}:{purchase.id}",
-                    reason=f"Refund of {charge.amount_refunded} of {charge.amount} on charge {charge.id}",
+                    reason=f"Refund of {_share(charge.amount_refunded, charge.amount)} of the "
+                    f"{_product_name(purchase)} payment (charge {charge.id})",
+                    kind="refund",
                 )
                 purchase.refund_target = target
                 purchase.reversed += view.reversed
@@ -1071,7 +1073,7 @@ def apply_charge_effects(
                 grant_id=purchase.grant_id,
                 frozen=True,
                 idempotency_key=f"charge:{charge.id}:dispute:freeze:{purchase.id}",
-                reason=f"Dispute on charge {charge.id}",
+                reason=f"Frozen while the {_product_name(purchase)} payment is disputed (charge {charge.id})",
             )
             purchase.frozen = True
             notes.append(f"froze {purchase.grant_id} (dispute)")
@@ -1081,7 +1083,8 @@ def apply_charge_effects(
                 grant_id=purchase.grant_id,
                 frozen=False,
                 idempotency_key=f"charge:{charge.id}:dispute:won:{purchase.id}",
-                reason=f"Dispute won on charge {charge.id}",
+                reason=f"Released: the dispute on the {_product_name(purchase)} payment was won "
+                f"(charge {charge.id})",
             )
             purchase.frozen = False
             notes.append(f"unfroze {purchase.grant_id} (dispute won)")
@@ -1093,12 +1096,27 @@ def apply_charge_effects(
                     grant_id=purchase.grant_id,
                     amount=left,
                     idempotency_key=f"charge:{charge.id}:dispute:lost:{purchase.id}",
-                    reason=f"Dispute lost on charge {charge.id}",
+                    reason=f"Taken back: the dispute on the {_product_name(purchase)} payment was lost "
+                    f"(charge {charge.id})",
+                    kind="dispute_lost",
                 )
                 purchase.reversed += view.reversed
                 notes.append(f"dispute lost: took back {view.reversed} millicredits")
     session.flush()
     return True
+
+
+def _product_name(purchase: StripePurchase) -> str:
+    catalog = load_catalog()
+    product = catalog.credit_packs.get(purchase.product_ref) or catalog.plans.get(purchase.product_ref)
+    return product.name if product is not None else purchase.product_ref
+
+
+def _share(part: int, whole: int) -> str:
+    """'all' or a whole percentage, rounded down (what was refunded, in words)."""
+    if whole <= 0 or part >= whole:
+        return "all"
+    return f"{part * 100 // whole}%"
 
 
 _CREDIT_EVENTS = ("invoice.paid", "checkout.session.completed", "payment_intent.succeeded")

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import AccountService, check_snowflake
+from chronote_billing.balances import service as balances
 from chronote_billing.catalog.service import CAPTURE_SOURCES, Plan, load_catalog
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import Clock, month_bounds, month_key, system_clock
@@ -44,7 +45,7 @@ from chronote_billing.core.errors import (
     ValidationFailed,
 )
 from chronote_billing.core.ids import new_id
-from chronote_billing.ledger.models import Grant
+from chronote_billing.credits_text import whole_credits
 from chronote_billing.ledger.service import CapSpec, LedgerService
 from chronote_billing.notifications.service import NotificationService
 from chronote_billing.orgs.models import Organization, SpendAuthorization
@@ -162,8 +163,8 @@ def write_or_record_decline(db: Database, usage: UsageService, work: Callable[[S
 
 
 def credits_text(millicredits: int) -> str:
-    whole, frac = divmod(max(0, millicredits), 1000)
-    return f"{whole:,}" + (f".{frac:03d}".rstrip("0") if frac else "")
+    """Whole credits as a person reads them (decision 0039)."""
+    return whole_credits(max(0, millicredits))
 
 
 @dataclass
@@ -645,8 +646,7 @@ class UsageService:
         plan = current_plan(session, personal, now) if personal else load_catalog().free_plan("personal")
         views: list[FundingSourceView] = []
         available = (
-            self.ledger.balance(session, personal.id).available
-            + self._pending_allowance(session, personal, now)
+            balances.available(session, self.ledger, personal)
             if personal
             else (plan.included_millicredits if plan and plan.is_free else 0)
         )
@@ -1342,26 +1342,12 @@ class UsageService:
         pref = session.get(FundingPreference, user_id)
         return list(pref.source_order) if pref else []
 
-    def _pending_allowance(self, session: Session, account: BillingAccount, now: datetime) -> int:
-        """This month's free allowance when it has not been granted yet (granted on first need)."""
-        plan = current_plan(session, account, now)
-        if plan is None or not plan.is_free:
-            return 0
-        exists = session.execute(
-            select(Grant.id).where(
-                Grant.billing_account_id == account.id,
-                Grant.cause_type == "free_plan",
-                Grant.cause_id == f"{plan.id}:{month_key(now)}",
-            )
-        ).first()
-        return 0 if exists else plan.included_millicredits
-
     def _server_sources(
         self, session: Session, guild: str, server: BillingAccount | None, plan: Plan | None, now: datetime
     ) -> list[FundingSourceView]:
         assert plan is not None
         left = (
-            self.ledger.balance(session, server.id).available + self._pending_allowance(session, server, now)
+            balances.available(session, self.ledger, server)
             if server
             else plan.included_millicredits
             if plan.is_free
