@@ -118,7 +118,7 @@ def test_personal_billing_shows_plan_allowance_credits_and_statement(
     assert "Personal Free" in page and "free" in page
     assert "120 of 120 credits left" in page  # this month's free allowance, granted on first need
     assert "Nov 1, 2026 – Dec 1, 2026" in page
-    assert "2,620.5" in page  # available: 120 + 2,500.5 credits
+    assert "2,620" in page and "2,620.5" not in page  # available: 120 + 2,500.5, in whole credits
     assert "Welcome credits" in page and "Dec 1, 2026" in page  # grant and its expiry
     assert "Free monthly allowance" in page
     assert "Personal Pro" in page and "$9.00" in page and "$90.00 / year" in page
@@ -417,12 +417,12 @@ def test_org_usage_by_member_and_day_with_csv_and_no_meeting_content(
     )
     page = text_of(owner.get(f"/portal/org/{org_id}/billing/usage"))
     assert f"By member Member Uses Minutes Reserved Charged (credits) {member.name} 2" in page
-    assert "6.5" in page  # 6 started minutes + one question, in credits
+    assert "Total 6" in page  # 6 started minutes + one question (half a credit), in whole credits
     assert "secret-board-meeting" not in page
     by_source = text_of(owner.get(f"/portal/org/{org_id}/billing/usage?group_by=source"))
     assert "Desktop" in by_source and "Ask question" in by_source
     by_day = owner.get(f"/portal/org/{org_id}/billing/usage?group_by=day")
-    assert "<svg" in by_day and "11-01: 6.5 credits" in by_day
+    assert "<svg" in by_day and "11-01: 6 credits" in by_day
     bad = owner.client.get(f"/portal/org/{org_id}/billing/usage?since=yesterday")
     assert bad.status_code == 422 and "must be a date" in bad.text
     for path in ("usage", "usage.csv"):  # the last representable day cannot end a window

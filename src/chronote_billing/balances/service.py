@@ -9,11 +9,15 @@ show the same number.
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.core.clock import as_utc
+from chronote_billing.credits_text import whole_credits
 from chronote_billing.ledger.schemas import BalanceView, EconomicStatementPage
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.stripe_sync.entitlements import due_allowance
@@ -49,3 +53,48 @@ def statement(
     page = ledger.economic_statement(session, account.id, limit, starting_after)
     due = allowance_due(session, account, ledger.clock.now())
     return page.model_copy(update={"available": page.available + due}) if due else page
+
+
+STATEMENT_CSV_FIELDS = (
+    "line_id",
+    "date_utc",
+    "type",
+    "description",
+    "credits",
+    "millicredits",
+    "frozen_millicredits",
+    "balance_credits",
+    "balance_millicredits",
+)
+MAX_CSV_LINES = 10_000
+
+
+def statement_csv(session: Session, ledger: LedgerService, account: BillingAccount) -> str:
+    """The whole economic statement as CSV, newest first: whole credits as a person reads them
+    (decision 0039) beside the exact millicredits."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(STATEMENT_CSV_FIELDS)
+    cursor: str | None = None
+    written = 0
+    while written < MAX_CSV_LINES:
+        page = ledger.economic_statement(session, account.id, 500, cursor)
+        for line in page.data:
+            writer.writerow(
+                [
+                    line.id,
+                    as_utc(line.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+                    line.type,
+                    line.description,
+                    whole_credits(line.amount, signed=True),
+                    line.amount,
+                    line.frozen_amount,
+                    whole_credits(line.balance_after),
+                    line.balance_after,
+                ]
+            )
+        written += len(page.data)
+        if not page.has_more or page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    return out.getvalue()

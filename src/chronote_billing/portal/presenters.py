@@ -11,10 +11,10 @@ from typing import Any
 
 from babel.core import Locale
 from babel.dates import format_date, format_datetime
-from babel.numbers import format_currency, format_decimal, get_currency_precision
+from babel.numbers import format_currency, get_currency_precision
 
-from chronote_billing.catalog.service import MILLICREDITS_PER_CREDIT
 from chronote_billing.core.clock import as_utc
+from chronote_billing.credits_text import whole_credits
 
 LOCALE = Locale.parse("en_US")
 
@@ -41,6 +41,18 @@ KIND_LABELS = {
     "dispute": "Dispute",
 }
 
+# Economic statement lines (decision 0038).
+LINE_TYPE_LABELS = {
+    "credits_added": "Credits added",
+    "usage": "Usage",
+    "expired": "Expired",
+    "refund": "Refund",
+    "dispute_lost": "Dispute lost",
+    "reversal": "Correction",
+    "frozen": "Frozen",
+    "unfrozen": "Unfrozen",
+}
+
 CAPTURE_SOURCE_LABELS = {
     "discord_voice": "Discord voice",
     "desktop": "Desktop",
@@ -54,11 +66,13 @@ ROLE_LABELS = {"owner": "Owner", "billing_admin": "Billing admin", "member": "Me
 
 
 def credits(millicredits: int | None) -> str:
-    """1,234.5 credits from 1,234,500 millicredits (up to three decimals, trailing zeros dropped)."""
-    if millicredits is None:
-        return "—"
-    value = Decimal(int(millicredits)) / MILLICREDITS_PER_CREDIT
-    return format_decimal(value, format="#,##0.###", locale=LOCALE)
+    """Whole credits, rounded toward zero (decision 0039): 1,234 from 1,234,567 millicredits."""
+    return whole_credits(millicredits)
+
+
+def signed_credits(millicredits: int | None) -> str:
+    """+1,234 or -25 credits for a statement line."""
+    return whole_credits(millicredits, signed=True)
 
 
 def money(minor_units: int | None, currency: str) -> str:
@@ -94,6 +108,10 @@ def source_label(source: str | None) -> str:
 
 def kind_label(kind: str | None) -> str:
     return label(KIND_LABELS, kind)
+
+
+def line_type_label(kind: str | None) -> str:
+    return label(LINE_TYPE_LABELS, kind)
 
 
 def capture_source_label(source: str | None) -> str:
@@ -143,6 +161,8 @@ def sentence_start(text: str) -> str:
 FILTERS = {
     "sentence_start": sentence_start,
     "credits": credits,
+    "signed_credits": signed_credits,
+    "line_type": line_type_label,
     "money": money,
     "date": date,
     "datetime": datetime_,

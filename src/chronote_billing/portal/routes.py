@@ -25,6 +25,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.staticfiles import StaticFiles
 
 from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.balances import service as balances
 from chronote_billing.container import Container
 from chronote_billing.core.errors import BillingError, NotFound, ValidationFailed
 from chronote_billing.orgs.models import ROLES
@@ -738,6 +739,46 @@ def org_usage_csv(request: Request, org_id: str) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+# ---------------------------------------------------------------------------- statements as CSV
+
+
+def statement_csv(request: Request, resolve: Resolve, name: str) -> Response:
+    """The account's whole economic statement (decision 0038) as a CSV download."""
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+    signed_in = user
+
+    def work(s: Session) -> str:
+        return balances.statement_csv(s, c.ledger, resolve(c, s, signed_in))
+
+    try:
+        body = c.db.write(work)
+    except BillingError as exc:
+        return error_page(request, user, exc)
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="statement-{name}.csv"'},
+    )
+
+
+@router.get("/personal/billing/statement.csv")
+def personal_statement_csv(request: Request) -> Response:
+    return statement_csv(request, _personal, "personal")
+
+
+@router.get("/server/{guild_id}/billing/statement.csv")
+def server_statement_csv(request: Request, guild_id: str) -> Response:
+    return statement_csv(request, _server(guild_id), f"server-{guild_id}")
+
+
+@router.get("/org/{org_id}/billing/statement.csv")
+def org_statement_csv(request: Request, org_id: str) -> Response:
+    return statement_csv(request, _org(org_id), f"org-{org_id}")
 
 
 # ---------------------------------------------------------------------------- not found

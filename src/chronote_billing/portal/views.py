@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from chronote_billing.access.service import require_manage
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import check_snowflake
+from chronote_billing.balances import service as balances
 from chronote_billing.catalog.service import Catalog, Plan, load_catalog
 from chronote_billing.container import Container
 from chronote_billing.core.clock import month_bounds
@@ -95,15 +96,14 @@ def allowance(balance: BalanceView) -> dict[str, int]:
 
 
 def credits_part(c: Container, session: Session, account: BillingAccount) -> dict[str, Any]:
-    balance = c.ledger.balance(session, account.id)
-    statement = c.ledger.statement(session, account.id, limit=STATEMENT_LINES)
+    balance = balances.available_balance(session, c.ledger, account)
+    statement = balances.statement(session, c.ledger, account, limit=STATEMENT_LINES)
     return {
         "balance": balance,
         "grants": balance.grants,
         "allowance": allowance(balance),
-        # Posted lines only: reservations show as "held" until they are captured or released.
-        "statement": [line for line in statement.data if line.phase in ("posted", "post")],
-        "statement_more": statement.has_more,
+        # One line per economic event; recordings in progress are reserved, not moved (0038).
+        "statement": statement,
     }
 
 
@@ -141,6 +141,7 @@ def personal_billing(c: Container, session: Session, user: SignedIn) -> dict[str
     return {
         **account_header(account, "you"),
         **credits_part(c, session, account),
+        "statement_csv": "/portal/personal/billing/statement.csv",
         "funding": funding(c, session, user),
         "plan_status": status,
         "plans": plan_cards(catalog, "personal", status["plan"]),
@@ -167,6 +168,7 @@ def server_billing(c: Container, session: Session, user: SignedIn, guild_id: str
     return {
         **account_header(account, f"server {account.display_name}"),
         **credits_part(c, session, account),
+        "statement_csv": f"/portal/server/{account.owner_ref}/billing/statement.csv",
         "plan_status": status,
         "plans": plan_cards(catalog, "server", status["plan"]),
         "packs": list(catalog.credit_packs.values()),
@@ -235,6 +237,7 @@ def org_billing(c: Container, session: Session, user: SignedIn, org_id: str) -> 
     return {
         **header,
         **credits_part(c, session, account),
+        "statement_csv": f"/portal/org/{org_id}/billing/statement.csv",
         "packs": list(catalog.credit_packs.values()),
         "settings": c.notifications.get_settings(session, account.id),
         "servers": servers,
