@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 
 from chronote_billing import __version__
@@ -27,13 +28,15 @@ Errors are `application/problem+json` (RFC 9457) with a stable `code`.
 
 
 def create_app(container: Container | None = None) -> FastAPI:
-    app = FastAPI(
+    # Swagger UI from files shipped in a package, so /docs works without reaching a CDN.
+    app = FastAPIOffline(
         title="Chronote Billing",
         version=__version__,
         description=DESCRIPTION,
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        static_url="/docs/static",
     )
     app.state.container = container or Container()
     problems.install(app)
