@@ -486,12 +486,13 @@ def test_buying_a_pack_then_manage_billing_opens_that_accounts_own_portal(
     url = checkout.headers["HX-Redirect"]
     assert url.startswith(stripe_local.url)
     paid = stripe_local.pay_checkout(url)
-    assert paid.status_code == 303 and paid.headers["location"].endswith(
-        "/portal/personal/billing?checkout=done"
-    )
+    back = paid.headers["location"]
+    assert paid.status_code == 303 and "/portal/personal/billing?checkout=cs_" in back
     stripe_local.wait_for_webhooks()
 
-    page = text_of(buyer.get("/portal/personal/billing"))
+    # Back from Checkout: the page confirms the payment and says so (decision 0040).
+    page = text_of(buyer.get(back[back.index("/portal") :]))
+    assert "Payment received: 1,000 credits were added." in page
     assert "Credit pack" in page and "1,120" in page  # 1,000 bought + this month's 120 allowance
     assert "Manage billing" in page and "appears after the first purchase" not in page
     portal = buyer.submit("/portal/personal/billing/manage", {})

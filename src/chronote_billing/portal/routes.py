@@ -9,6 +9,7 @@ permission, 404) or, for HTMX requests, an error fragment inside the form.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,8 @@ from chronote_billing.balances import service as balances
 from chronote_billing.container import Container
 from chronote_billing.core.errors import BillingError, NotFound, ValidationFailed
 from chronote_billing.orgs.models import ROLES
+from chronote_billing.stripe_sync.schemas import CheckoutStatusView, PlanChangePreview
+from chronote_billing.stripe_sync.service import PlanChangeNotSupported
 
 from . import auth, forms, presenters, views
 from .auth import SignedIn, check_csrf, container_of, csrf_token, current_user, demo_available
@@ -184,6 +187,84 @@ async def act(
     return go(request, done(result))
 
 
+# ---------------------------------------------------------------------------- back from Checkout
+
+
+def confirm_return(
+    request: Request, user: SignedIn, session_id: str, resolve: Resolve
+) -> CheckoutStatusView | None:
+    """Ask the billing service how a checkout ended and apply it now (decision 0040). Stripe
+    being slow or unreachable is not an error here: the page shows the payment as pending."""
+    if not CHECKOUT_ID.match(session_id):
+        return None
+    c = container_of(request)
+    account_id = c.db.write(lambda s: resolve(c, s, user).id)
+    try:
+        return c.billing.confirm_checkout(user.principal, account_id, session_id)
+    except NotFound:
+        return None
+    except BillingError:
+        return CheckoutStatusView(
+            session_id=session_id,
+            account_id=account_id,
+            mode="",
+            state="pending",
+            plan=None,
+            plan_name=None,
+            pack=None,
+            credits=None,
+            message="Payment pending: Stripe has not confirmed it yet. This page updates by itself.",
+        )
+
+
+def billing_page(
+    request: Request, template: str, build: PageBuilder, active: str, resolve: Resolve, page_path: str
+) -> Response:
+    """A billing page; back from Checkout (``?checkout=<session id>``) it first confirms the
+    payment, and says so at the top."""
+    user = current_user(request)
+    session_id = request.query_params.get("checkout")
+    if user is None or not session_id:
+        return page(request, template, build, active)
+    try:
+        status = confirm_return(request, user, session_id, resolve)
+    except BillingError as exc:
+        return error_page(request, user, exc)
+    extra = {"checkout": status, "checkout_poll": f"{page_path}/checkout/{session_id}?n=1"}
+    return page(request, template, lambda c, s, u: {**build(c, s, u), **extra}, active)
+
+
+def checkout_status(
+    request: Request, session_id: str, build: PageBuilder, resolve: Resolve, page_path: str
+) -> Response:
+    """What the pending notice polls: the notice again while Stripe has not confirmed, then
+    "Payment received" with the plan and credit panels swapped in place (no reload)."""
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+    try:
+        polls = max(1, min(POLL_LIMIT, int(request.query_params.get("n") or 1)))
+    except ValueError:
+        polls = 1
+    try:
+        status = confirm_return(request, user, session_id, resolve)
+        signed_in = user
+        context = (
+            c.db.write(lambda s: build(c, s, signed_in)) if status and status.state == "complete" else {}
+        )
+    except BillingError as exc:
+        return error_fragment(request, exc)
+    context |= {
+        "checkout": status,
+        "checkout_poll": f"{page_path}/checkout/{session_id}?n={polls + 1}" if polls < POLL_LIMIT else None,
+        "oob": True,
+        "user": user,
+        "csrf": csrf_token(request),
+    }
+    return templates.TemplateResponse(request, "partials/checkout_status.html", context)
+
+
 # ---------------------------------------------------------------------------- sign-in
 
 
@@ -259,7 +340,14 @@ PERSONAL = "/portal/personal/billing"
 
 @router.get("/personal/billing")
 def personal_billing(request: Request) -> Response:
-    return page(request, "personal_billing.html", views.personal_billing, "personal")
+    return billing_page(
+        request, "personal_billing.html", views.personal_billing, "personal", _personal, PERSONAL
+    )
+
+
+@router.get("/personal/billing/checkout/{session_id}")
+def personal_checkout_status(request: Request, session_id: str) -> Response:
+    return checkout_status(request, session_id, views.personal_billing, _personal, PERSONAL)
 
 
 @router.post("/personal/billing/funding-order")
@@ -303,11 +391,24 @@ def server_url(guild_id: str) -> str:
 
 @router.get("/server/{guild_id}/billing")
 def server_billing(request: Request, guild_id: str) -> Response:
-    return page(
+    return billing_page(
         request,
         "server_billing.html",
         lambda c, s, u: views.server_billing(c, s, u, guild_id),
         f"server:{guild_id}",
+        _server(guild_id),
+        server_url(guild_id),
+    )
+
+
+@router.get("/server/{guild_id}/billing/checkout/{session_id}")
+def server_checkout_status(request: Request, guild_id: str, session_id: str) -> Response:
+    return checkout_status(
+        request,
+        session_id,
+        lambda c, s, u: views.server_billing(c, s, u, guild_id),
+        _server(guild_id),
+        server_url(guild_id),
     )
 
 
@@ -341,8 +442,20 @@ async def org_create(request: Request) -> Response:
 
 @router.get("/org/{org_id}/billing")
 def org_billing(request: Request, org_id: str) -> Response:
-    return page(
-        request, "org_billing.html", lambda c, s, u: views.org_billing(c, s, u, org_id), f"org:{org_id}"
+    return billing_page(
+        request,
+        "org_billing.html",
+        lambda c, s, u: views.org_billing(c, s, u, org_id),
+        f"org:{org_id}",
+        _org(org_id),
+        org_url(org_id),
+    )
+
+
+@router.get("/org/{org_id}/billing/checkout/{session_id}")
+def org_checkout_status(request: Request, org_id: str, session_id: str) -> Response:
+    return checkout_status(
+        request, session_id, lambda c, s, u: views.org_billing(c, s, u, org_id), _org(org_id), org_url(org_id)
     )
 
 
@@ -569,6 +682,10 @@ async def org_auto_recharge(request: Request, org_id: str) -> Response:
 # ---------------------------------------------------------------------------- purchases (Stripe)
 
 Resolve = Callable[[Container, Session, SignedIn], BillingAccount]
+# Stripe puts the session's id in the return address; the page confirms it (decision 0040).
+RETURN_QUERY = "?checkout={CHECKOUT_SESSION_ID}"
+CHECKOUT_ID = re.compile(r"^cs_[A-Za-z0-9_]{1,200}$")
+POLL_LIMIT = 60  # two minutes at one poll every two seconds
 
 
 def absolute(c: Container, path: str) -> str:
@@ -617,7 +734,7 @@ async def pay(
                     account_id,
                     idempotency_key=form.key(),
                     pack_id=pack_id,
-                    success_url=absolute(c, page_path + "?checkout=done"),
+                    success_url=absolute(c, page_path + RETURN_QUERY),
                     cancel_url=absolute(c, page_path),
                 )
             )
@@ -625,13 +742,22 @@ async def pay(
             plan_id = form.text("plan", "Plan")
             interval = form.choice("interval", ("month", "year"), "Billing interval")
             if form.checked("change"):
+                preview = await run_in_threadpool(
+                    lambda: c.billing.preview_plan_change(
+                        principal, account_id, plan_id=plan_id, interval=interval
+                    )
+                )
+                if preview.effective == "refused":
+                    raise PlanChangeNotSupported(preview.message, field="interval")
+                if preview.amount_due > 0 and not form.checked("confirmed"):
+                    # An immediate charge is shown, with its amount, before it is made (0040).
+                    return confirm_plan_change(request, user, preview, page_path, data)
                 change = await run_in_threadpool(
                     lambda: c.billing.change_plan(
                         principal, account_id, plan_id=plan_id, interval=interval, idempotency_key=form.key()
                     )
                 )
-                when = "now" if change.effective == "now" else f"on {presenters.date(change.effective_at)}"
-                request.session["flash"] = f"Plan change to {plan_id.replace('_', ' ')} takes effect {when}."
+                request.session["flash"] = plan_change_notice(preview, change.effective_at)
                 return go(request, page_path)
             checkout = await run_in_threadpool(
                 lambda: c.billing.start_checkout(
@@ -640,7 +766,7 @@ async def pay(
                     idempotency_key=form.key(),
                     plan_id=plan_id,
                     interval=interval,
-                    success_url=absolute(c, page_path + "?checkout=done"),
+                    success_url=absolute(c, page_path + RETURN_QUERY),
                     cancel_url=absolute(c, page_path),
                 )
             )
@@ -651,6 +777,36 @@ async def pay(
         if is_htmx(request):
             return error_fragment(request, exc)
         return error_page(request, user, exc)
+
+
+def plan_change_notice(preview: PlanChangePreview, effective_at: Any) -> str:
+    if preview.effective == "now":
+        return f"{preview.to_plan_name} is now the plan in force."
+    if preview.effective == "unchanged":
+        return f"{preview.to_plan_name} is already the plan in force."
+    if preview.kind == "cancel_pending":
+        return f"{preview.from_plan_name} stays; the planned change is cancelled."
+    return (
+        f"{preview.from_plan_name} stays until {presenters.date(effective_at)}; "
+        f"then {preview.to_plan_name} starts."
+    )
+
+
+def confirm_plan_change(
+    request: Request, user: SignedIn, preview: PlanChangePreview, page_path: str, data: FormData
+) -> Response:
+    """The amount a plan change charges at once, with a button that makes it (inside the plan's
+    form for HTMX; a page of its own otherwise)."""
+    context = {
+        "preview": preview,
+        "page_path": page_path,
+        "action": request.url.path,
+        "fields": {k: str(v) for k, v in data.items() if k not in ("confirmed",)},
+        "amount": presenters.money(preview.amount_due, preview.currency),
+    }
+    if is_htmx(request):
+        return templates.TemplateResponse(request, "partials/plan_confirm.html", context)
+    return render(request, "plan_confirm.html", context, user)
 
 
 def _personal(c: Container, s: Session, u: SignedIn) -> BillingAccount:

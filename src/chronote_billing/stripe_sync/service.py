@@ -610,7 +610,7 @@ class BillingService:
             message = (
                 f"Payment received: {plan.name} is now the plan of {acct.display_name}."
                 if plan is not None
-                else f"Payment received: {pack.name if pack else 'your'} credits were added."
+                else f"Payment received: {pack.name if pack else 'the credits'} were added."
             )
         elif state == "expired":
             message = "This checkout expired before it was paid; nothing was charged."
