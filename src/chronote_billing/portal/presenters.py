@@ -14,7 +14,7 @@ from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, get_currency_precision
 
 from chronote_billing.core.clock import as_utc
-from chronote_billing.credits_text import whole_credits
+from chronote_billing.credits_text import credits_phrase, whole_credits
 
 LOCALE = Locale.parse("en_US")
 
@@ -150,6 +150,21 @@ def bar_chart(points: list[tuple[str, int]], width: int = 640, height: int = 160
             }
         )
     return {"width": width, "height": height, "plot": plot, "bars": bars, "peak": peak}
+
+
+def cap_notice(view: Any, who: str) -> str | dict[str, str]:
+    """What changing a cap says; a cap below this month's use is allowed, with a warning of what
+    it means (decision 0041)."""
+    cap = "no cap" if view.monthly_cap is None else credits_phrase(view.monthly_cap)
+    if not view.over_cap:
+        return f"Cap for {who} set to {cap}."
+    month_end = datetime.strptime(view.period + "-01", "%Y-%m-%d")
+    next_month = datetime(month_end.year + month_end.month // 12, month_end.month % 12 + 1, 1)
+    return {
+        "level": "warn",
+        "text": f"Cap for {who} set to {cap}, below the {credits_phrase(view.used + view.held)} already "
+        f"used this month: nothing more can be spent under it until {format_date(next_month, 'MMMM d', locale=LOCALE)}.",
+    }
 
 
 def sentence_start(text: str) -> str:

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.balances import service as balances
 from chronote_billing.container import Container
-from chronote_billing.core.errors import BillingError, NotFound, ValidationFailed
+from chronote_billing.core.errors import BillingError, NotFound, PermissionDenied, ValidationFailed
 from chronote_billing.orgs.models import ROLES
 from chronote_billing.stripe_sync.schemas import CheckoutStatusView, PlanChangePreview
 from chronote_billing.stripe_sync.service import PlanChangeNotSupported
@@ -105,24 +105,45 @@ def switcher_safely(request: Request, user: SignedIn) -> dict[str, Any]:
         return {"servers": list(user.guilds), "orgs": []}
 
 
+def readable_error(
+    request: Request, exc: BillingError, form: forms.Form | None = None
+) -> tuple[str, str | None]:
+    """The message and the missing permission in a person's words (decision 0041): accounts,
+    servers and organizations by name, roles as the portal says them, fields by their labels."""
+    message = form.readable(exc) if form is not None else exc.message
+    missing = exc.details.get("missing_permission")
+    if isinstance(exc, PermissionDenied) and missing is not None:
+        c = container_of(request)
+        try:
+            worded = c.db.read(lambda s: views.denial(c, s, exc))
+        except BillingError:
+            worded = None
+        if worded is not None:
+            message, missing = worded
+    if missing:
+        missing = str(missing).replace("billing_admin", "billing admin")
+    return message, missing
+
+
 def error_page(request: Request, user: SignedIn | None, exc: BillingError) -> HTMLResponse:
     status = exc.status if exc.status >= 400 else 400
     template = {403: "403.html", 404: "404.html"}.get(status, "error.html")
-    context = {
-        "error": exc,
-        "message": exc.message,
-        "missing": exc.details.get("missing_permission"),
-        "title": exc.title,
-    }
+    message, missing = readable_error(request, exc)
+    context = {"error": exc, "message": message, "missing": missing, "title": exc.title}
     return render(request, template, context, user, status_code=status)
 
 
-def error_fragment(request: Request, exc: BillingError) -> HTMLResponse:
-    """What an HTMX form swaps into its error box; the status stays the error's own."""
-    context = {"message": exc.message, "missing": exc.details.get("missing_permission"), "title": exc.title}
+def error_fragment(request: Request, exc: BillingError, form: forms.Form | None = None) -> HTMLResponse:
+    """What an HTMX form swaps into its error box, or (``X-Error-Field``) beside the field it is
+    about; an earlier success notice is cleared. The status stays the error's own."""
+    message, missing = readable_error(request, exc, form)
+    context = {"message": message, "missing": missing, "title": exc.title}
     response = templates.TemplateResponse(
         request, "partials/form_error.html", context, status_code=exc.status if exc.status >= 400 else 400
     )
+    field = exc.details.get("field")
+    if isinstance(field, str) and field.replace("_", "").isalnum():
+        response.headers["X-Error-Field"] = field
     return response
 
 
@@ -156,12 +177,15 @@ def page(request: Request, template: str, build: PageBuilder, active: str) -> Re
     return render(request, template, context, user)
 
 
+Flash = str | dict[str, str]
+
+
 async def act(
     request: Request,
     action: str,
     work: Work,
     done: Callable[[Any], str],
-    flash: str | Callable[[Any], str] | None = None,
+    flash: Flash | Callable[[Any], Flash] | None = None,
     refresh_guilds: bool = False,
 ) -> Response:
     """Run one form action: CSRF, nonce-derived idempotency key, one transaction, then redirect."""
@@ -169,6 +193,7 @@ async def act(
     if user is None:
         return login_redirect(request)
     c = container_of(request)
+    form: forms.Form | None = None
     try:
         data: FormData = await request.form()
         check_csrf(request, str(data.get("csrf_token") or "") or None)
@@ -176,11 +201,11 @@ async def act(
             await auth.refresh_guilds_if_stale(request)
             user = current_user(request) or user
         form = forms.Form(data, action, user.user_id)
-        signed_in = user
-        result = await run_in_threadpool(c.db.write, lambda s: work(c, s, signed_in, form))
+        signed_in, this_form = user, form
+        result = await run_in_threadpool(c.db.write, lambda s: work(c, s, signed_in, this_form))
     except BillingError as exc:
         if is_htmx(request):
-            return error_fragment(request, exc)
+            return error_fragment(request, exc, form)
         return error_page(request, user, exc)
     if flash:
         request.session["flash"] = flash(result) if callable(flash) else flash
@@ -480,7 +505,7 @@ def org_authorizations(request: Request, org_id: str) -> Response:
 async def org_member_add(request: Request, org_id: str) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
-        return c.orgs.add_member(
+        member = c.orgs.add_member(
             s,
             actor_user_id=user.user_id,
             org_id=org_id,
@@ -488,13 +513,14 @@ async def org_member_add(request: Request, org_id: str) -> Response:
             role=form.choice("role", ROLES, "Role"),
             idempotency_key=form.key(),
         )
+        return member, c.orgs.subject_name(s, "member", member.user_id)
 
     return await act(
         request,
         "org.member_add",
         work,
         lambda _: org_url(org_id, "members"),
-        lambda m: f"Added {m.user_id} as {presenters.role_label(m.role).lower()}.",
+        lambda r: f"Added {r[1]} as {presenters.role_label(r[0].role).lower()}.",
     )
 
 
@@ -502,7 +528,7 @@ async def org_member_add(request: Request, org_id: str) -> Response:
 async def org_member_role(request: Request, org_id: str, member_id: str) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
-        return c.orgs.set_role(
+        member = c.orgs.set_role(
             s,
             actor_user_id=user.user_id,
             org_id=org_id,
@@ -510,13 +536,14 @@ async def org_member_role(request: Request, org_id: str, member_id: str) -> Resp
             role=form.choice("role", ROLES, "Role"),
             idempotency_key=form.key(),
         )
+        return member, c.orgs.subject_name(s, "member", member.user_id)
 
     return await act(
         request,
         "org.member_role",
         work,
         lambda _: org_url(org_id, "members"),
-        lambda m: f"{m.user_id} is now {presenters.role_label(m.role).lower()}.",
+        lambda r: f"{r[1]} is now {presenters.role_label(r[0].role).lower()}.",
     )
 
 
@@ -524,16 +551,17 @@ async def org_member_role(request: Request, org_id: str, member_id: str) -> Resp
 async def org_member_remove(request: Request, org_id: str, member_id: str) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
-        return c.orgs.remove_member(
+        member = c.orgs.remove_member(
             s, actor_user_id=user.user_id, org_id=org_id, user_id=member_id, idempotency_key=form.key()
         )
+        return member, c.orgs.subject_name(s, "member", member.user_id)
 
     return await act(
         request,
         "org.member_remove",
         work,
         lambda _: org_url(org_id, "members"),
-        lambda m: f"Removed {m.user_id}; their authorizations were revoked.",
+        lambda r: f"Removed {r[1]}; their authorizations were revoked.",
     )
 
 
@@ -616,16 +644,21 @@ async def org_authorization_cap(request: Request, org_id: str, authorization_id:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         _authorization_in(c, s, org_id, authorization_id)
-        return c.orgs.update_authorization(
+        view = c.orgs.update_authorization(
             s,
             actor_user_id=user.user_id,
             authorization_id=authorization_id,
             monthly_cap_credits=form.whole("monthly_cap_credits", "Monthly cap", required=False),
             idempotency_key=form.key(),
         )
+        return presenters.cap_notice(view, c.orgs.subject_name(s, view.subject_type, view.subject_id))
 
     return await act(
-        request, "org.authorization_cap", work, lambda _: org_url(org_id, "authorizations"), "Cap changed."
+        request,
+        "org.authorization_cap",
+        work,
+        lambda _: org_url(org_id, "authorizations"),
+        lambda notice: notice,
     )
 
 
@@ -709,39 +742,40 @@ async def pay(
     if user is None:
         return login_redirect(request)
     c = container_of(request)
+    form: forms.Form | None = None
     try:
         data = await request.form()
         check_csrf(request, str(data.get("csrf_token") or "") or None)
         if refresh_guilds:
             await auth.refresh_guilds_if_stale(request)
             user = current_user(request) or user
-        form = forms.Form(data, action, user.user_id)
+        form = checked = forms.Form(data, action, user.user_id)
         signed_in = user
         account_id = await run_in_threadpool(c.db.write, lambda s: resolve(c, s, signed_in).id)
         principal = user.principal
         if what == "portal":
             portal = await run_in_threadpool(
                 lambda: c.billing.open_customer_portal(
-                    principal, account_id, idempotency_key=form.key(), return_url=absolute(c, page_path)
+                    principal, account_id, idempotency_key=checked.key(), return_url=absolute(c, page_path)
                 )
             )
             return go(request, portal.url)
         if what == "pack":
-            pack_id = form.text("pack", "Credit pack")
+            pack_id = checked.text("pack", "Credit pack")
             checkout = await run_in_threadpool(
                 lambda: c.billing.start_checkout(
                     principal,
                     account_id,
-                    idempotency_key=form.key(),
+                    idempotency_key=checked.key(),
                     pack_id=pack_id,
                     success_url=absolute(c, page_path + RETURN_QUERY),
                     cancel_url=absolute(c, page_path),
                 )
             )
         else:
-            plan_id = form.text("plan", "Plan")
-            interval = form.choice("interval", ("month", "year"), "Billing interval")
-            if form.checked("change"):
+            plan_id = checked.text("plan", "Plan")
+            interval = checked.choice("interval", ("month", "year"), "Billing interval")
+            if checked.checked("change"):
                 preview = await run_in_threadpool(
                     lambda: c.billing.preview_plan_change(
                         principal, account_id, plan_id=plan_id, interval=interval
@@ -749,12 +783,16 @@ async def pay(
                 )
                 if preview.effective == "refused":
                     raise PlanChangeNotSupported(preview.message, field="interval")
-                if preview.amount_due > 0 and not form.checked("confirmed"):
+                if preview.amount_due > 0 and not checked.checked("confirmed"):
                     # An immediate charge is shown, with its amount, before it is made (0040).
                     return confirm_plan_change(request, user, preview, page_path, data)
                 change = await run_in_threadpool(
                     lambda: c.billing.change_plan(
-                        principal, account_id, plan_id=plan_id, interval=interval, idempotency_key=form.key()
+                        principal,
+                        account_id,
+                        plan_id=plan_id,
+                        interval=interval,
+                        idempotency_key=checked.key(),
                     )
                 )
                 request.session["flash"] = plan_change_notice(preview, change.effective_at)
@@ -763,7 +801,7 @@ async def pay(
                 lambda: c.billing.start_checkout(
                     principal,
                     account_id,
-                    idempotency_key=form.key(),
+                    idempotency_key=checked.key(),
                     plan_id=plan_id,
                     interval=interval,
                     success_url=absolute(c, page_path + RETURN_QUERY),
@@ -775,7 +813,7 @@ async def pay(
         return go(request, checkout.url)
     except BillingError as exc:
         if is_htmx(request):
-            return error_fragment(request, exc)
+            return error_fragment(request, exc, form)
         return error_page(request, user, exc)
 
 

@@ -683,6 +683,7 @@ class UsageService:
                     used=auth.used,
                     held=auth.held,
                     left=auth.left,
+                    over_cap=auth.over_cap,
                     position=0,
                 )
             )
@@ -1385,6 +1386,7 @@ class UsageService:
                     used=view.used,
                     held=view.held,
                     left=view.left,
+                    over_cap=view.over_cap,
                     position=1,
                 )
             )
