@@ -457,11 +457,27 @@ def test_alerts_and_auto_recharge_settings_are_saved_for_the_organization(
     saved = owner.submit(f"/portal/org/{org_id}/billing/alerts", {"threshold_credits": "200"})
     assert saved.status_code == 204
     owner.get(f"/portal/org/{org_id}/billing")
-    recharge = owner.submit(
+    # Without a saved card auto-recharge cannot be switched on, and the form says why, by the box.
+    refused = owner.submit(
         f"/portal/org/{org_id}/billing/auto-recharge",
         {"enabled": "1", "threshold_credits": "500", "pack": "credits_5000"},
     )
-    assert recharge.status_code == 204
+    assert refused.status_code == 422 and refused.headers["X-Error-Field"] == "enabled"
+    assert "needs a card saved with Stripe for Settings Org" in refused.text
+    c = container_of(owner)
+    account = db.read(lambda s: c.accounts.find(s, "organization", org_id))
+    assert not db.read(lambda s: c.notifications.get_settings(s, account.id)).auto_recharge.enabled
+    # With a card (as after a first purchase), the page says what it buys, by the pack's name.
+    db.write(
+        lambda s: c.notifications.set_auto_recharge(
+            s,
+            account_id=account.id,
+            enabled=True,
+            threshold_credits=500,
+            pack_id="credits_5000",
+            idempotency_key="with-card",
+        )
+    )
     page = text_of(owner.get(f"/portal/org/{org_id}/billing"))
     assert "Alert when fewer than 200 credits are available" in page
     assert "Buys 5,000 credits with the saved card when fewer than 500 credits are available" in page

@@ -709,6 +709,20 @@ async def org_auto_recharge(request: Request, org_id: str) -> Response:
             idempotency_key=form.key(),
         )
 
+    user = current_user(request)
+    if user is not None and (await request.form()).get("enabled"):
+        # Switching on needs a saved card: asked of Stripe before the write (decision 0041).
+        c = container_of(request)
+        signed_in = user
+        try:
+            account_id = await run_in_threadpool(
+                c.db.read, lambda s: views.org_account(c, s, signed_in, org_id)[1].id
+            )
+            await run_in_threadpool(c.billing.require_saved_card, account_id)
+        except BillingError as exc:
+            if is_htmx(request):
+                return error_fragment(request, exc)
+            return error_page(request, user, exc)
     return await act(request, "org.auto_recharge", work, lambda _: org_url(org_id), "Auto-recharge saved.")
 
 

@@ -80,6 +80,11 @@ class PlanChangeNotSupported(ValidationFailed):
     title = "This plan change is not available"
 
 
+class NoSavedCard(ValidationFailed):
+    code = "no_saved_card"
+    title = "No saved card"
+
+
 class PaymentFailed(BillingError):
     code = "payment_failed"
     status = 402
@@ -745,18 +750,7 @@ class BillingService:
                 f"Account '{account_id}' has no saved payment method: buy a pack once through checkout.",
                 account_id=account_id,
             )
-        customer = to_dict(
-            call("read the customer", lambda: self.client.v1.customers.retrieve(acct.customer or ""))
-        )
-        method = expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
-        if not method:
-            methods = call(
-                "list payment methods",
-                lambda: self.client.v1.payment_methods.list(
-                    params={"customer": acct.customer or "", "type": "card", "limit": 1}
-                ),
-            )
-            method = methods.data[0].id if methods.data else None
+        method = self._saved_card(acct.customer)
         if not method:
             raise PaymentFailed(
                 f"Account '{account_id}' has no saved card to charge.", account_id=account_id, pack=pack_id
@@ -827,6 +821,31 @@ class BillingService:
             return view
 
         return self.db.write(save)
+
+    def require_saved_card(self, account_id: str) -> None:
+        """Refuse, in words, what needs a card saved with Stripe (auto-recharge) when there is none."""
+        acct = self.db.read(lambda s: _Account.of(_get_account(s, account_id)))
+        if acct.customer is None or self._saved_card(acct.customer) is None:
+            raise NoSavedCard(
+                f"Auto-recharge needs a card saved with Stripe for {acct.display_name}: buy a credit pack "
+                "here once (its card is kept for later), then switch auto-recharge on.",
+                field="enabled",
+                account_id=account_id,
+            )
+
+    def _saved_card(self, customer_id: str) -> str | None:
+        """The customer's default card, else its first saved card (one Stripe read or two)."""
+        customer = to_dict(call("read the customer", lambda: self.client.v1.customers.retrieve(customer_id)))
+        method = expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
+        if method:
+            return method
+        methods = call(
+            "list payment methods",
+            lambda: self.client.v1.payment_methods.list(
+                params={"customer": customer_id, "type": "card", "limit": 1}
+            ),
+        )
+        return str(methods.data[0].id) if methods.data else None
 
     # ------------------------------------------------------------------ helpers
 
