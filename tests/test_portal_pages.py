@@ -441,7 +441,7 @@ def test_org_usage_by_member_and_day_with_csv_and_no_meeting_content(
 
     csv_totals = owner.client.get(f"/portal/org/{org_id}/billing/usage.csv?group_by=member")
     assert csv_totals.status_code == 200 and csv_totals.headers["content-type"].startswith("text/csv")
-    assert csv_totals.text.splitlines()[1] == f"{member.user_id},2,6,0,6.5"
+    assert csv_totals.text.splitlines()[1] == f"{member.user_id},2,6,0,6,6500"
     lines = owner.client.get(f"/portal/org/{org_id}/billing/usage.csv").text.splitlines()
     assert lines[0].startswith("id,created_at,finished_at,kind,status,context,source,user_id")
     assert len(lines) == 3
