@@ -88,9 +88,11 @@ def describe(
     if action == "server.unlinked":
         return f"unlinked the server {servers.get(target) or target}"
     if action == "authorization.created":
+        cap = after.get("monthly_cap")
+        until = after.get("valid_until")
         return (
-            f"authorized {who} to spend: {_cap(after.get('monthly_cap'))} a month, "
-            f"{_sources(after.get('capture_sources'))}, until {_day(after.get('valid_until'))}"
+            f"authorized {who} to spend: {'no monthly cap' if cap is None else _cap(cap) + ' a month'}, "
+            f"{_sources(after.get('capture_sources'))}" + (f", until {_day(until)}" if until else "")
         )
     if action == "authorization.revoked":
         why = after.get("why")

@@ -129,19 +129,28 @@ def percent(part: int, whole: int) -> int:
     return max(0, min(100, round(100 * part / whole)))
 
 
+MAX_BAR_WIDTH = 36
+
+
 def bar_chart(points: list[tuple[str, int]], width: int = 640, height: int = 160) -> dict[str, Any]:
-    """Geometry of a simple bar chart (one bar per labelled value), drawn as inline SVG."""
+    """Geometry of a simple bar chart (one bar per labelled value), drawn as inline SVG.
+
+    Bars are at most MAX_BAR_WIDTH wide, so a short range reads as a few bars rather than one
+    bar across the page; the group is centred.
+    """
     peak = max((v for _, v in points), default=0)
     count = max(1, len(points))
     gap = 4
-    bar_width = max(2, (width - gap * (count + 1)) // count)
+    bar_width = max(2, min(MAX_BAR_WIDTH, (width - gap * (count + 1)) // count))
+    used = count * bar_width + (count + 1) * gap
+    left = max(0, (width - used) // 2)
     plot = height - 24
     bars = []
     for i, (name, value) in enumerate(points):
         h = 0 if peak <= 0 else max(1 if value > 0 else 0, round(plot * value / peak))
         bars.append(
             {
-                "x": gap + i * (bar_width + gap),
+                "x": left + gap + i * (bar_width + gap),
                 "y": plot - h,
                 "width": bar_width,
                 "height": h,

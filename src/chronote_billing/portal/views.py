@@ -175,6 +175,19 @@ def server_billing(c: Container, session: Session, user: SignedIn, guild_id: str
         "catalog": catalog,
         "guild_id": account.owner_ref,
         "org_link": server_org_link(c, session, account.owner_ref),
+        **server_usage(c, session, account),
+    }
+
+
+def server_usage(c: Container, session: Session, account: BillingAccount) -> dict[str, Any]:
+    """This month's usage the server paid for, by member and by meeting (amounts and ids only)."""
+    start, end = month_bounds(c.clock.now())
+    by_member = usage_report(session, account.id, "member", start, end)
+    by_meeting = usage_report(session, account.id, "meeting", start, end)
+    return {
+        "usage_by_member": by_member,
+        "usage_by_meeting": sorted(by_meeting.rows, key=lambda r: r.charged, reverse=True)[:20],
+        "people": people.names(session, [r.key for r in by_member.rows]),
     }
 
 

@@ -24,7 +24,7 @@ from chronote_billing.people import service as people
 from .models import UsageRecord
 from .schemas import UsageReport, UsageReportRow
 
-GROUPS = ("day", "source", "member", "server", "context")
+GROUPS = ("day", "source", "member", "server", "context", "meeting")
 COUNTED = ("open", "finished", "charged")
 LINE_FIELDS = (
     "id",
@@ -56,6 +56,8 @@ def _key(rec: UsageRecord, group_by: str) -> str:
         return rec.user_id
     if group_by == "server":
         return rec.guild_id or "personal"
+    if group_by == "meeting":
+        return rec.meeting_id or "none"
     return rec.context
 
 
