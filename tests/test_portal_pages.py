@@ -126,6 +126,11 @@ def test_personal_billing_shows_plan_allowance_credits_and_statement(
     assert '"Manage billing" appears after the first purchase' in page  # no Stripe customer yet
     assert "Funding sources" in page and "credits left" in page
     assert "Personal Free allowance for 2026-11" in page  # statement line with its reason
+    statement_csv = ada.client.get("/portal/personal/billing/statement.csv")
+    assert statement_csv.status_code == 200 and statement_csv.headers["content-type"].startswith("text/csv")
+    rows = statement_csv.text.splitlines()
+    assert rows[0].startswith("line_id,date_utc,type,description,credits,millicredits")
+    assert any(",credits_added,Welcome credits,2500,2500500," in r for r in rows[1:]), rows
 
 
 def test_server_billing_only_for_managers_and_shows_the_linked_organization(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.core.clock import as_utc
-from chronote_billing.credits_text import whole_credits
+from chronote_billing.credits_text import whole
 from chronote_billing.ledger.schemas import BalanceView, EconomicStatementPage
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.stripe_sync.entitlements import due_allowance
@@ -70,8 +70,8 @@ MAX_CSV_LINES = 10_000
 
 
 def statement_csv(session: Session, ledger: LedgerService, account: BillingAccount) -> str:
-    """The whole economic statement as CSV, newest first: whole credits as a person reads them
-    (decision 0039) beside the exact millicredits."""
+    """The whole economic statement as CSV, newest first: whole credits rounded toward zero
+    (decision 0039, as plain numbers for spreadsheets) beside the exact millicredits."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(STATEMENT_CSV_FIELDS)
@@ -86,10 +86,10 @@ def statement_csv(session: Session, ledger: LedgerService, account: BillingAccou
                     as_utc(line.created_at).strftime("%Y-%m-%d %H:%M:%S"),
                     line.type,
                     line.description,
-                    whole_credits(line.amount, signed=True),
+                    whole(line.amount),
                     line.amount,
                     line.frozen_amount,
-                    whole_credits(line.balance_after),
+                    whole(line.balance_after),
                     line.balance_after,
                 ]
             )
