@@ -20,12 +20,12 @@ from chronote_billing.core.clock import as_utc
 from chronote_billing.credits_text import whole
 from chronote_billing.ledger.schemas import BalanceView, EconomicStatementPage
 from chronote_billing.ledger.service import LedgerService
-from chronote_billing.stripe_sync.entitlements import due_allowance
+from chronote_billing.stripe_sync.entitlements import allowance_not_issued
 
 
 def allowance_due(session: Session, account: BillingAccount, now: datetime) -> int:
     """Millicredits of allowance in force now that the ledger has not issued yet."""
-    due = due_allowance(session, account, now)
+    due = allowance_not_issued(session, account, now)
     return due.amount if due is not None else 0
 
 

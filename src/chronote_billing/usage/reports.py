@@ -53,7 +53,7 @@ def _key(rec: UsageRecord, group_by: str) -> str:
     if group_by == "source":
         return rec.capture_source or rec.event_type or "none"
     if group_by == "member":
-        return rec.user_id
+        return rec.user_id or "auto-record"
     if group_by == "server":
         return rec.guild_id or "personal"
     if group_by == "meeting":
@@ -144,8 +144,7 @@ def third_person_reason(
     """What a usage line was, for the payer's admins, in the third person and by name (decision
     0041): never the words written for the person who recorded ("for you")."""
     what = RECORD_WORDS.get(rec.capture_source or rec.event_type or "", "Usage")
-    who = people_names.get(rec.user_id, rec.user_id)
-    text = f"{what} by {who}"
+    text = f"{what} by {people_names.get(rec.user_id, rec.user_id)}" if rec.user_id else f"{what} (auto-recorded)"
     if rec.guild_id:
         text += f" on {server_names.get(rec.guild_id, 'server ' + rec.guild_id)}"
     if rec.kind != "event":
@@ -187,7 +186,7 @@ def usage_csv(
             )
         ).scalars()
     }
-    user_ids = {r.user_id for r in records} | {s for t, s in auths.values() if t == "member"}
+    user_ids = {r.user_id for r in records if r.user_id} | {s for t, s in auths.values() if t == "member"}
     guild_ids = {r.guild_id for r in records if r.guild_id} | {s for t, s in auths.values() if t == "server"}
     names = people.names(session, user_ids)
     servers = dict(
@@ -207,7 +206,7 @@ def usage_csv(
                 rec.status,
                 rec.context,
                 rec.capture_source or rec.event_type or "",
-                rec.user_id,
+                rec.user_id or "",
                 rec.guild_id or "",
                 rec.meeting_id or "",
                 rec.authorization_id or "",
