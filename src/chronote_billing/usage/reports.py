@@ -144,7 +144,11 @@ def third_person_reason(
     """What a usage line was, for the payer's admins, in the third person and by name (decision
     0041): never the words written for the person who recorded ("for you")."""
     what = RECORD_WORDS.get(rec.capture_source or rec.event_type or "", "Usage")
-    text = f"{what} by {people_names.get(rec.user_id, rec.user_id)}" if rec.user_id else f"{what} (auto-recorded)"
+    text = (
+        f"{what} by {people_names.get(rec.user_id, rec.user_id)}"
+        if rec.user_id
+        else f"{what} (auto-recorded)"
+    )
     if rec.guild_id:
         text += f" on {server_names.get(rec.guild_id, 'server ' + rec.guild_id)}"
     if rec.kind != "event":
