@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from chronote_billing import demo
+from chronote_billing.access.service import Principal
 from chronote_billing.api.app import create_app
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
@@ -334,7 +335,8 @@ def test_an_extended_recording_reads_as_one_line_at_its_final_amount(
         requested_minutes=30,
     )
     recording = c.db.write(lambda s: c.usage.start_recording(s, request, "browser-rec-start"))
-    c.db.write(lambda s: c.usage.extend_recording(s, recording.id, 15, "browser-rec-extend"))
+    ada_acts = Principal(kind="person", user_id=ada)
+    c.db.write(lambda s: c.usage.extend_recording(s, ada_acts, recording.id, 15, "browser-rec-extend"))
 
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     sign_in(page, portal, "Ada")
@@ -343,7 +345,9 @@ def test_an_extended_recording_reads_as_one_line_at_its_final_amount(
     expect(statement.locator("tbody tr")).not_to_contain_text(["-30"])
 
     c.db.write(
-        lambda s: c.usage.finish_recording(s, recording.id, {"desktop": 25 * 60}, "browser-rec-finish")
+        lambda s: c.usage.finish_recording(
+            s, ada_acts, recording.id, {"desktop": 25 * 60}, "browser-rec-finish"
+        )
     )
     page.reload()
     usage_rows = statement.locator('tr[data-line-type="usage"]')

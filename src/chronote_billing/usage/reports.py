@@ -157,6 +157,8 @@ def third_person_reason(
         kind, subject = subjects[rec.authorization_id]
         if kind == "server":
             text += f", under {server_names.get(subject, 'server ' + subject)}'s authorization"
+        elif subject == rec.user_id:
+            text += ", under their own authorization"
         else:
             text += f", under {people_names.get(subject, subject)}'s authorization"
     return text
