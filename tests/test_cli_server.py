@@ -10,7 +10,10 @@ from chronote_billing.config import Settings
 
 
 def test_the_public_url_follows_the_port_unless_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CHRONOTE_PUBLIC_BASE_URL", raising=False)
+    # Set then removed through monkeypatch, so the variable is restored after the test whatever
+    # use_public_url_of writes into the environment.
+    monkeypatch.setenv("CHRONOTE_PUBLIC_BASE_URL", "unset-me")
+    monkeypatch.delenv("CHRONOTE_PUBLIC_BASE_URL")
     assert use_public_url_of("127.0.0.1", 8100) == "http://127.0.0.1:8100"
     assert Settings().public_base_url == "http://127.0.0.1:8100"
     monkeypatch.delenv("CHRONOTE_PUBLIC_BASE_URL")
