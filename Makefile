@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest bench screenshots clean distclean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found %s)" % sys.version.split()[0])'
@@ -19,8 +19,8 @@ run: $(STAMP)
 	$(BIN)/chronote-billing demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -33,5 +33,12 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python bench/ledger.py --seconds 10
 
+screenshots: $(STAMP)
+	$(BIN)/python tools/screenshots.py docs/screenshots
+
+# The demo's database only: `make run` seeds it again. `distclean` also removes the environment.
 clean:
-	rm -rf $(VENV) var/*.db var/*.db-wal var/*.db-shm
+	rm -f var/*.db var/*.db-wal var/*.db-shm
+
+distclean: clean
+	rm -rf $(VENV)

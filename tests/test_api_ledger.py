@@ -105,7 +105,7 @@ def test_balance_grants_and_holds_flow(api: Api, make_account) -> None:  # type:
     assert api.grant(acct, 10_000, "g1", description="welcome").json() == created.json()
 
     hold = api.hold(acct, 4_000, "h1", reason="meeting")
-    assert hold.status_code == 201
+    assert hold.status_code == 201, hold.text
     h = hold.json()
     assert (h["status"], h["amount_held"], h["partial"]) == ("open", 4_000, False)
 
@@ -113,7 +113,9 @@ def test_balance_grants_and_holds_flow(api: Api, make_account) -> None:  # type:
     assert extended.status_code == 200 and extended.json()["amount_held"] == 5_000
 
     balance = api.call("GET", f"/v1/accounts/{acct}/balance", api.reader).json()
-    assert (balance["available"], balance["held"], balance["posted"]) == (5_000, 5_000, 10_000)
+    # This month's free allowance is counted though not issued yet (decision 0039).
+    assert balance["allowance_due"] == 120_000
+    assert (balance["available"] - 120_000, balance["held"], balance["posted"]) == (5_000, 5_000, 10_000)
     assert [g["id"] for g in balance["grants"]] == [created.json()["id"]]
 
     captured = api.call("POST", f"/v1/holds/{h['id']}/capture", api.reader, "c1", json={"amount": 3_500})
@@ -125,7 +127,11 @@ def test_balance_grants_and_holds_flow(api: Api, make_account) -> None:  # type:
     assert released.status_code == 200 and released.json()["status"] == "released"
 
     balance = api.call("GET", f"/v1/accounts/{acct}/balance", api.reader).json()
-    assert (balance["available"], balance["held"], balance["posted"]) == (6_500, 0, 6_500)
+    assert (balance["available"] - balance["allowance_due"], balance["held"], balance["posted"]) == (
+        6_500,
+        0,
+        6_500,
+    )
     grants = api.call("GET", f"/v1/accounts/{acct}/grants", api.reader).json()
     assert [g["remaining"] for g in grants] == [6_500]
 
@@ -336,3 +342,74 @@ def test_other_validation_errors(api: Api, make_account) -> None:  # type: ignor
     )
     balance = api.call("GET", f"/v1/accounts/{acct}/balance", api.reader).json()
     assert (balance["posted"], balance["held"]) == (1_000, 100)
+
+
+def test_a_new_free_account_shows_its_allowance_on_every_read(api: Api, make_account) -> None:  # type: ignore[no-untyped-def]
+    """Decision 0039: the allowance due but not issued yet counts on the balance as it does on
+    funding sources and entitlements."""
+    user = "100000000000000777"
+    acct = make_account("personal", user)
+    balance = api.call("GET", f"/v1/accounts/{acct}/balance", api.reader).json()
+    assert (balance["available"], balance["allowance_due"], balance["posted"]) == (120_000, 120_000, 0)
+    c = api.container
+    sources = c.db.read(lambda s: c.usage.funding_sources(s, user))
+    entitlements = c.db.read(lambda s: c.usage.entitlements(s, user, None, "personal"))
+    assert sources[0].left == entitlements.funding_sources[0].left == balance["available"]
+    statement = api.call("GET", f"/v1/accounts/{acct}/statement", api.reader).json()
+    assert statement["available"] == 120_000 and statement["data"] == []
+
+
+def test_statement_is_one_line_per_event_and_the_log_signs_by_phase(api: Api, make_account) -> None:  # type: ignore[no-untyped-def]
+    acct = make_account()
+    api.grant(acct, 100_000, "s-g", description="Credits for the team")
+    h = api.hold(acct, 30_000, "s-h", reason="Desktop recording").json()
+    api.call("POST", f"/v1/holds/{h['id']}/extend", api.reader, "s-e", json={"amount": 15_000})
+    running = api.hold(acct, 10_000, "s-h2", reason="Discord meeting").json()
+    statement = api.call("GET", f"/v1/accounts/{acct}/statement", api.reader).json()
+    assert [line["type"] for line in statement["data"]] == ["credits_added"]
+    assert statement["reserved"] == 55_000 and statement["available"] == 45_000 + 120_000  # + allowance due
+    assert {r["hold_id"] for r in statement["in_progress"]} == {h["id"], running["id"]}
+
+    api.call("POST", f"/v1/holds/{h['id']}/capture", api.reader, "s-c", json={"amount": 25_000})
+    api.call("POST", f"/v1/holds/{running['id']}/release", api.reader, "s-r")
+    statement = api.call("GET", f"/v1/accounts/{acct}/statement", api.reader).json()
+    lines = [(line["type"], line["amount"], line["balance_after"]) for line in statement["data"]]
+    # One line for the recording at its final amount; the release and the returned part add none.
+    assert lines == [("usage", -25_000, 75_000), ("credits_added", 100_000, 100_000)]
+    assert statement["data"][0]["description"] == "Desktop recording"
+    assert statement["reserved"] == 0 and statement["in_progress"] == []
+
+    log = api.call("GET", f"/v1/accounts/{acct}/ledger", api.reader).json()["data"]
+    moves = [(t["phase"], t["amount"]) for t in reversed(log) if t["hold_id"] == h["id"]]
+    assert moves == [("pending", -30_000), ("pending", -15_000), ("post", -25_000), ("void", 15_000)]
+
+
+def test_statement_pages_never_split_an_event_and_show_freezes(api: Api, make_account) -> None:  # type: ignore[no-untyped-def]
+    acct = make_account()
+    c = api.container
+    # Two grants, so one capture posts on both: one event of two transfers.
+    first = api.grant(acct, 2_000, "p-g1", priority=10).json()
+    api.grant(acct, 50_000, "p-g2", priority=20)
+    for i in range(5):
+        h = api.hold(acct, 3_000, f"p-h{i}").json()
+        api.call("POST", f"/v1/holds/{h['id']}/capture", api.reader, f"p-c{i}", json={"amount": 3_000})
+    c.db.write(
+        lambda s: c.ledger.set_grant_frozen(
+            s, grant_id=first["id"], frozen=True, idempotency_key="p-f", reason="Payment disputed"
+        )
+    )
+    seen: list[dict] = []
+    cursor = None
+    while True:
+        params = {"limit": 2} | ({"starting_after": cursor} if cursor else {})
+        page = api.call("GET", f"/v1/accounts/{acct}/statement", api.reader, params=params).json()
+        seen.extend(page["data"])
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert [line["type"] for line in seen] == ["frozen"] + ["usage"] * 5 + ["credits_added"] * 2
+    assert [line["amount"] for line in seen[1:6]] == [-3_000] * 5
+    assert seen[0]["frozen_amount"] == 0 and seen[0]["description"] == "Payment disputed"
+    assert len({line["id"] for line in seen}) == len(seen)
+    bad = api.call("GET", f"/v1/accounts/{acct}/statement", api.reader, params={"starting_after": "x"})
+    problem(bad, 422, "validation_error")

@@ -209,3 +209,23 @@ def test_every_operation_answers_only_what_it_declares(case, whole_api) -> None:
         "Idempotency-Key": f"k{random.randrange(10**9)}",
     }
     case.call_and_validate(headers=headers, checks=CHECKS)
+
+
+def test_the_api_documentation_works_offline() -> None:
+    """/docs loads Swagger UI from files the service serves itself, never from a CDN."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from chronote_billing.api.app import create_app
+
+    with TestClient(create_app()) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        scripts = [a for a in assets if a.endswith((".js", ".css"))]
+        assert scripts and all(a.startswith("/docs/static/") for a in scripts), assets
+        for asset in scripts:
+            response = client.get(asset)
+            assert response.status_code == 200 and len(response.content) > 10_000, asset
+        assert "https://" not in page.text.split("<body>")[0].replace("https://fastapi.tiangolo.com", "")

@@ -142,7 +142,12 @@ def test_org_flow_recording_and_usage_report_over_http(c, client):
     text = client.get(f"/v1/accounts/{org_account}/usage.csv", headers=h(admin_key, owner, idem=False)).text
     rows = list(csv.DictReader(io.StringIO(text)))
     assert rows[0]["charged_credits"] == "51" and rows[0]["source"] == "desktop"
-    assert rows[0]["reason"].startswith("Acme authorization for you")
+    # Third person, by name: the CSV is read by the organization's admins (decision 0041).
+    assert (
+        rows[0]["reason"].startswith("Desktop recording by ")
+        and "under their own authorization" in rows[0]["reason"]
+    )
+    assert "for you" not in text
     audit = client.get(f"/v1/orgs/{org_id}/audit", headers=h(admin_key, owner, idem=False)).json()
     assert [a["action"] for a in audit][:3] == ["authorization.created", "server.linked", "member.added"]
 

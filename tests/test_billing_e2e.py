@@ -408,7 +408,7 @@ def test_refund_of_a_plan_invoice_takes_back_its_share_of_the_allowance(billing:
     grant = next(g for g in billing.grants(account_id) if g.id == allowance.id)
     assert grant.remaining == 0 and billing.balance(account_id).posted >= 0
     statement = billing.db.read(lambda s: billing.container.ledger.statement(s, account_id)).data
-    assert sum(1 for line in statement if "Refund of" in line.reason) == 2
+    assert sum(1 for line in statement if "Refund of" in line.reason and line.kind == "refund") == 2
 
 
 def test_lost_dispute_takes_back_what_is_left_of_the_purchase(billing: Billing) -> None:
@@ -505,3 +505,73 @@ def test_same_second_subscription_events_are_settled_by_stripes_current_state(bi
     )
     assert reply.status_code == 200
     assert billing.service.get_subscription(person, account_id).cancel_at_period_end
+
+
+def test_a_checkout_return_applies_the_payment_before_the_webhooks(billing: Billing) -> None:
+    """Decision 0040: the return page confirms the session with Stripe and applies it; the
+    webhooks that arrive afterwards find everything done."""
+    held: list[tuple[bytes, dict[str, str]]] = []
+    billing.harness.send_webhooks_to(lambda payload, headers: held.append((payload, headers)) or 200)
+    account_id, person = billing.person("personal")
+    view = billing.service.start_checkout(person, account_id, idempotency_key="ret-1", plan_id="personal_pro")
+    pending = billing.service.confirm_checkout(person, account_id, view.id)
+    assert pending.state == "pending" and "pending" in pending.message.lower()
+
+    assert billing.harness.pay_checkout(view.url).status_code == 303
+    billing.harness.wait_for_webhooks()
+    assert billing.plan(account_id) == "personal_free"  # no webhook delivered yet
+    status = billing.service.confirm_checkout(person, account_id, view.id)
+    assert status.state == "complete" and status.message.startswith("Payment received: Personal Pro")
+    assert billing.plan(account_id) == "personal_pro"
+    allowance = [g for g in billing.grants(account_id) if g.source == "plan_allowance"]
+    assert [g.amount for g in allowance] == [1_500_000]
+    assert billing.service.confirm_checkout(person, account_id, view.id) == status  # again: the same
+
+    pack = billing.service.start_checkout(person, account_id, idempotency_key="ret-2", pack_id="credits_1000")
+    assert billing.harness.pay_checkout(pack.url).status_code == 303
+    billing.harness.wait_for_webhooks()
+    credits = billing.service.confirm_checkout(person, account_id, pack.id)
+    assert credits.state == "complete" and credits.credits == 1_000_000
+
+    # Now the webhooks: stored, applied once, nothing granted twice.
+    assert held
+    for payload, headers in held:
+        assert billing._deliver(payload, headers) == 200
+    grants = billing.grants(account_id)
+    assert sorted(g.amount for g in grants if g.source in ("plan_allowance", "purchase")) == [
+        1_000_000,
+        1_500_000,
+    ]
+    assert billing.plan(account_id) == "personal_pro"
+    other_id, other = billing.person("personal")
+    with pytest.raises(PermissionDenied):
+        billing.service.confirm_checkout(other, account_id, view.id)
+
+
+def test_a_plan_change_shows_its_charge_first_and_the_plan_in_force_at_once(billing: Billing) -> None:
+    held: list[tuple[bytes, dict[str, str]]] = []
+    account_id, manager = billing.person("server")
+    clock_id = billing.on_test_clock(account_id)
+    billing.buy_plan(account_id, manager, "server_basic")
+    billing.advance(clock_id, 10 * DAY)
+    billing.harness.send_webhooks_to(lambda payload, headers: held.append((payload, headers)) or 200)
+
+    preview = billing.service.preview_plan_change(manager, account_id, plan_id="server_pro", interval="month")
+    assert (preview.kind, preview.effective, preview.from_plan_name) == ("upgrade", "now", "Server Basic")
+    assert 0 < preview.amount_due < 2_900
+    change = billing.service.change_plan(
+        manager, account_id, plan_id="server_pro", interval="month", idempotency_key="up-now"
+    )
+    # In force before any webhook, with its prorated credits; the estimate is what Stripe charged.
+    assert billing.plan(account_id) == "server_pro"
+    assert any("Upgrade" in g.description for g in billing.grants(account_id))
+    invoice = billing.service.client.v1.invoices.retrieve(change.invoice)
+    assert invoice.amount_paid == preview.amount_due
+    for payload, headers in held:
+        assert billing._deliver(payload, headers) == 200
+    assert sum(1 for g in billing.grants(account_id) if "Upgrade" in g.description) == 1
+
+    down = billing.service.preview_plan_change(manager, account_id, plan_id="server_basic", interval="month")
+    assert down.kind == "downgrade" and down.amount_due == 0 and down.effective == "period_end"
+    annual = billing.service.preview_plan_change(manager, account_id, plan_id="server_basic", interval="year")
+    assert annual.kind == "unsupported" and "Server Pro billed monthly" in annual.message

@@ -49,7 +49,7 @@ def test_grant_balance_and_statement_by_every_reference(cli, db, ledger, make_ac
         cli, "grant", f"personal:{user}", "12.5", "--idempotency-key", "cli-g1", "--description", "welcome"
     )
     assert code == 0, out
-    assert "granted 12.5 credits as grt_" in out
+    assert "granted 12 credits (12,500 millicredits) as grt_" in out
     code, again = run(
         cli, "grant", f"personal:{user}", "12.5", "--idempotency-key", "cli-g1", "--description", "welcome"
     )
@@ -58,7 +58,9 @@ def test_grant_balance_and_statement_by_every_reference(cli, db, ledger, make_ac
 
     code, out = run(cli, "balance", personal)
     assert code == 0, out
-    assert "available 12.5 credits" in out and "held 0" in out and "welcome" not in out
+    # Whole credits: 12.5 granted and this month's free allowance of 120, not issued yet.
+    assert "available 132 credits" in out and "held 0" in out and "welcome" not in out
+    assert "exactly 132,500 millicredits" in out and "allowance of 120 credits" in out
     code, by_ref = run(cli, "balance", f"user:{user}")
     assert code == 0 and by_ref == out
 
@@ -71,10 +73,12 @@ def test_grant_balance_and_statement_by_every_reference(cli, db, ledger, make_ac
         db.write(lambda s, n=n: ledger.debit(s, account_id=personal, amount=100 + n, idempotency_key=f"d{n}"))
     code, out = run(cli, "statement", f"personal:{user}", "--limit", "2")
     assert code == 0, out
-    assert "debit" in out and "more: --starting-after" in out
+    assert "usage" in out and "<1" in out and "more: --starting-after" in out
     cursor = out.rsplit("--starting-after", 1)[1].split()[0]
     code, rest = run(cli, "statement", personal, "--limit", "10", "--starting-after", cursor)
-    assert code == 0 and "grant" in rest and "more:" not in rest
+    assert code == 0 and "credits added" in rest and "more:" not in rest
+    code, raw = run(cli, "statement", personal, "--raw", "--limit", "10")
+    assert code == 0 and "posted" in raw and "-102" in raw and "+12,500" in raw
 
 
 def test_server_accounts_and_expiring_grants(cli, db, ledger, clock, make_account) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,7 @@
 """`make run`'s demo data loads through the real services, and loading it twice changes nothing."""
 
+from datetime import timedelta
+
 from sqlalchemy import func, select
 
 from chronote_billing import demo
@@ -13,7 +15,8 @@ def test_demo_data_loads_once_and_keeps_the_ledger_consistent(scratch_db, clock)
     first = demo.load(container)
     assert "Acme" in first
     count = scratch_db.read(lambda s: s.execute(select(func.count()).select_from(Transfer)).scalar())
-    demo.load(container)
+    clock.advance(timedelta(days=3))  # `make run` again another day on the same database
+    assert "demo data reused" in demo.load(container)
     assert scratch_db.read(lambda s: s.execute(select(func.count()).select_from(Transfer)).scalar()) == count
     assert scratch_db.read(lambda s: verify(s)) == []
 

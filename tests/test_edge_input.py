@@ -156,6 +156,7 @@ def world(scratch_db: Database, stripe_local: Any) -> Iterator[World]:
             "guild_id": guild,
             "authorization_id": auth.id,
             "hold_id": hold.id,
+            "session_id": "cs_test_" + secrets.token_hex(12),  # a Checkout Session nobody made
         }
 
     ids = db.write(seed)

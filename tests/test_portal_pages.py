@@ -118,7 +118,7 @@ def test_personal_billing_shows_plan_allowance_credits_and_statement(
     assert "Personal Free" in page and "free" in page
     assert "120 of 120 credits left" in page  # this month's free allowance, granted on first need
     assert "Nov 1, 2026 – Dec 1, 2026" in page
-    assert "2,620.5" in page  # available: 120 + 2,500.5 credits
+    assert "2,620" in page and "2,620.5" not in page  # available: 120 + 2,500.5, in whole credits
     assert "Welcome credits" in page and "Dec 1, 2026" in page  # grant and its expiry
     assert "Free monthly allowance" in page
     assert "Personal Pro" in page and "$9.00" in page and "$90.00 / year" in page
@@ -126,6 +126,11 @@ def test_personal_billing_shows_plan_allowance_credits_and_statement(
     assert '"Manage billing" appears after the first purchase' in page  # no Stripe customer yet
     assert "Funding sources" in page and "credits left" in page
     assert "Personal Free allowance for 2026-11" in page  # statement line with its reason
+    statement_csv = ada.client.get("/portal/personal/billing/statement.csv")
+    assert statement_csv.status_code == 200 and statement_csv.headers["content-type"].startswith("text/csv")
+    rows = statement_csv.text.splitlines()
+    assert rows[0].startswith("line_id,date_utc,type,description,credits,millicredits")
+    assert any(",credits_added,Welcome credits,2500,2500500," in r for r in rows[1:]), rows
 
 
 def test_server_billing_only_for_managers_and_shows_the_linked_organization(
@@ -141,7 +146,7 @@ def test_server_billing_only_for_managers_and_shows_the_linked_organization(
 
     denied = dana.client.get(f"/portal/server/{other}/billing")
     assert denied.status_code == 403
-    assert "Missing permission: Manage Server on this Discord server" in text_of(denied.text)
+    assert "You need Manage Server on this Discord server to manage its billing." in text_of(denied.text)
     # Nothing was created for the server the person does not manage.
     assert db.read(lambda s: container_of(dana).accounts.find(s, "server", other)) is None
     missing = dana.client.get("/portal/server/not-a-guild/billing")
@@ -199,7 +204,7 @@ def test_org_admin_manages_members_and_authorizations_through_forms(
     page = text_of(owner.get(f"/portal/org/{org_id}/billing"))
     assert "Billed to: Acme Research" in page
     assert "Acme Research · Owner" in page  # in the switcher under Organizations
-    assert "org.created" not in page and "org created" in page  # audit log
+    assert "org.created" not in page and "Created the organization Acme Research" in page  # audit log
 
     members_url = f"/portal/org/{org_id}/billing/members"
     owner.get(members_url)
@@ -245,9 +250,8 @@ def test_org_admin_manages_members_and_authorizations_through_forms(
     assert auth_id
     listed = text_of(page)
     assert member.name in listed and "Desktop, Upload" in listed
-    assert (
-        f"{member.name} ({member.user_id})" in listed
-    )  # the form's list of who may be authorized and "Jan 31, 2027" in listed
+    # The form's list of who may be authorized names people; the id is the option's value.
+    assert f'<option value="member:{member.user_id}">{member.name}</option>' in page
     # Revoked or not, an authorization belongs to its organization: another org's URL is a 404.
     elsewhere = create_org(owner, "Elsewhere")
     foreign = owner.submit(
@@ -269,13 +273,17 @@ def test_org_admin_manages_members_and_authorizations_through_forms(
     assert f'href="/portal/org/{org_id}/billing"' not in member.page  # not in the member's switcher
     denied = member.client.get(f"/portal/org/{org_id}/billing")
     assert denied.status_code == 403
-    assert "owner or billing_admin role in this organization" in denied.text
+    # In a person's words: who is needed, on which organization, by name (decision 0041).
+    assert "You need to be an owner or billing admin of Acme Research" in denied.text
+    assert "billing_admin" not in denied.text and "acct_" not in denied.text
     forbidden_post = member.submit(
         add,
         {"user_id": snowflake(), "role": "member"},
         tokens=member.tokens("/portal/personal/billing/packs", member.page),
     )
-    assert forbidden_post.status_code == 403 and "owner or billing_admin" in forbidden_post.text
+    assert (
+        forbidden_post.status_code == 403 and "owner or billing admin of Acme Research" in forbidden_post.text
+    )
 
     revoke = owner.submit(f"/portal/org/{org_id}/billing/authorizations/{auth_id.group(1)}/revoke", {})
     assert revoke.status_code == 204
@@ -417,21 +425,28 @@ def test_org_usage_by_member_and_day_with_csv_and_no_meeting_content(
     )
     page = text_of(owner.get(f"/portal/org/{org_id}/billing/usage"))
     assert f"By member Member Uses Minutes Reserved Charged (credits) {member.name} 2" in page
-    assert "6.5" in page  # 6 started minutes + one question, in credits
+    assert "Total 6" in page  # 6 started minutes + one question (half a credit), in whole credits
     assert "secret-board-meeting" not in page
     by_source = text_of(owner.get(f"/portal/org/{org_id}/billing/usage?group_by=source"))
     assert "Desktop" in by_source and "Ask question" in by_source
     by_day = owner.get(f"/portal/org/{org_id}/billing/usage?group_by=day")
-    assert "<svg" in by_day and "11-01: 6.5 credits" in by_day
+    assert "<svg" in by_day and "11-01: 6 credits" in by_day
+    # A bad window is told beside its field, in the field's label; the page stays (decision 0041).
     bad = owner.client.get(f"/portal/org/{org_id}/billing/usage?since=yesterday")
-    assert bad.status_code == 422 and "must be a date" in bad.text
-    for path in ("usage", "usage.csv"):  # the last representable day cannot end a window
-        far = owner.client.get(f"/portal/org/{org_id}/billing/{path}?until=9999-12-31")
-        assert far.status_code == 422 and "too far in the future" in far.text
+    assert bad.status_code == 200 and "From must be a date" in bad.text and "By member" in bad.text
+    reversed_range = owner.client.get(f"/portal/org/{org_id}/billing/usage?since=2026-11-20&until=2026-11-02")
+    assert (
+        reversed_range.status_code == 200
+        and "To must be the same day as From or later" in reversed_range.text
+    )
+    far = owner.client.get(f"/portal/org/{org_id}/billing/usage?until=9999-12-31")
+    assert far.status_code == 200 and "too far in the future" in far.text
+    far_csv = owner.client.get(f"/portal/org/{org_id}/billing/usage.csv?until=9999-12-31")
+    assert far_csv.status_code == 422 and "too far in the future" in far_csv.text
 
     csv_totals = owner.client.get(f"/portal/org/{org_id}/billing/usage.csv?group_by=member")
     assert csv_totals.status_code == 200 and csv_totals.headers["content-type"].startswith("text/csv")
-    assert csv_totals.text.splitlines()[1] == f"{member.user_id},2,6,0,6.5"
+    assert csv_totals.text.splitlines()[1] == f"{member.user_id},2,6,0,6,6500"
     lines = owner.client.get(f"/portal/org/{org_id}/billing/usage.csv").text.splitlines()
     assert lines[0].startswith("id,created_at,finished_at,kind,status,context,source,user_id")
     assert len(lines) == 3
@@ -447,14 +462,30 @@ def test_alerts_and_auto_recharge_settings_are_saved_for_the_organization(
     saved = owner.submit(f"/portal/org/{org_id}/billing/alerts", {"threshold_credits": "200"})
     assert saved.status_code == 204
     owner.get(f"/portal/org/{org_id}/billing")
-    recharge = owner.submit(
+    # Without a saved card auto-recharge cannot be switched on, and the form says why, by the box.
+    refused = owner.submit(
         f"/portal/org/{org_id}/billing/auto-recharge",
         {"enabled": "1", "threshold_credits": "500", "pack": "credits_5000"},
     )
-    assert recharge.status_code == 204
+    assert refused.status_code == 422 and refused.headers["X-Error-Field"] == "enabled"
+    assert "needs a card saved with Stripe for Settings Org" in refused.text
+    c = container_of(owner)
+    account = db.read(lambda s: c.accounts.find(s, "organization", org_id))
+    assert not db.read(lambda s: c.notifications.get_settings(s, account.id)).auto_recharge.enabled
+    # With a card (as after a first purchase), the page says what it buys, by the pack's name.
+    db.write(
+        lambda s: c.notifications.set_auto_recharge(
+            s,
+            account_id=account.id,
+            enabled=True,
+            threshold_credits=500,
+            pack_id="credits_5000",
+            idempotency_key="with-card",
+        )
+    )
     page = text_of(owner.get(f"/portal/org/{org_id}/billing"))
     assert "Alert when fewer than 200 credits are available" in page
-    assert "Buys credits_5000 when fewer than 500 credits are available" in page
+    assert "Buys 5,000 credits with the saved card when fewer than 500 credits are available" in page
     bad = owner.submit(
         f"/portal/org/{org_id}/billing/auto-recharge", {"threshold_credits": "", "pack": "credits_5000"}
     )
@@ -486,12 +517,13 @@ def test_buying_a_pack_then_manage_billing_opens_that_accounts_own_portal(
     url = checkout.headers["HX-Redirect"]
     assert url.startswith(stripe_local.url)
     paid = stripe_local.pay_checkout(url)
-    assert paid.status_code == 303 and paid.headers["location"].endswith(
-        "/portal/personal/billing?checkout=done"
-    )
+    back = paid.headers["location"]
+    assert paid.status_code == 303 and "/portal/personal/billing?checkout=cs_" in back
     stripe_local.wait_for_webhooks()
 
-    page = text_of(buyer.get("/portal/personal/billing"))
+    # Back from Checkout: the page confirms the payment and says so (decision 0040).
+    page = text_of(buyer.get(back[back.index("/portal") :]))
+    assert "Payment received: 1,000 credits were added." in page
     assert "Credit pack" in page and "1,120" in page  # 1,000 bought + this month's 120 allowance
     assert "Manage billing" in page and "appears after the first purchase" not in page
     portal = buyer.submit("/portal/personal/billing/manage", {})

@@ -112,7 +112,13 @@ def test_org_usage_grouped_every_way_and_exported(c, clock, tmp_path):
     assert keys("context") == {"personal": 60_500}
     assert keys("server") == {"personal": 60_500}
     lines = list(csv.DictReader(io.StringIO(c.db.read(lambda s: reports.usage_csv(s, acct)))))
-    assert [line["charged_credits"] for line in lines] == ["30", "20", "10", "0.5"]
+    # Whole credits (decision 0039) beside the exact millicredits; reasons in the third person.
+    assert [line["charged_credits"] for line in lines] == ["30", "20", "10", "0"]
+    assert [line["charged_millicredits"] for line in lines] == ["30000", "20000", "10000", "500"]
+    assert lines[0]["reason"].startswith("Desktop recording by ") and "30 min, under" in lines[0]["reason"]
+    assert lines[3]["reason"].startswith("Ask question by ") and "for you" not in "".join(
+        r["reason"] for r in lines
+    )
     assert "title" not in ",".join(lines[0].keys())
 
     output.set_container(c)
@@ -120,12 +126,13 @@ def test_org_usage_grouped_every_way_and_exported(c, clock, tmp_path):
         target = tmp_path / "usage.csv"
         result = CliRunner().invoke(app, ["usage", "report", acct, "--by", "member", "--csv", str(target)])
         assert result.exit_code == 0, result.output
-        assert alice in result.output and "60.5" in result.output
+        assert alice in result.output and "total charged 60 credits" in result.output
         assert target.read_text().count("\n") == 5
         shown = CliRunner().invoke(app, ["org", "show", org.id])
-        assert shown.exit_code == 0 and "Acme" in shown.output and "available 439.5 credits" in shown.output
+        assert shown.exit_code == 0 and "Acme" in shown.output and "available 439 credits" in shown.output
         audited = CliRunner().invoke(app, ["org", "audit", org.id])
-        assert audited.exit_code == 0 and "server.link" in audited.output
+        assert audited.exit_code == 0 and "linked the server" in audited.output
+        assert "{" not in audited.output and "monthly_cap" not in audited.output
         bad = CliRunner().invoke(app, ["usage", "report", acct, "--by", "title"])
         assert bad.exit_code == 1 and "group_by" in bad.output
     finally:

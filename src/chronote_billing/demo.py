@@ -1,6 +1,9 @@
 """Demo data for `make run`: a few users, servers and one organization with grants and history.
 
-Loading is idempotent: every write uses a fixed idempotency key, so a restart loads nothing new.
+The demo seeds once and then reuses what it seeded: `make run` again on the same database finds
+the organization and loads nothing new (the grants' expiries are relative to the first run, so
+asking for them again would be a different request). Every write still uses a fixed idempotency
+key, so a run stopped half-way finishes the history on the next one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ def load(c: Container) -> str:
     ada, ben, cy = (DEMO_USERS[k][0] for k in ("ada", "ben", "cy"))
     study, acme_guild = DEMO_SERVERS["study"][0], DEMO_SERVERS["guild"][0]
     now = c.clock.now()
+
+    def seeded(session):  # type: ignore[no-untyped-def]
+        """Cy's authorization in the Acme organization Ben created, if an earlier run made it."""
+        for org, _ in c.orgs.orgs_for_user(session, ben):
+            if org.name == "Acme" and org.created_by == ben:
+                for auth in c.orgs.list_authorizations(session, org.id):
+                    if auth.subject_type == "member" and auth.subject_id == cy:
+                        return auth.id
+        return None
 
     def accounts_and_org(session):  # type: ignore[no-untyped-def]
         for uid, name in DEMO_USERS.values():
@@ -114,7 +126,8 @@ def load(c: Container) -> str:
         )
         return cy_authorization.id
 
-    cy_authorization_id = c.db.write(accounts_and_org)
+    reused = c.db.read(seeded)
+    cy_authorization_id = reused or c.db.write(accounts_and_org)
 
     history = [
         (
@@ -181,7 +194,7 @@ def load(c: Container) -> str:
         )
     )
     return (
-        f"demo data ready: users {', '.join(n for _, n in DEMO_USERS.values())}; servers "
+        f"demo data {'reused' if reused else 'ready'}: users {', '.join(n for _, n in DEMO_USERS.values())}; servers "
         f"{', '.join(n for _, n in DEMO_SERVERS.values())}; organization Acme (owner Ben, billing admin Ada, "
         "member Cy) with history"
     )

@@ -8,12 +8,16 @@ import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
+from pathlib import Path
 from typing import Annotated, Any
 
+import fastapi_offline
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI, Header, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -55,6 +59,24 @@ class ChronoteAPI(FastAPI):
         return RequestObserver(super().build_middleware_stack())
 
 
+# Swagger UI's files as the fastapi-offline package ships them: /docs works without a CDN.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+
+
+def _serve_docs_offline(app: FastAPI) -> None:
+    app.mount("/docs/static", StaticFiles(directory=DOCS_ASSETS), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon.png",
+        )
+
+
 def create_app(container: Container | None = None) -> FastAPI:
     configure_logging()
     container = container or Container()
@@ -81,12 +103,13 @@ def create_app(container: Container | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # served below from local files
         redoc_url=None,
         max_body_size=MAX_BODY_BYTES,
         lifespan=lifespan,
     )
     app.state.container = container
+    _serve_docs_offline(app)
     problems.install(app, page_errors=portal_routes.validation_page)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process serves (no database)")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from chronote_billing import retention
 from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.balances import service as balances
 from chronote_billing.cli.output import (
     console,
     container,
@@ -21,6 +24,7 @@ from chronote_billing.cli.output import (
     parse_credits,
 )
 from chronote_billing.core.errors import NotFound
+from chronote_billing.credits_text import whole_credits
 from chronote_billing.ledger.verify import CHECKS
 from chronote_billing.ledger.verify import verify as verify_ledger
 
@@ -65,14 +69,22 @@ def register(app: typer.Typer) -> None:
 
         def work(session):  # type: ignore[no-untyped-def]
             acct = resolve_account(session, account)
-            return acct, c.ledger.balance(session, acct.id)
+            return acct, balances.available_balance(session, c.ledger, acct)
 
         acct, bal = c.db.read(work)
         console.print(f"[bold]{acct.display_name}[/bold] ({acct.kind}, {acct.id})")
         console.print(
             f"available {millicredits_to_credits(bal.available)} credits · held {millicredits_to_credits(bal.held)}"
             f" · frozen {millicredits_to_credits(bal.frozen)} · in wallet {millicredits_to_credits(bal.posted)}"
+            f" (exactly {bal.available:,} millicredits available)",
+            highlight=False,
         )
+        if bal.allowance_due:
+            console.print(
+                f"includes this period's allowance of {millicredits_to_credits(bal.allowance_due)} credits, "
+                "issued at the first use",
+                highlight=False,
+            )
         table = Table("grant", "source", "remaining", "held", "available", "expires", "priority")
         for g in bal.grants:
             table.add_row(
@@ -92,33 +104,88 @@ def register(app: typer.Typer) -> None:
         account: Annotated[str, typer.Argument(help="acct_..., personal:<id>, server:<id> or org:<id>")],
         limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
         starting_after: Annotated[
-            int | None, typer.Option(help="Line id cursor from the previous page.")
+            str | None, typer.Option(help="Line id cursor from the previous page.")
+        ] = None,
+        raw: Annotated[
+            bool,
+            typer.Option(
+                "--raw", help="The transfer log instead: every transfer, pending and void ones too."
+            ),
+        ] = False,
+        csv_file: Annotated[
+            Path | None, typer.Option("--csv", help="Write the whole statement as CSV here.")
         ] = None,
     ) -> None:
-        """Every movement on an account, newest first, with its reason."""
+        """One line per charge, purchase, expiry, refund or freeze, newest first (--raw: transfers)."""
         c = container()
+        if raw:
+            _raw_statement(account, limit, starting_after)
+            return
 
         def work(session):  # type: ignore[no-untyped-def]
             acct = resolve_account(session, account)
-            return c.ledger.statement(session, acct.id, limit, starting_after)
+            page = balances.statement(session, c.ledger, acct, limit, starting_after)
+            text = balances.statement_csv(session, c.ledger, acct) if csv_file else None
+            return acct, page, text
 
-        page = c.db.read(work)
-        table = Table("id", "when (UTC)", "kind", "amount", "balance", "reason")
+        acct, page, text = c.db.read(work)
+        console.print(
+            f"[bold]{escape(acct.display_name)}[/bold] · available {millicredits_to_credits(page.available)} credits"
+            + (
+                f" · {millicredits_to_credits(page.reserved)} reserved by {len(page.in_progress)} recording(s) in progress"
+                if page.reserved
+                else ""
+            ),
+            highlight=False,
+        )
+        table = Table("line", "when (UTC)", "what", "credits", "balance", "description")
         for line in page.data:
-            amount = millicredits_to_credits(line.amount)
-            if line.phase in ("pending", "void"):
-                amount = f"({amount} {'held' if line.phase == 'pending' else 'released'})"
             table.add_row(
-                str(line.id),
+                line.id,
                 line.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                line.kind,
-                amount,
+                line.type.replace("_", " "),
+                whole_credits(line.amount, signed=True)
+                if line.amount
+                else f"({millicredits_to_credits(line.frozen_amount)} frozen)"
+                if line.type == "frozen"
+                else "0",
                 millicredits_to_credits(line.balance_after),
-                line.reason,
+                escape(line.description),
             )
         console.print(table)
         if page.has_more:
             console.print(f"more: --starting-after {page.next_cursor}")
+        if csv_file is not None and text is not None:
+            csv_file.write_text(text)
+            console.print(f"wrote {csv_file}")
+
+    def _raw_statement(account: str, limit: int, starting_after: str | None) -> None:
+        c = container()
+        cursor = None
+        if starting_after is not None:
+            if not starting_after.isdigit():
+                fail("--starting-after for --raw is a transfer id (a whole number)")
+            cursor = int(starting_after)
+
+        def work(session):  # type: ignore[no-untyped-def]
+            acct = resolve_account(session, account)
+            return c.ledger.statement(session, acct.id, limit, cursor)
+
+        page = c.db.read(work)
+        table = Table("id", "when (UTC)", "kind", "phase", "millicredits", "balance", "reason")
+        for line in page.data:
+            table.add_row(
+                str(line.id),
+                line.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                line.kind,
+                line.phase,
+                f"{line.amount:+,}",
+                f"{line.balance_after:,}",
+                escape(line.reason),
+            )
+        console.print(table)
+        if page.has_more:
+            console.print(f"more: --raw --starting-after {page.next_cursor}")
 
     @app.command()
     @handle_errors
@@ -170,7 +237,7 @@ def register(app: typer.Typer) -> None:
 
         g = c.db.write(work)
         console.print(
-            f"granted {millicredits_to_credits(g.amount)} credits as {g.id}"
+            f"granted {millicredits_to_credits(g.amount)} credits ({g.amount:,} millicredits) as {g.id}"
             + (f", expiring {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else "")
         )
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from chronote_billing.cli.ledger import resolve_account
@@ -44,26 +45,42 @@ def show(org_id: str) -> None:
             c.orgs.org_view(session, org_id),
             c.orgs.list_members(session, org_id),
             c.orgs.list_servers(session, org_id),
-            c.orgs.list_authorizations(session, org_id),
+            auths := c.orgs.list_authorizations(session, org_id),
             c.ledger.balance(session, c.orgs.get_org(session, org_id).billing_account_id),
+            {
+                (kind, ref): c.orgs.subject_name(session, kind, ref)
+                for kind, ref in {(a.subject_type, a.subject_id) for a in auths}
+                | {("server", s.guild_id) for s in c.orgs.list_servers(session, org_id)}
+            },
         )
 
-    org, members, servers, auths, balance = c.db.write(work)
+    org, members, servers, auths, balance, names = c.db.write(work)
     console.print(
-        f"[bold]{org.name}[/bold] ({org.id}) · available {millicredits_to_credits(balance.available)} credits"
+        f"[bold]{escape(org.name)}[/bold] ({org.id}) · available {millicredits_to_credits(balance.available)} credits",
+        highlight=False,
     )
-    table = Table("member", "role", "since")
+    table = Table("member", "discord id", "role", "since")
     for m in members:
-        table.add_row(m.user_id, m.role, m.created_at.strftime("%Y-%m-%d"))
+        table.add_row(
+            escape(m.display_name or "—"),
+            m.user_id,
+            m.role.replace("_", " "),
+            m.created_at.strftime("%Y-%m-%d"),
+        )
     console.print(table)
     if servers:
-        console.print("linked servers: " + ", ".join(s.guild_id for s in servers))
-    table = Table("authorization", "subject", "status", "cap/month", "used", "held", "left", "sources")
+        console.print(
+            "linked servers: "
+            + ", ".join(f"{names.get(('server', s.guild_id), s.guild_id)} ({s.guild_id})" for s in servers),
+            highlight=False,
+            markup=False,
+        )
+    table = Table("authorization", "who", "status", "cap/month", "used", "held", "left", "sources")
     for a in auths:
         table.add_row(
             a.id,
-            f"{a.subject_type} {a.subject_id}",
-            a.status,
+            escape(names.get((a.subject_type, a.subject_id), a.subject_id)),
+            a.status + (" (over cap)" if a.over_cap else ""),
             "none" if a.monthly_cap is None else millicredits_to_credits(a.monthly_cap),
             millicredits_to_credits(a.used),
             millicredits_to_credits(a.held),
@@ -79,13 +96,15 @@ def audit(org_id: str, limit: Annotated[int, typer.Option(min=1, max=1000)] = 50
     """Who changed what in an organization, newest first."""
     c = container()
     entries = c.db.read(lambda s: c.orgs.audit_log(s, org_id, limit))
+    table = Table("when (UTC)", "who", "what changed", "action")
     for e in entries:
-        console.print(
-            f"{e.at:%Y-%m-%d %H:%M:%S} {e.actor} {e.action} {e.target} before={e.before} after={e.after}",
-            soft_wrap=True,
-            highlight=False,
-            markup=False,
+        table.add_row(
+            f"{e.at:%Y-%m-%d %H:%M}",
+            escape(f"{e.actor_name} ({e.actor})" if e.actor_name else e.actor),
+            escape(e.description),
+            e.action,
         )
+    console.print(table)
 
 
 @usage_app.command("report")

@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 
 from chronote_billing.container import Container
 from chronote_billing.core.errors import BillingError
+from chronote_billing.credits_text import whole_credits
 
 console = Console()
 err_console = Console(stderr=True)
@@ -63,9 +64,8 @@ def handle_errors(func: F) -> F:
 
 
 def millicredits_to_credits(amount: int) -> str:
-    sign = "-" if amount < 0 else ""
-    whole, frac = divmod(abs(amount), 1000)
-    return f"{sign}{whole:,}" + (f".{frac:03d}".rstrip("0") if frac else "")
+    """Whole credits, as everywhere a person reads them (decision 0039)."""
+    return whole_credits(amount)
 
 
 def parse_credits(text: str) -> int:

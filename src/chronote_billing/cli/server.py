@@ -8,10 +8,22 @@ from typing import Annotated
 
 import typer
 
+from chronote_billing.cli import output
 from chronote_billing.cli.output import console, container, handle_errors
 from chronote_billing.core import migrate as migrations
 from chronote_billing.core.logs import UVICORN_LOG_CONFIG, configure_logging
 from chronote_billing.notifications.delivery import start_delivery_thread
+
+
+def use_public_url_of(host: str, port: int) -> str:
+    """Checkout and Discord send people back to CHRONOTE_PUBLIC_BASE_URL; unless it is set, it is
+    where this process serves (a wildcard host is reached on the loopback address)."""
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in reachable and not reachable.startswith("["):
+        reachable = f"[{reachable}]"
+    url = os.environ.setdefault("CHRONOTE_PUBLIC_BASE_URL", f"http://{reachable}:{port}")
+    output.set_container(None)  # settings are read again with it
+    return url
 
 
 def register(app: typer.Typer) -> None:
@@ -39,9 +51,11 @@ def register(app: typer.Typer) -> None:
         # Several workers share their metrics through this directory (decision 0036); it is
         # emptied before they start. Pass the number of workers when serving several.
         metrics.prepare_multiprocess_directory(workers=1)
+        public = use_public_url_of(host, port)
         c = container()
         stop = threading.Event()
         start_delivery_thread(c, stop)
+        console.print(f"public URL (Checkout and sign-in return here): {public}")
         try:
             uvicorn.run(
                 create_app(c),
@@ -69,9 +83,7 @@ def register(app: typer.Typer) -> None:
 
         os.environ.setdefault("CHRONOTE_DEMO_MODE", "1")
         os.environ.setdefault("CHRONOTE_STRIPE_API_BASE", f"http://{host}:{stripe_port}")
-        from chronote_billing.cli import output
-
-        output.set_container(None)  # settings are read again with the demo environment
+        use_public_url_of(host, port)  # also reads the settings again with the demo environment
         c = container()
         migrations.upgrade(c.db.engine)
         summary = demo_data.load(c)

@@ -131,6 +131,12 @@ def _prefixed(what: str, *prefixes: str) -> Any:
     ]
 
 
+# Stripe's Checkout Session ids (cs_test_..., cs_live_...), as its return URLs carry them.
+CheckoutSessionId = Annotated[
+    str,
+    *_matching(r"^cs_[A-Za-z0-9_]{1,250}$", "not a Checkout Session id (cs_...)", 4, 253),
+]
+
 AccountId = _prefixed("a billing account", "acct")
 HoldId = _prefixed("a hold", "hold")
 RecordingId = _prefixed("a recording or metered event", "rec", "use")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chronote_billing.core.db import Base, BigInt, JSONType, UTCDateTime
@@ -185,3 +185,29 @@ class CapUsage(Base):
     period: Mapped[str] = mapped_column(String(7), primary_key=True)
     held: Mapped[int] = mapped_column(BigInt, default=0)
     used: Mapped[int] = mapped_column(BigInt, default=0)
+
+
+class GrantFreeze(Base):
+    """A change of a grant's frozen state (a dispute opened, won or settled), kept append-only.
+
+    A freeze moves no credits, so no transfer records it; the statement reads these rows to say
+    when credits were frozen and released, and how many (decision 0038).
+    """
+
+    __tablename__ = "ledger_grant_freezes"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="amount_nonneg"),
+        Index("ix_ledger_grant_freezes_wallet", "wallet_account_id", "after_transfer_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    wallet_account_id: Mapped[str] = mapped_column(String(40))
+    grant_id: Mapped[str] = mapped_column(String(40))
+    frozen: Mapped[bool] = mapped_column(Boolean)
+    # What the grant had left to spend (remaining less held) when this changed.
+    amount: Mapped[int] = mapped_column(BigInt)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    # The wallet's newest transfer at that moment (0: none yet) and its posted balance.
+    after_transfer_id: Mapped[int] = mapped_column(BigInt)
+    balance_after: Mapped[int] = mapped_column(BigInt)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

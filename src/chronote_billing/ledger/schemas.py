@@ -34,13 +34,19 @@ class BalanceView(BaseModel):
     object: str = "balance"
     account_id: str
     available: int = Field(
-        description="Spendable millicredits: unexpired, effective, unfrozen grants minus open holds."
+        description="Spendable millicredits: unexpired, effective, unfrozen grants minus open holds, "
+        "plus the plan allowance due and not issued yet (`allowance_due`)."
     )
     held: int = Field(description="Millicredits reserved by open, unexpired holds.")
     posted: int = Field(
         description="Millicredits in the wallet by the ledger, including frozen and not-yet-swept expired credit."
     )
     frozen: int
+    allowance_due: int = Field(
+        default=0,
+        description="Millicredits of this period's plan allowance counted in `available` but not "
+        "issued yet: it is issued at the account's first use this period.",
+    )
     grants: list[GrantView]
     as_of: datetime
 
@@ -113,3 +119,43 @@ class CapUsageView(BaseModel):
     period: str
     held: int
     used: int
+
+
+class EconomicLineView(BaseModel):
+    object: str = "statement_line"
+    id: str = Field(description="Stable, ordered line id; also the cursor of the page after it.")
+    created_at: datetime
+    type: str = Field(
+        description="credits_added, usage, expired, refund, dispute_lost, reversal, frozen or unfrozen."
+    )
+    amount: int = Field(
+        description="Signed millicredits moved in (+) or out (-) of the wallet; 0 for a freeze."
+    )
+    frozen_amount: int = Field(
+        default=0, description="Millicredits a freeze made unspendable (or an unfreeze released)."
+    )
+    balance_after: int = Field(description="Millicredits in the wallet after this line (posted balance).")
+    description: str
+    grant_id: str | None
+    hold_id: str | None
+    debit_id: str | None
+
+
+class ReservedView(BaseModel):
+    object: str = "reservation"
+    hold_id: str
+    created_at: datetime
+    amount: int = Field(description="Millicredits reserved now by this recording in progress.")
+    expires_at: datetime
+    description: str
+
+
+class EconomicStatementPage(BaseModel):
+    object: str = "statement"
+    account_id: str
+    available: int = Field(description="Spendable millicredits now, as on the balance.")
+    reserved: int = Field(description="Millicredits held by recordings in progress (not moved yet).")
+    in_progress: list[ReservedView] = Field(description="The holds in progress: reserved, not charged.")
+    data: list[EconomicLineView] = Field(description="One line per economic event, newest first.")
+    has_more: bool
+    next_cursor: str | None

@@ -35,17 +35,29 @@ from chronote_billing.core.errors import (
 )
 from chronote_billing.core.ids import new_id
 
-from .models import CapUsage, Debit, Grant, Hold, LedgerAccount, Transfer
+from .models import CapUsage, Debit, Grant, GrantFreeze, Hold, LedgerAccount, Transfer
 from .rules import approvable
 from .schemas import (
     BalanceView,
     CapUsageView,
     DebitView,
+    EconomicLineView,
+    EconomicStatementPage,
     GrantView,
     HoldView,
+    ReservedView,
     ReversalView,
     StatementLine,
     StatementPage,
+)
+from .statement import (
+    MOVING_PHASES,
+    FreezeFact,
+    TransferFact,
+    economic_lines,
+    group_transfers,
+    parse_cursor,
+    signed_raw_amount,
 )
 
 SYSTEM_ACCOUNTS = ("issuance", "consumption", "breakage", "reversal")
@@ -364,9 +376,12 @@ class LedgerService:
         )
         if prior is not None:
             return GrantView.model_validate(prior)
+        was_frozen = grant_row.frozen_at is not None
         session.execute(update(Grant).where(Grant.id == grant_id).values(frozen_at=now if frozen else None))
         session.expire_all()
         view = self._grant_view(session, grant_id, now)
+        if was_frozen != frozen:
+            self._record_freeze(session, view, frozen, reason, now)
         idempotency.remember(
             session,
             f"ledger.freeze_grant:{grant_row.billing_account_id}",
@@ -376,6 +391,28 @@ class LedgerService:
             now,
         )
         return view
+
+    def _record_freeze(
+        self, session: Session, grant: GrantView, frozen: bool, reason: str, now: datetime
+    ) -> None:
+        wallet = self._wallet(session, grant.account_id)
+        newest = (
+            _conn(session)
+            .execute(select(func.max(Transfer.id)).where(Transfer.wallet_account_id == wallet.id))
+            .scalar()
+        )
+        _conn(session).execute(
+            insert(GrantFreeze).values(
+                wallet_account_id=wallet.id,
+                grant_id=grant.id,
+                frozen=frozen,
+                amount=max(0, grant.remaining - grant.held),
+                reason=reason[:500],
+                after_transfer_id=int(newest or 0),
+                balance_after=wallet.posted,
+                created_at=now,
+            )
+        )
 
     # ------------------------------------------------------------------ holds
 
@@ -967,6 +1004,106 @@ class LedgerService:
             data=lines,
             has_more=has_more,
             next_cursor=lines[-1].id if has_more and lines else None,
+        )
+
+    def economic_statement(
+        self, session: Session, account_id: str, limit: int = 50, starting_after: str | None = None
+    ) -> EconomicStatementPage:
+        """One line per economic event, newest first (decision 0038); holds in progress are
+        reported beside the lines as reserved. ``starting_after``: a line id (the cursor)."""
+        if not 1 <= limit <= 500:
+            raise ValidationFailed("limit must be from 1 to 500.", field="limit")
+        after = parse_cursor(starting_after)
+        if starting_after is not None and after is None:
+            raise ValidationFailed("starting_after must be a statement line id.", field="starting_after")
+        wallet = self._wallet(session, account_id)
+        newest = after[0] if after else None
+        # Moving transfers, newest first, in chunks until limit + 1 whole events are known: the
+        # oldest group of a chunk may continue in the next one, so it waits for it.
+        facts: list[TransferFact] = []
+        chunk = limit * 3 + 8
+        lowest: int | None = None
+        while True:
+            query = select(*Transfer.__table__.c).where(
+                Transfer.wallet_account_id == wallet.id, Transfer.phase.in_(MOVING_PHASES)
+            )
+            if newest is not None:
+                query = query.where(Transfer.id <= newest)
+            if lowest is not None:
+                query = query.where(Transfer.id < lowest)
+            rows = list(_conn(session).execute(query.order_by(Transfer.id.desc()).limit(chunk)))
+            facts.extend(_transfer_fact(t, wallet.id) for t in rows)
+            exhausted = len(rows) < chunk
+            if rows:
+                lowest = rows[-1].id
+            groups = group_transfers(facts)
+            complete = groups if exhausted else groups[:-1]
+            if exhausted or len(complete) > limit:
+                break
+        floor = min((t.id for g in complete for t in g), default=0) if not exhausted else -1
+        freeze_query = select(GrantFreeze).where(
+            GrantFreeze.wallet_account_id == wallet.id, GrantFreeze.after_transfer_id >= floor
+        )
+        if newest is not None:
+            freeze_query = freeze_query.where(GrantFreeze.after_transfer_id <= newest)
+        freezes = [
+            FreezeFact(
+                id=f.id,
+                created_at=f.created_at,
+                grant_id=f.grant_id,
+                frozen=f.frozen,
+                amount=f.amount,
+                reason=f.reason,
+                balance_after=f.balance_after,
+                after_transfer_id=f.after_transfer_id,
+            )
+            for f in session.execute(freeze_query).scalars()
+        ]
+        lines = [
+            line
+            for line in economic_lines(complete, freezes)
+            if after is None or (line.position, line.rank) < after
+        ]
+        page = lines[:limit]
+        has_more = len(lines) > limit or not exhausted
+        balance = self.balance(session, account_id)
+        now = self.clock.now()
+        open_holds = session.execute(
+            select(Hold)
+            .where(Hold.wallet_account_id == wallet.id, _HOLD_IS_OPEN, Hold.expires_at > now)
+            .order_by(Hold.created_at.desc(), Hold.id.desc())
+        ).scalars()
+        return EconomicStatementPage(
+            account_id=account_id,
+            available=balance.available,
+            reserved=balance.held,
+            in_progress=[
+                ReservedView(
+                    hold_id=h.id,
+                    created_at=h.created_at,
+                    amount=h.amount_held,
+                    expires_at=h.expires_at,
+                    description=h.reason,
+                )
+                for h in open_holds
+            ],
+            data=[
+                EconomicLineView(
+                    id=line.id,
+                    created_at=line.at,
+                    type=line.type,
+                    amount=line.amount,
+                    frozen_amount=line.frozen_amount,
+                    balance_after=line.balance_after,
+                    description=line.description,
+                    grant_id=line.grant_id,
+                    hold_id=line.hold_id,
+                    debit_id=line.debit_id,
+                )
+                for line in page
+            ],
+            has_more=has_more and bool(page),
+            next_cursor=page[-1].id if has_more and page else None,
         )
 
     def cap_usage(self, session: Session, cap_id: str, period: str) -> CapUsageView:
@@ -1705,14 +1842,30 @@ def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     return min(a, b)
 
 
+def _transfer_fact(t: Any, wallet_id: str) -> TransferFact:
+    return TransferFact(
+        id=t.id,
+        created_at=t.created_at,
+        kind=t.kind,
+        phase=t.phase,
+        amount=t.amount,
+        into_wallet=t.credit_account_id == wallet_id,
+        balance_after=t.balance_after,
+        grant_id=t.grant_id,
+        hold_id=t.hold_id,
+        debit_id=t.debit_id,
+        reason=t.reason,
+    )
+
+
 def _statement_line(t: Any, wallet_id: str) -> StatementLine:
-    sign = 1 if t.credit_account_id == wallet_id else -1
+    """A line of the transfer log (operators): signed by what its phase does (decision 0038)."""
     return StatementLine(
         id=t.id,
         created_at=t.created_at,
         kind=t.kind,
         phase=t.phase,
-        amount=sign * t.amount,
+        amount=signed_raw_amount(_transfer_fact(t, wallet_id)),
         balance_after=t.balance_after,
         grant_id=t.grant_id,
         hold_id=t.hold_id,

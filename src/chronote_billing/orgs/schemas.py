@@ -62,6 +62,11 @@ class AuthorizationView(BaseModel):
         description="Millicredits that can still be spent now: the smaller of the cap's room and "
         "the organization's available balance (0 unless active)."
     )
+    over_cap: bool = Field(
+        default=False,
+        description="This month's use (used and held) is above the cap: it was lowered below what "
+        "was already spent; nothing more can be spent under it this month.",
+    )
 
 
 class MembershipView(BaseModel):
@@ -75,8 +80,12 @@ class AuditEntryView(BaseModel):
     id: int
     org_id: str
     actor: str
+    actor_name: str | None = Field(default=None, description="The actor's name, when known (decision 0024).")
     action: str
     target: str
+    description: str = Field(
+        default="", description='What changed, in words: "cap for Cy: 600 → 400 credits".'
+    )
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     at: datetime

@@ -30,6 +30,7 @@ from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.people import service as people
 
+from . import audit_text
 from .models import ROLES, Organization, OrgAuditEntry, OrgMember, OrgServer, SpendAuthorization
 from .schemas import (
     AuditEntryView,
@@ -145,11 +146,11 @@ def _cap_millicredits(cap_credits: int | None) -> int | None:
         return None
     if isinstance(cap_credits, bool) or not isinstance(cap_credits, int) or cap_credits < 0:
         raise ValidationFailed(
-            "monthly_cap_credits must be a whole number of credits, 0 or more.", field="monthly_cap_credits"
+            "The monthly cap must be a whole number of credits, 0 or more.", field="monthly_cap_credits"
         )
     if cap_credits > MAX_CAP_CREDITS:
         raise ValidationFailed(
-            "monthly_cap_credits is larger than any balance can be.", field="monthly_cap_credits"
+            "The monthly cap is larger than any balance can be.", field="monthly_cap_credits"
         )
     return cap_credits * MILLICREDITS_PER_CREDIT
 
@@ -281,7 +282,11 @@ class OrgService:
                 missing_permission=f"role owner in organization {org_id}",
             )
         if member_role(session, org_id, user) is not None:
-            raise AlreadyMember(f"User {user} is already a member of {org_id}.", user_id=user)
+            raise AlreadyMember(
+                f"{self.subject_name(session, 'member', user)} is already a member of "
+                f"{self.get_org(session, org_id).name}.",
+                user_id=user,
+            )
         session.execute(
             insert(OrgMember).values(
                 org_id=org_id, user_id=user, role=role, added_by=actor_user_id, created_at=now
@@ -407,7 +412,7 @@ class OrgService:
         self._require_admin(session, org_id, actor_user_id)
         if not actor_manages_guild:
             raise PermissionDenied(
-                f"Linking server {guild} needs Manage Server on it in Discord.",
+                f"Linking {self.subject_name(session, 'server', guild)} needs Manage Server on it in Discord.",
                 missing_permission=f"Manage Server on guild {guild}",
             )
         prior = idempotency.lookup(session, f"orgs.link_server:{org_id}", key, params)
@@ -420,7 +425,7 @@ class OrgService:
         existing = self.server_link(session, guild)
         if existing is not None:
             raise ServerAlreadyLinked(
-                f"Server {guild} is already linked to an organization"
+                f"{self.subject_name(session, 'server', guild)} is already linked to an organization"
                 + (" (this one)." if existing.org_id == org_id else "; unlink it there first."),
                 guild_id=guild,
             )
@@ -458,7 +463,11 @@ class OrgService:
             return ServerView.model_validate(prior)
         link = self.server_link(session, guild)
         if link is None or link.org_id != org_id:
-            raise ServerNotLinked(f"Server {guild} is not linked to {org_id}.", guild_id=guild)
+            raise ServerNotLinked(
+                f"{self.subject_name(session, 'server', guild)} is not linked to "
+                f"{self.get_org(session, org_id).name}.",
+                guild_id=guild,
+            )
         view = self._server_view(session, link)
         for auth in self._open_authorizations(session, org_id, "server", guild):
             self._revoke(session, auth, actor_user_id, now, "server unlinked")
@@ -519,17 +528,22 @@ class OrgService:
         if prior is not None:
             return AuthorizationView.model_validate(prior)
         if subject_type == "member" and member_role(session, org_id, subject) is None:
-            raise NotAMember(f"User {subject} is not a member of {org_id}; add them first.", user_id=subject)
+            raise NotAMember(
+                f"{self.subject_name(session, 'member', subject)} is not a member of {org.name}; add them first.",
+                user_id=subject,
+            )
         if subject_type == "server":
             link = self.server_link(session, subject)
             if link is None or link.org_id != org_id:
                 raise ServerNotLinked(
-                    f"Server {subject} is not linked to {org_id}; link it first.", guild_id=subject
+                    f"{self.subject_name(session, 'server', subject)} is not linked to {org.name}; link it first.",
+                    guild_id=subject,
                 )
         for other in self._open_authorizations(session, org_id, subject_type, subject):
             if authorization_status(other, now) != "expired":
                 raise AuthorizationExists(
-                    f"{subject_type.capitalize()} {subject} already has authorization {other.id}; change or revoke it.",
+                    f"{self.subject_name(session, subject_type, subject)} already has an authorization "
+                    f"in {org.name}; change its cap or revoke it.",
                     authorization_id=other.id,
                 )
         auth_id = new_id("auth")
@@ -598,7 +612,9 @@ class OrgService:
         session.refresh(auth)
         if auth.revoked_at is not None:
             raise AuthorizationRevoked(
-                f"Authorization {auth.id} is revoked; create a new one.", authorization_id=auth.id
+                f"The authorization of {self.subject_name(session, auth.subject_type, auth.subject_id)} is "
+                "revoked; create a new one.",
+                authorization_id=auth.id,
             )
         before = _auth_state(auth)
         session.execute(
@@ -637,7 +653,9 @@ class OrgService:
         session.refresh(auth)
         if auth.revoked_at is not None:
             raise AuthorizationRevoked(
-                f"Authorization {auth.id} is already revoked.", authorization_id=auth.id
+                f"The authorization of {self.subject_name(session, auth.subject_type, auth.subject_id)} is "
+                "already revoked.",
+                authorization_id=auth.id,
             )
         self._revoke(session, auth, actor_user_id, now, "revoked")
         view = self._auth_view(session, auth, org.name, None)
@@ -731,25 +749,54 @@ class OrgService:
         if not 1 <= limit <= 1000:
             raise ValidationFailed("limit must be from 1 to 1000.", field="limit")
         self.get_org(session, org_id)
-        rows = session.execute(
-            select(OrgAuditEntry)
-            .where(OrgAuditEntry.org_id == org_id)
-            .order_by(OrgAuditEntry.id.desc())
-            .limit(limit)
-        ).scalars()
+        rows = list(
+            session.execute(
+                select(OrgAuditEntry)
+                .where(OrgAuditEntry.org_id == org_id)
+                .order_by(OrgAuditEntry.id.desc())
+                .limit(limit)
+            ).scalars()
+        )
+        user_ids = {r.actor for r in rows}
+        guild_ids: set[str] = set()
+        for r in rows:
+            user_ids.update(audit_text.mentioned_people(r.action, r.target, r.before, r.after))
+            guild_ids.update(audit_text.mentioned_servers(r.action, r.target, r.before, r.after))
+        names = people.names(session, user_ids)
+        servers = self.server_names(session, guild_ids)
         return [
             AuditEntryView(
                 id=r.id,
                 org_id=r.org_id,
                 actor=r.actor,
+                actor_name=names.get(r.actor),
                 action=r.action,
                 target=r.target,
+                description=audit_text.describe(r.action, r.target, r.before, r.after, names, servers),
                 before=r.before,
                 after=r.after,
                 at=r.at,
             )
             for r in rows
         ]
+
+    def server_names(self, session: Session, guild_ids: Sequence[str] | set[str]) -> dict[str, str]:
+        """The names servers' billing accounts carry (as Discord gave them), by guild id."""
+        wanted = sorted(set(guild_ids))
+        if not wanted:
+            return {}
+        rows = session.execute(
+            select(BillingAccount.owner_ref, BillingAccount.display_name).where(
+                BillingAccount.kind == AccountKind.SERVER, BillingAccount.owner_ref.in_(wanted)
+            )
+        )
+        return {guild: name for guild, name in rows if name}
+
+    def subject_name(self, session: Session, subject_type: str, subject_id: str) -> str:
+        """A member by the name they signed in with, a server by its name; else the id."""
+        if subject_type == "server":
+            return self.server_names(session, [subject_id]).get(subject_id) or f"server {subject_id}"
+        return people.names(session, [subject_id]).get(subject_id) or subject_id
 
     # ------------------------------------------------------------------ internals
 
@@ -765,7 +812,7 @@ class OrgService:
         role = member_role(session, org_id, str(actor_user_id))
         if role not in ADMIN_ROLES:
             raise PermissionDenied(
-                f"Managing organization {org_id} needs the owner or billing_admin role.",
+                f"Managing {self.get_org(session, org_id).name} needs the owner or billing admin role.",
                 missing_permission=f"role owner or billing_admin in organization {org_id}",
                 org_id=org_id,
             )
@@ -791,7 +838,9 @@ class OrgService:
         )
         if list(owners) == [user_id]:
             raise LastOwner(
-                f"{user_id} is the last owner of {org_id}; make someone else owner first.", user_id=user_id
+                f"{self.subject_name(session, 'member', user_id)} is the last owner of "
+                f"{self.get_org(session, org_id).name}; make someone else owner first.",
+                user_id=user_id,
             )
 
     def _open_authorizations(
@@ -848,7 +897,11 @@ class OrgService:
             select(OrgMember).where(OrgMember.org_id == org_id, OrgMember.user_id == user_id)
         ).scalar()
         if row is None:
-            raise NotAMember(f"User {user_id} is not a member of {org_id}.", user_id=user_id)
+            raise NotAMember(
+                f"{self.subject_name(session, 'member', user_id)} is not a member of "
+                f"{self.get_org(session, org_id).name}.",
+                user_id=user_id,
+            )
         session.refresh(row)
         return _member_view(row)
 
@@ -930,6 +983,7 @@ class OrgService:
             used=used,
             held=held,
             left=self.left_this_month(session, auth, org_available),
+            over_cap=auth.monthly_cap is not None and used + held > auth.monthly_cap,
         )
 
 

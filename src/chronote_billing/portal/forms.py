@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time
 
 from starlette.datastructures import FormData
 
-from chronote_billing.core.errors import ValidationFailed
+from chronote_billing.core.errors import BillingError, ValidationFailed
 from chronote_billing.core.validation import printable, text_problem
 
 NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -27,6 +27,8 @@ class Form:
         if not NONCE.match(nonce):
             raise ValidationFailed("This form is missing its one-time token. Reload the page and try again.")
         self.nonce = nonce
+        # The label each field was read with, so an error names the field as the page does.
+        self.labels: dict[str, str] = {}
 
     def key(self, part: str = "") -> str:
         """The idempotency key of this submission (one per rendered form, action and user)."""
@@ -34,6 +36,8 @@ class Form:
         return f"portal:{self.action}:{self.user_id}:{self.nonce}{suffix}"
 
     def text(self, name: str, label: str | None = None, required: bool = True, max_length: int = 200) -> str:
+        if label:
+            self.labels[name] = label
         value = str(self.data.get(name) or "").strip()
         what = label or name.replace("_", " ").capitalize()
         if required and not value:
@@ -71,17 +75,30 @@ class Form:
         return str(self.data.get(name) or "").lower() in ("1", "on", "true", "yes")
 
     def whole(self, name: str, label: str, required: bool = True) -> int | None:
+        """A whole number of 0 or more (credits, thresholds): every such field counts something."""
+        self.labels[name] = label
         raw = str(self.data.get(name) or "").strip().replace(",", "")
         if not raw:
             if required:
                 raise ValidationFailed(f"{label} is required.", field=name)
             return None
-        if not re.fullmatch(r"-?[0-9]{1,15}", raw):
-            raise ValidationFailed(f"{label} must be a whole number, got '{printable(raw, 20)}'.", field=name)
+        if re.fullmatch(r"-[0-9]{1,15}", raw):
+            raise ValidationFailed(f"{label} must be 0 or more, not {raw}.", field=name)
+        if not re.fullmatch(r"[0-9]{1,15}", raw):
+            raise ValidationFailed(f"{label} must be a whole number, not '{printable(raw, 20)}'.", field=name)
         return int(raw)
+
+    def readable(self, exc: BillingError) -> str:
+        """The error's message with any internal field name replaced by the label this form shows."""
+        message = exc.message
+        for name, label in self.labels.items():
+            if "_" in name:  # internal names only; a plain word may be the message's own
+                message = re.sub(rf"\b{re.escape(name)}\b", label, message)
+        return message
 
     def day(self, name: str, label: str, end_of_day: bool = False) -> datetime | None:
         """A date field (YYYY-MM-DD) as a UTC moment: the start of that day, or its end."""
+        self.labels[name] = label
         raw = str(self.data.get(name) or "").strip()
         if not raw:
             return None

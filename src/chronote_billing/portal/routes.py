@@ -9,6 +9,7 @@ permission, 404) or, for HTMX requests, an error fragment inside the form.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +27,13 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.staticfiles import StaticFiles
 
 from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.balances import service as balances
 from chronote_billing.container import Container
-from chronote_billing.core.errors import BillingError, NotFound, ValidationFailed
-from chronote_billing.core.validation import AuthorizationId, DiscordId, OrgId, printable
+from chronote_billing.core.errors import BillingError, NotFound, PermissionDenied, ValidationFailed
+from chronote_billing.core.validation import AuthorizationId, CheckoutSessionId, DiscordId, OrgId, printable
 from chronote_billing.orgs.models import ROLES
+from chronote_billing.stripe_sync.schemas import CheckoutStatusView, PlanChangePreview
+from chronote_billing.stripe_sync.service import PlanChangeNotSupported
 
 from . import auth, forms, presenters, views
 from .auth import SignedIn, check_csrf, container_of, csrf_token, current_user, demo_available
@@ -103,29 +107,46 @@ def switcher_safely(request: Request, user: SignedIn) -> dict[str, Any]:
         return {"servers": list(user.guilds), "orgs": []}
 
 
+def readable_error(
+    request: Request, exc: BillingError, form: forms.Form | None = None
+) -> tuple[str, str | None]:
+    """The message and the missing permission in a person's words (decision 0041): accounts,
+    servers and organizations by name, roles as the portal says them, fields by their labels."""
+    message = form.readable(exc) if form is not None else exc.message
+    missing = exc.details.get("missing_permission")
+    if isinstance(exc, PermissionDenied) and missing is not None:
+        c = container_of(request)
+        try:
+            worded = c.db.read(lambda s: views.denial(c, s, exc))
+        except BillingError:
+            worded = None
+        if worded is not None:
+            message, missing = worded
+    if missing:
+        missing = str(missing).replace("billing_admin", "billing admin")
+    return message, missing
+
+
 def error_page(request: Request, user: SignedIn | None, exc: BillingError) -> HTMLResponse:
     status = exc.status if exc.status >= 400 else 400
     template = {403: "403.html", 404: "404.html"}.get(status, "error.html")
-    context = {
-        "error": exc,
-        # Messages may quote what was sent (an address, a field); never a control character.
-        "message": printable(exc.message, limit=500),
-        "missing": exc.details.get("missing_permission"),
-        "title": exc.title,
-    }
+    message, missing = readable_error(request, exc)
+    # Messages may quote what was sent (an address, a field); never a control character.
+    context = {"error": exc, "message": printable(message, limit=500), "missing": missing, "title": exc.title}
     return render(request, template, context, user, status_code=status)
 
 
-def error_fragment(request: Request, exc: BillingError) -> HTMLResponse:
-    """What an HTMX form swaps into its error box; the status stays the error's own."""
-    context = {
-        "message": printable(exc.message, limit=500),
-        "missing": exc.details.get("missing_permission"),
-        "title": exc.title,
-    }
+def error_fragment(request: Request, exc: BillingError, form: forms.Form | None = None) -> HTMLResponse:
+    """What an HTMX form swaps into its error box, or (``X-Error-Field``) beside the field it is
+    about; an earlier success notice is cleared. The status stays the error's own."""
+    message, missing = readable_error(request, exc, form)
+    context = {"message": printable(message, limit=500), "missing": missing, "title": exc.title}
     response = templates.TemplateResponse(
         request, "partials/form_error.html", context, status_code=exc.status if exc.status >= 400 else 400
     )
+    field = exc.details.get("field")
+    if isinstance(field, str) and field.replace("_", "").isalnum():
+        response.headers["X-Error-Field"] = field
     return response
 
 
@@ -176,12 +197,15 @@ def page(request: Request, template: str, build: PageBuilder, active: str) -> Re
     return render(request, template, context, user)
 
 
+Flash = str | dict[str, str]
+
+
 async def act(
     request: Request,
     action: str,
     work: Work,
     done: Callable[[Any], str],
-    flash: str | Callable[[Any], str] | None = None,
+    flash: Flash | Callable[[Any], Flash] | None = None,
     refresh_guilds: bool = False,
 ) -> Response:
     """Run one form action: CSRF, nonce-derived idempotency key, one transaction, then redirect."""
@@ -189,6 +213,7 @@ async def act(
     if user is None:
         return login_redirect(request)
     c = container_of(request)
+    form: forms.Form | None = None
     try:
         data: FormData = await request.form()
         check_csrf(request, str(data.get("csrf_token") or "") or None)
@@ -196,15 +221,93 @@ async def act(
             await auth.refresh_guilds_if_stale(request)
             user = current_user(request) or user
         form = forms.Form(data, action, user.user_id)
-        signed_in = user
-        result = await run_in_threadpool(c.db.write, lambda s: work(c, s, signed_in, form))
+        signed_in, this_form = user, form
+        result = await run_in_threadpool(c.db.write, lambda s: work(c, s, signed_in, this_form))
     except BillingError as exc:
         if is_htmx(request):
-            return error_fragment(request, exc)
+            return error_fragment(request, exc, form)
         return error_page(request, user, exc)
     if flash:
         request.session["flash"] = flash(result) if callable(flash) else flash
     return go(request, done(result))
+
+
+# ---------------------------------------------------------------------------- back from Checkout
+
+
+def confirm_return(
+    request: Request, user: SignedIn, session_id: str, resolve: Resolve
+) -> CheckoutStatusView | None:
+    """Ask the billing service how a checkout ended and apply it now (decision 0040). Stripe
+    being slow or unreachable is not an error here: the page shows the payment as pending."""
+    if not CHECKOUT_ID.match(session_id):
+        return None
+    c = container_of(request)
+    account_id = c.db.write(lambda s: resolve(c, s, user).id)
+    try:
+        return c.billing.confirm_checkout(user.principal, account_id, session_id)
+    except NotFound:
+        return None
+    except BillingError:
+        return CheckoutStatusView(
+            session_id=session_id,
+            account_id=account_id,
+            mode="",
+            state="pending",
+            plan=None,
+            plan_name=None,
+            pack=None,
+            credits=None,
+            message="Payment pending: Stripe has not confirmed it yet. This page updates by itself.",
+        )
+
+
+def billing_page(
+    request: Request, template: str, build: PageBuilder, active: str, resolve: Resolve, page_path: str
+) -> Response:
+    """A billing page; back from Checkout (``?checkout=<session id>``) it first confirms the
+    payment, and says so at the top."""
+    user = current_user(request)
+    session_id = request.query_params.get("checkout")
+    if user is None or not session_id:
+        return page(request, template, build, active)
+    try:
+        status = confirm_return(request, user, session_id, resolve)
+    except BillingError as exc:
+        return error_page(request, user, exc)
+    extra = {"checkout": status, "checkout_poll": f"{page_path}/checkout/{session_id}?n=1"}
+    return page(request, template, lambda c, s, u: {**build(c, s, u), **extra}, active)
+
+
+def checkout_status(
+    request: Request, session_id: str, build: PageBuilder, resolve: Resolve, page_path: str
+) -> Response:
+    """What the pending notice polls: the notice again while Stripe has not confirmed, then
+    "Payment received" with the plan and credit panels swapped in place (no reload)."""
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+    try:
+        polls = max(1, min(POLL_LIMIT, int(request.query_params.get("n") or 1)))
+    except ValueError:
+        polls = 1
+    try:
+        status = confirm_return(request, user, session_id, resolve)
+        signed_in = user
+        context = (
+            c.db.write(lambda s: build(c, s, signed_in)) if status and status.state == "complete" else {}
+        )
+    except BillingError as exc:
+        return error_fragment(request, exc)
+    context |= {
+        "checkout": status,
+        "checkout_poll": f"{page_path}/checkout/{session_id}?n={polls + 1}" if polls < POLL_LIMIT else None,
+        "oob": True,
+        "user": user,
+        "csrf": csrf_token(request),
+    }
+    return templates.TemplateResponse(request, "partials/checkout_status.html", context)
 
 
 # ---------------------------------------------------------------------------- sign-in
@@ -282,7 +385,14 @@ PERSONAL = "/portal/personal/billing"
 
 @router.get("/personal/billing")
 def personal_billing(request: Request) -> Response:
-    return page(request, "personal_billing.html", views.personal_billing, "personal")
+    return billing_page(
+        request, "personal_billing.html", views.personal_billing, "personal", _personal, PERSONAL
+    )
+
+
+@router.get("/personal/billing/checkout/{session_id}")
+def personal_checkout_status(request: Request, session_id: CheckoutSessionId) -> Response:
+    return checkout_status(request, session_id, views.personal_billing, _personal, PERSONAL)
 
 
 @router.post("/personal/billing/funding-order")
@@ -326,11 +436,24 @@ def server_url(guild_id: str) -> str:
 
 @router.get("/server/{guild_id}/billing")
 def server_billing(request: Request, guild_id: DiscordId) -> Response:
-    return page(
+    return billing_page(
         request,
         "server_billing.html",
         lambda c, s, u: views.server_billing(c, s, u, guild_id),
         f"server:{guild_id}",
+        _server(guild_id),
+        server_url(guild_id),
+    )
+
+
+@router.get("/server/{guild_id}/billing/checkout/{session_id}")
+def server_checkout_status(request: Request, guild_id: DiscordId, session_id: CheckoutSessionId) -> Response:
+    return checkout_status(
+        request,
+        session_id,
+        lambda c, s, u: views.server_billing(c, s, u, guild_id),
+        _server(guild_id),
+        server_url(guild_id),
     )
 
 
@@ -364,8 +487,20 @@ async def org_create(request: Request) -> Response:
 
 @router.get("/org/{org_id}/billing")
 def org_billing(request: Request, org_id: OrgId) -> Response:
-    return page(
-        request, "org_billing.html", lambda c, s, u: views.org_billing(c, s, u, org_id), f"org:{org_id}"
+    return billing_page(
+        request,
+        "org_billing.html",
+        lambda c, s, u: views.org_billing(c, s, u, org_id),
+        f"org:{org_id}",
+        _org(org_id),
+        org_url(org_id),
+    )
+
+
+@router.get("/org/{org_id}/billing/checkout/{session_id}")
+def org_checkout_status(request: Request, org_id: OrgId, session_id: CheckoutSessionId) -> Response:
+    return checkout_status(
+        request, session_id, lambda c, s, u: views.org_billing(c, s, u, org_id), _org(org_id), org_url(org_id)
     )
 
 
@@ -390,7 +525,7 @@ def org_authorizations(request: Request, org_id: OrgId) -> Response:
 async def org_member_add(request: Request, org_id: OrgId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
-        return c.orgs.add_member(
+        member = c.orgs.add_member(
             s,
             actor_user_id=user.user_id,
             org_id=org_id,
@@ -398,13 +533,14 @@ async def org_member_add(request: Request, org_id: OrgId) -> Response:
             role=form.choice("role", ROLES, "Role"),
             idempotency_key=form.key(),
         )
+        return member, c.orgs.subject_name(s, "member", member.user_id)
 
     return await act(
         request,
         "org.member_add",
         work,
         lambda _: org_url(org_id, "members"),
-        lambda m: f"Added {m.user_id} as {presenters.role_label(m.role).lower()}.",
+        lambda r: f"Added {r[1]} as {presenters.role_label(r[0].role).lower()}.",
     )
 
 
@@ -412,7 +548,7 @@ async def org_member_add(request: Request, org_id: OrgId) -> Response:
 async def org_member_role(request: Request, org_id: OrgId, member_id: DiscordId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
-        return c.orgs.set_role(
+        member = c.orgs.set_role(
             s,
             actor_user_id=user.user_id,
             org_id=org_id,
@@ -420,13 +556,14 @@ async def org_member_role(request: Request, org_id: OrgId, member_id: DiscordId)
             role=form.choice("role", ROLES, "Role"),
             idempotency_key=form.key(),
         )
+        return member, c.orgs.subject_name(s, "member", member.user_id)
 
     return await act(
         request,
         "org.member_role",
         work,
         lambda _: org_url(org_id, "members"),
-        lambda m: f"{m.user_id} is now {presenters.role_label(m.role).lower()}.",
+        lambda r: f"{r[1]} is now {presenters.role_label(r[0].role).lower()}.",
     )
 
 
@@ -434,16 +571,17 @@ async def org_member_role(request: Request, org_id: OrgId, member_id: DiscordId)
 async def org_member_remove(request: Request, org_id: OrgId, member_id: DiscordId) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
-        return c.orgs.remove_member(
+        member = c.orgs.remove_member(
             s, actor_user_id=user.user_id, org_id=org_id, user_id=member_id, idempotency_key=form.key()
         )
+        return member, c.orgs.subject_name(s, "member", member.user_id)
 
     return await act(
         request,
         "org.member_remove",
         work,
         lambda _: org_url(org_id, "members"),
-        lambda m: f"Removed {m.user_id}; their authorizations were revoked.",
+        lambda r: f"Removed {r[1]}; their authorizations were revoked.",
     )
 
 
@@ -528,16 +666,21 @@ async def org_authorization_cap(
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         views.org_account(c, s, user, org_id)
         _authorization_in(c, s, org_id, authorization_id)
-        return c.orgs.update_authorization(
+        view = c.orgs.update_authorization(
             s,
             actor_user_id=user.user_id,
             authorization_id=authorization_id,
             monthly_cap_credits=form.whole("monthly_cap_credits", "Monthly cap", required=False),
             idempotency_key=form.key(),
         )
+        return presenters.cap_notice(view, c.orgs.subject_name(s, view.subject_type, view.subject_id))
 
     return await act(
-        request, "org.authorization_cap", work, lambda _: org_url(org_id, "authorizations"), "Cap changed."
+        request,
+        "org.authorization_cap",
+        work,
+        lambda _: org_url(org_id, "authorizations"),
+        lambda notice: notice,
     )
 
 
@@ -590,12 +733,30 @@ async def org_auto_recharge(request: Request, org_id: OrgId) -> Response:
             idempotency_key=form.key(),
         )
 
+    user = current_user(request)
+    if user is not None and (await request.form()).get("enabled"):
+        # Switching on needs a saved card: asked of Stripe before the write (decision 0041).
+        c = container_of(request)
+        signed_in = user
+        try:
+            account_id = await run_in_threadpool(
+                c.db.read, lambda s: views.org_account(c, s, signed_in, org_id)[1].id
+            )
+            await run_in_threadpool(c.billing.require_saved_card, account_id)
+        except BillingError as exc:
+            if is_htmx(request):
+                return error_fragment(request, exc)
+            return error_page(request, user, exc)
     return await act(request, "org.auto_recharge", work, lambda _: org_url(org_id), "Auto-recharge saved.")
 
 
 # ---------------------------------------------------------------------------- purchases (Stripe)
 
 Resolve = Callable[[Container, Session, SignedIn], BillingAccount]
+# Stripe puts the session's id in the return address; the page confirms it (decision 0040).
+RETURN_QUERY = "?checkout={CHECKOUT_SESSION_ID}"
+CHECKOUT_ID = re.compile(r"^cs_[A-Za-z0-9_]{1,200}$")
+POLL_LIMIT = 60  # two minutes at one poll every two seconds
 
 
 def absolute(c: Container, path: str) -> str:
@@ -619,55 +780,69 @@ async def pay(
     if user is None:
         return login_redirect(request)
     c = container_of(request)
+    form: forms.Form | None = None
     try:
         data = await request.form()
         check_csrf(request, str(data.get("csrf_token") or "") or None)
         if refresh_guilds:
             await auth.refresh_guilds_if_stale(request)
             user = current_user(request) or user
-        form = forms.Form(data, action, user.user_id)
+        form = checked = forms.Form(data, action, user.user_id)
         signed_in = user
         account_id = await run_in_threadpool(c.db.write, lambda s: resolve(c, s, signed_in).id)
         principal = user.principal
         if what == "portal":
             portal = await run_in_threadpool(
                 lambda: c.billing.open_customer_portal(
-                    principal, account_id, idempotency_key=form.key(), return_url=absolute(c, page_path)
+                    principal, account_id, idempotency_key=checked.key(), return_url=absolute(c, page_path)
                 )
             )
             return go(request, portal.url)
         if what == "pack":
-            pack_id = form.text("pack", "Credit pack")
+            pack_id = checked.text("pack", "Credit pack")
             checkout = await run_in_threadpool(
                 lambda: c.billing.start_checkout(
                     principal,
                     account_id,
-                    idempotency_key=form.key(),
+                    idempotency_key=checked.key(),
                     pack_id=pack_id,
-                    success_url=absolute(c, page_path + "?checkout=done"),
+                    success_url=absolute(c, page_path + RETURN_QUERY),
                     cancel_url=absolute(c, page_path),
                 )
             )
         else:
-            plan_id = form.text("plan", "Plan")
-            interval = form.choice("interval", ("month", "year"), "Billing interval")
-            if form.checked("change"):
-                change = await run_in_threadpool(
-                    lambda: c.billing.change_plan(
-                        principal, account_id, plan_id=plan_id, interval=interval, idempotency_key=form.key()
+            plan_id = checked.text("plan", "Plan")
+            interval = checked.choice("interval", ("month", "year"), "Billing interval")
+            if checked.checked("change"):
+                preview = await run_in_threadpool(
+                    lambda: c.billing.preview_plan_change(
+                        principal, account_id, plan_id=plan_id, interval=interval
                     )
                 )
-                when = "now" if change.effective == "now" else f"on {presenters.date(change.effective_at)}"
-                request.session["flash"] = f"Plan change to {plan_id.replace('_', ' ')} takes effect {when}."
+                if preview.effective == "refused":
+                    raise PlanChangeNotSupported(preview.message, field="interval")
+                if preview.amount_due > 0 and not checked.checked("confirmed"):
+                    # An immediate charge is shown, with its amount, before it is made (0040).
+                    return confirm_plan_change(request, user, preview, page_path, data)
+                change = await run_in_threadpool(
+                    lambda: c.billing.change_plan(
+                        principal,
+                        account_id,
+                        plan_id=plan_id,
+                        interval=interval,
+                        idempotency_key=checked.key(),
+                    )
+                )
+                request.session["flash"] = plan_change_notice(preview, change.effective_at)
                 return go(request, page_path)
             checkout = await run_in_threadpool(
                 lambda: c.billing.start_checkout(
                     principal,
                     account_id,
-                    idempotency_key=form.key(),
+                    idempotency_key=checked.key(),
                     plan_id=plan_id,
                     interval=interval,
-                    success_url=absolute(c, page_path + "?checkout=done"),
+                    success_url=absolute(c, page_path + RETURN_QUERY),
                     cancel_url=absolute(c, page_path),
                 )
             )
@@ -676,8 +851,38 @@ async def pay(
         return go(request, checkout.url)
     except BillingError as exc:
         if is_htmx(request):
-            return error_fragment(request, exc)
+            return error_fragment(request, exc, form)
         return error_page(request, user, exc)
+
+
+def plan_change_notice(preview: PlanChangePreview, effective_at: Any) -> str:
+    if preview.effective == "now":
+        return f"{preview.to_plan_name} is now the plan in force."
+    if preview.effective == "unchanged":
+        return f"{preview.to_plan_name} is already the plan in force."
+    if preview.kind == "cancel_pending":
+        return f"{preview.from_plan_name} stays; the planned change is cancelled."
+    return (
+        f"{preview.from_plan_name} stays until {presenters.date(effective_at)}; "
+        f"then {preview.to_plan_name} starts."
+    )
+
+
+def confirm_plan_change(
+    request: Request, user: SignedIn, preview: PlanChangePreview, page_path: str, data: FormData
+) -> Response:
+    """The amount a plan change charges at once, with a button that makes it (inside the plan's
+    form for HTMX; a page of its own otherwise)."""
+    context = {
+        "preview": preview,
+        "page_path": page_path,
+        "action": request.url.path,
+        "fields": {k: str(v) for k, v in data.items() if k not in ("confirmed",)},
+        "amount": presenters.money(preview.amount_due, preview.currency),
+    }
+    if is_htmx(request):
+        return templates.TemplateResponse(request, "partials/plan_confirm.html", context)
+    return render(request, "plan_confirm.html", context, user)
 
 
 def _personal(c: Container, s: Session, u: SignedIn) -> BillingAccount:
@@ -767,6 +972,46 @@ def org_usage_csv(request: Request, org_id: OrgId) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+# ---------------------------------------------------------------------------- statements as CSV
+
+
+def statement_csv(request: Request, resolve: Resolve, name: str) -> Response:
+    """The account's whole economic statement (decision 0038) as a CSV download."""
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+    signed_in = user
+
+    def work(s: Session) -> str:
+        return balances.statement_csv(s, c.ledger, resolve(c, s, signed_in))
+
+    try:
+        body = c.db.write(work)
+    except BillingError as exc:
+        return error_page(request, user, exc)
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="statement-{name}.csv"'},
+    )
+
+
+@router.get("/personal/billing/statement.csv")
+def personal_statement_csv(request: Request) -> Response:
+    return statement_csv(request, _personal, "personal")
+
+
+@router.get("/server/{guild_id}/billing/statement.csv")
+def server_statement_csv(request: Request, guild_id: DiscordId) -> Response:
+    return statement_csv(request, _server(guild_id), f"server-{guild_id}")
+
+
+@router.get("/org/{org_id}/billing/statement.csv")
+def org_statement_csv(request: Request, org_id: OrgId) -> Response:
+    return statement_csv(request, _org(org_id), f"org-{org_id}")
 
 
 # ---------------------------------------------------------------------------- not found

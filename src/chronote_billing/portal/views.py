@@ -16,10 +16,11 @@ from sqlalchemy.orm import Session
 from chronote_billing.access.service import require_manage
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import check_snowflake
+from chronote_billing.balances import service as balances
 from chronote_billing.catalog.service import Catalog, Plan, load_catalog
 from chronote_billing.container import Container
 from chronote_billing.core.clock import month_bounds
-from chronote_billing.core.errors import NotFound, ValidationFailed
+from chronote_billing.core.errors import BillingError, NotFound, ValidationFailed
 from chronote_billing.ledger.schemas import BalanceView
 from chronote_billing.orgs.models import ROLES
 from chronote_billing.orgs.service import ADMIN_ROLES, PERSONAL_SOURCES, SERVER_SOURCES
@@ -95,15 +96,14 @@ def allowance(balance: BalanceView) -> dict[str, int]:
 
 
 def credits_part(c: Container, session: Session, account: BillingAccount) -> dict[str, Any]:
-    balance = c.ledger.balance(session, account.id)
-    statement = c.ledger.statement(session, account.id, limit=STATEMENT_LINES)
+    balance = balances.available_balance(session, c.ledger, account)
+    statement = balances.statement(session, c.ledger, account, limit=STATEMENT_LINES)
     return {
         "balance": balance,
         "grants": balance.grants,
         "allowance": allowance(balance),
-        # Posted lines only: reservations show as "held" until they are captured or released.
-        "statement": [line for line in statement.data if line.phase in ("posted", "post")],
-        "statement_more": statement.has_more,
+        # One line per economic event; recordings in progress are reserved, not moved (0038).
+        "statement": statement,
     }
 
 
@@ -141,6 +141,7 @@ def personal_billing(c: Container, session: Session, user: SignedIn) -> dict[str
     return {
         **account_header(account, "you"),
         **credits_part(c, session, account),
+        "statement_csv": "/portal/personal/billing/statement.csv",
         "funding": funding(c, session, user),
         "plan_status": status,
         "plans": plan_cards(catalog, "personal", status["plan"]),
@@ -167,12 +168,26 @@ def server_billing(c: Container, session: Session, user: SignedIn, guild_id: str
     return {
         **account_header(account, f"server {account.display_name}"),
         **credits_part(c, session, account),
+        "statement_csv": f"/portal/server/{account.owner_ref}/billing/statement.csv",
         "plan_status": status,
         "plans": plan_cards(catalog, "server", status["plan"]),
         "packs": list(catalog.credit_packs.values()),
         "catalog": catalog,
         "guild_id": account.owner_ref,
         "org_link": server_org_link(c, session, account.owner_ref),
+        **server_usage(c, session, account),
+    }
+
+
+def server_usage(c: Container, session: Session, account: BillingAccount) -> dict[str, Any]:
+    """This month's usage the server paid for, by member and by meeting (amounts and ids only)."""
+    start, end = month_bounds(c.clock.now())
+    by_member = usage_report(session, account.id, "member", start, end)
+    by_meeting = usage_report(session, account.id, "meeting", start, end)
+    return {
+        "usage_by_member": by_member,
+        "usage_by_meeting": sorted(by_meeting.rows, key=lambda r: r.charged, reverse=True)[:20],
+        "people": people.names(session, [r.key for r in by_member.rows]),
     }
 
 
@@ -235,8 +250,10 @@ def org_billing(c: Container, session: Session, user: SignedIn, org_id: str) -> 
     return {
         **header,
         **credits_part(c, session, account),
+        "statement_csv": f"/portal/org/{org_id}/billing/statement.csv",
         "packs": list(catalog.credit_packs.values()),
         "settings": c.notifications.get_settings(session, account.id),
+        "pack_names": {p.id: p.name for p in catalog.credit_packs.values()},
         "servers": servers,
         "linkable": [(g, name) for g, name in user.guilds if g not in linked],
         "audit": audit,
@@ -256,10 +273,16 @@ def org_members(c: Container, session: Session, user: SignedIn, org_id: str) -> 
 
 
 def org_authorizations(c: Container, session: Session, user: SignedIn, org_id: str) -> dict[str, Any]:
+    authorizations = c.orgs.list_authorizations(session, org_id)
+    servers = server_rows(c, session, user, org_id)
+    server_names = c.orgs.server_names(
+        session, [a.subject_id for a in authorizations if a.subject_type == "server"]
+    ) | {row["link"].guild_id: row["name"] for row in servers}
     return {
         **org_header(c, session, user, org_id, "authorizations"),
-        "authorizations": c.orgs.list_authorizations(session, org_id),
-        "servers": server_rows(c, session, user, org_id),
+        "authorizations": authorizations,
+        "server_names": server_names,
+        "servers": servers,
         "personal_sources": PERSONAL_SOURCES,
         "server_sources": SERVER_SOURCES,
     }
@@ -280,6 +303,8 @@ def usage_window(since: str | None, until: str | None, now: datetime) -> tuple[d
         start = datetime.combine(parse_day(since, "From", "since"), time(0, 0), tzinfo=UTC)
     if until:
         end = datetime.combine(parse_day(until, "To", "until"), time(0, 0), tzinfo=UTC) + timedelta(days=1)
+    if end <= start:
+        raise ValidationFailed("To must be the same day as From or later.", field="until")
     return start, end
 
 
@@ -294,7 +319,13 @@ def org_usage(
 ) -> dict[str, Any]:
     header = org_header(c, session, user, org_id, "usage")
     group = group_by if group_by in USAGE_GROUPS else "member"
-    start, end = usage_window(since, until, c.clock.now())
+    window_error: dict[str, str] | None = None
+    try:
+        start, end = usage_window(since, until, c.clock.now())
+    except ValidationFailed as exc:
+        # Shown beside the date fields; the page keeps this month's figures (decision 0041).
+        window_error = {"field": str(exc.details.get("field") or "since"), "message": exc.message}
+        start, end = usage_window(None, None, c.clock.now())
     report = usage_report(session, header["account"].id, group, start, end)
     if group == "member":  # former members too
         add_people(session, header, [r.key for r in report.rows])
@@ -304,8 +335,9 @@ def org_usage(
         "report": report,
         "group_by": group,
         "groups": USAGE_GROUPS,
-        "since": start.date().isoformat(),
-        "until": (end - timedelta(days=1)).date().isoformat(),
+        "window_error": window_error,
+        "since": since if window_error else start.date().isoformat(),
+        "until": until if window_error else (end - timedelta(days=1)).date().isoformat(),
         "chart": bar_chart([(r.key[5:], r.charged) for r in daily.rows]) if daily.rows else None,
         "servers": {row["link"].guild_id: row["name"] for row in server_rows(c, session, user, org_id)},
     }
@@ -324,3 +356,34 @@ def org_usage_csv(
     start, end = usage_window(since, until, c.clock.now())
     group = group_by if group_by in USAGE_GROUPS else None
     return usage_csv(session, account.id, group, start, end)
+
+
+# ---------------------------------------------------------------------------- refusals in words
+
+
+def denial(c: Container, session: Session, exc: BillingError) -> tuple[str, str] | None:
+    """A refusal as a person reads it (decision 0041): "You need Manage Server on Study Hall",
+    naming the account by name and the permission in the portal's words. None: keep the
+    service's own message."""
+    account_id = exc.details.get("account_id")
+    org_id = exc.details.get("org_id")
+    account = session.get(BillingAccount, str(account_id)) if account_id else None
+    if account is None and str(account_id or "").startswith("server:"):  # not opened yet
+        return "You need Manage Server on this Discord server to manage its billing.", "Manage Server"
+    if account is not None and account.kind == AccountKind.SERVER:
+        need = f"Manage Server on {account.display_name}"
+        return f"You need Manage Server on {account.display_name} to manage its billing.", need
+    if account is not None and account.kind == AccountKind.ORGANIZATION:
+        org_id = account.owner_ref
+    if org_id:
+        try:
+            name = c.orgs.get_org(session, str(org_id)).name
+        except NotFound:
+            return None
+        need = f"owner or billing admin of {name}"
+        if "owner can" in exc.message:  # only an owner may grant, take away or remove ownership
+            return f"{exc.message.rstrip('.')} of {name}.", f"owner of {name}"
+        return f"You need to be an owner or billing admin of {name} to manage its billing.", need
+    if account is not None and account.kind == AccountKind.PERSONAL:
+        return "This is someone else's personal billing; only they can see it.", "the account's owner"
+    return None

@@ -258,3 +258,16 @@ def _already_granted(session: Session, account_id: str, cause_type: str, cause_i
         ).first()
         is not None
     )
+
+
+def allowance_not_issued(session: Session, account: BillingAccount, now: datetime) -> DueAllowance | None:
+    """The allowance ``ensure_free_allowance`` would issue now, without issuing it: what every
+    available figure counts before the first use of the period (decision 0039)."""
+    if account.kind == AccountKind.ORGANIZATION:
+        return None
+    sub = plan_subscription(session, account.id)
+    comp = complimentary_plan(session, account, now)
+    due = due_allowance(plan_in_force(account.kind, sub, comp, now), sub, comp, now)
+    if due is None or _already_granted(session, account.id, due.cause_type, due.cause_id):
+        return None
+    return due

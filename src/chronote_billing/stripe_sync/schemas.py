@@ -152,6 +152,39 @@ class PlanChangeView(BaseModel):
     invoice: str | None = Field(description="The prorated invoice of an upgrade.")
 
 
+class PlanChangePreview(BaseModel):
+    object: str = "plan_change_preview"
+    account_id: str
+    from_plan: str
+    from_plan_name: str
+    from_interval: str
+    to_plan: str
+    to_plan_name: str
+    interval: str
+    kind: str = Field(description="upgrade, interval, downgrade, cancel_pending, unchanged or unsupported.")
+    effective: Literal["now", "period_end", "unchanged", "refused"]
+    effective_at: datetime
+    amount_due: int = Field(
+        description="Estimated charge now, in the currency's minor unit, from the plan prices and the "
+        "rest of the period; Stripe's invoice is what is charged."
+    )
+    currency: str
+    message: str
+
+
+class CheckoutStatusView(BaseModel):
+    object: str = "checkout_status"
+    session_id: str
+    account_id: str
+    mode: str
+    state: Literal["complete", "pending", "expired"]
+    plan: str | None
+    plan_name: str | None
+    pack: str | None
+    credits: int | None = Field(description="Millicredits the pack adds.")
+    message: str
+
+
 class SubscriptionView(BaseModel):
     object: str = "account_subscription"
     account_id: str

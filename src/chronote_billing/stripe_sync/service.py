@@ -36,6 +36,7 @@ from chronote_billing.core.errors import (
     NotFound,
     ValidationFailed,
 )
+from chronote_billing.ledger.models import Grant
 from chronote_billing.ledger.service import LedgerService
 
 from .catalog_sync import fetch_prices, find_portal_configuration
@@ -43,10 +44,13 @@ from .client import call, expandable_id, make_client, stripe_key, to_dict
 from .entitlements import complimentary_plan, current_plan, grace_ends_at, plan_subscription
 from .models import PlanSubscription, StripeCheckoutSession
 from .periods import from_ts, to_ts
+from .plan_change import decide_plan_change
 from .schemas import (
     CancelView,
+    CheckoutStatusView,
     CheckoutView,
     PackPurchaseView,
+    PlanChangePreview,
     PlanChangeView,
     PortalSessionView,
     SubscriptionView,
@@ -74,6 +78,11 @@ class NoStripeCustomer(NotFound):
 class PlanChangeNotSupported(ValidationFailed):
     code = "plan_change_not_supported"
     title = "This plan change is not available"
+
+
+class NoSavedCard(ValidationFailed):
+    code = "no_saved_card"
+    title = "No saved card"
 
 
 class PaymentFailed(BillingError):
@@ -395,8 +404,11 @@ class BillingService:
         current = catalog.plan(sub.plan_id)
         now = self.clock.now()
         period_start, period_end = as_utc(sub.current_period_start), as_utc(sub.current_period_end)
+        decision = decide_plan_change(
+            current, sub.interval, sub.pending_plan_id, target, interval, period_start, period_end, now
+        )
 
-        if target.id == current.id and interval == sub.interval and sub.pending_plan_id is None:
+        if decision.kind == "unchanged":
             view = PlanChangeView(
                 account_id=account_id,
                 subscription_id=sub.stripe_subscription_id,
@@ -408,6 +420,8 @@ class BillingService:
                 invoice=None,
             )
             return self._remember(scope, key, params, view)
+        if decision.kind == "unsupported":
+            raise PlanChangeNotSupported(decision.message, field="interval")
 
         stripe_sub = to_dict(
             call(
@@ -420,25 +434,14 @@ class BillingService:
             raise PlanChangeNotSupported("The Stripe subscription has no item to change.")
         item_id = items[0]["id"]
         price_id = self._price_id(target.price(interval).lookup_key)
-        interval_up = sub.interval == "month" and interval == "year"
-        interval_down = sub.interval == "year" and interval == "month"
-        upgrade = (target.rank > current.rank and not interval_down) or (
-            target.rank == current.rank and interval_up
-        )
-        downgrade = target.rank <= current.rank and interval == sub.interval
-        if not upgrade and not downgrade:
-            raise PlanChangeNotSupported(
-                f"Changing from {current.id} ({sub.interval}ly) to {target.id} ({interval}ly) would restart "
-                "the billing period with a lower plan; cancel at period end and subscribe again instead.",
-                field="interval",
-            )
-        changed_at = min(max(now, period_start), period_end)
+        upgrade = decision.effective == "now"
+        changed_at = decision.effective_at if upgrade else min(max(now, period_start), period_end)
         metadata: dict[str, str] = {"chronote_plan_id": target.id, "chronote_interval": interval}
         body: dict[str, Any] = {"items": [{"id": item_id, "price": price_id}]}
         if upgrade:
             metadata.update(
                 chronote_previous_plan_id=current.id,
-                chronote_change_kind="interval" if interval_up else "upgrade",
+                chronote_change_kind=decision.kind,
                 chronote_changed_at=str(to_ts(changed_at)),
                 chronote_period_start=str(to_ts(period_start)),
                 chronote_period_end=str(to_ts(period_end)),
@@ -446,12 +449,12 @@ class BillingService:
                 chronote_downgrade_until="",
             )
             body.update(proration_behavior="always_invoice", cancel_at_period_end=False)
-            if not interval_up:
+            if decision.kind != "interval":
                 body["proration_date"] = to_ts(changed_at)
         else:
             # The price changes now in Stripe (so the renewal invoice charges the new price) with no
             # proration; the plan paid for stays in force until the period ends.
-            is_cancel_of_pending = target.id == current.id
+            is_cancel_of_pending = decision.kind == "cancel_pending"
             metadata.update(
                 chronote_previous_plan_id="",
                 chronote_change_kind="" if is_cancel_of_pending else "downgrade",
@@ -470,6 +473,14 @@ class BillingService:
                 ),
             )
         )
+        invoice_id = expandable_id(updated.get("latest_invoice")) if upgrade else None
+        # The plan in force shows at once (decision 0040); the webhooks find it done.
+        invoice = (
+            to_dict(call("read the invoice", lambda: self.client.v1.invoices.retrieve(invoice_id)))
+            if invoice_id
+            else None
+        )
+        self.webhooks.apply_fetched(subscription=updated, invoice=invoice)
         view = PlanChangeView(
             account_id=account_id,
             subscription_id=sub.stripe_subscription_id,
@@ -478,9 +489,149 @@ class BillingService:
             interval=interval,
             effective="now" if upgrade else "period_end",
             effective_at=changed_at if upgrade else period_end,
-            invoice=expandable_id(updated.get("latest_invoice")) if upgrade else None,
+            invoice=invoice_id,
         )
         return self._remember(scope, key, params, view)
+
+    def preview_plan_change(
+        self, principal: Principal, account_id: str, *, plan_id: str, interval: str
+    ) -> PlanChangePreview:
+        """What changing to ``plan_id`` would do, before it is done: the plan in force, when the
+        change applies, and the amount charged at once (decision 0040). Nothing is written."""
+        catalog = load_catalog()
+
+        def work(session: Session) -> PlanChangePreview:
+            account = _get_account(session, account_id)
+            require_manage(session, principal, account)
+            if account.kind == AccountKind.ORGANIZATION:
+                raise load_catalog_scope_error(catalog, plan_id, account.kind)
+            target = catalog.plan_for_scope(plan_id, account.kind)
+            target.price(interval)
+            sub = plan_subscription(session, account.id)
+            if sub is None or sub.status in ENDED_STATUSES:
+                raise NoSubscription(
+                    f"{account.display_name} has no subscription to change; choose a plan to subscribe.",
+                    account_id=account.id,
+                )
+            current = catalog.plan(sub.plan_id)
+            decision = decide_plan_change(
+                current,
+                sub.interval,
+                sub.pending_plan_id,
+                target,
+                interval,
+                as_utc(sub.current_period_start),
+                as_utc(sub.current_period_end),
+                self.clock.now(),
+            )
+            return PlanChangePreview(
+                account_id=account.id,
+                from_plan=current.id,
+                from_plan_name=current.name,
+                from_interval=sub.interval,
+                to_plan=target.id,
+                to_plan_name=target.name,
+                interval=interval,
+                kind=decision.kind,
+                effective=decision.effective,
+                effective_at=decision.effective_at,
+                amount_due=decision.amount_due,
+                currency=decision.currency,
+                message=decision.message,
+            )
+
+        return self.db.read(work)
+
+    # ------------------------------------------------------------------ checkout returns
+
+    def confirm_checkout(self, principal: Principal, account_id: str, session_id: str) -> CheckoutStatusView:
+        """The person is back from Checkout: ask Stripe how the session ended and apply it now
+        through the webhook handlers (decision 0040); the webhook that follows finds it done."""
+
+        def check(session: Session) -> tuple[_Account, StripeCheckoutSession]:
+            account = _get_account(session, account_id)
+            require_manage(session, principal, account)
+            local = session.get(StripeCheckoutSession, session_id)
+            if local is None or local.account_id != account.id:
+                raise NotFound(
+                    f"No checkout of {account.display_name} with id '{session_id}'.", session_id=session_id
+                )
+            session.expunge(local)
+            return _Account.of(account), local
+
+        acct, local = self.db.read(check)
+        if local.status != "complete":
+            cs = to_dict(
+                call(
+                    "read the checkout",
+                    lambda: self.client.v1.checkout.sessions.retrieve(
+                        session_id,
+                        params={"expand": ["subscription", "invoice", "payment_intent"]},  # type: ignore[typeddict-item]
+                    ),
+                )
+            )
+            paid = cs.get("status") == "complete" and cs.get("payment_status") in (
+                "paid",
+                "no_payment_required",
+            )
+            if paid:
+                sub = cs.get("subscription") if isinstance(cs.get("subscription"), dict) else None
+                inv = cs.get("invoice") if isinstance(cs.get("invoice"), dict) else None
+                self.webhooks.apply_fetched(checkout_session=cs, subscription=sub, invoice=inv)
+            elif cs.get("status") == "expired":
+                return self._checkout_status(acct, local, "expired")
+        return self.db.read(lambda s: self._checkout_status(acct, local, None, s))
+
+    def _checkout_status(
+        self,
+        acct: _Account,
+        local: StripeCheckoutSession,
+        state: str | None,
+        session: Session | None = None,
+    ) -> CheckoutStatusView:
+        catalog = load_catalog()
+        plan = catalog.plans.get(local.plan_id or "")
+        pack = catalog.credit_packs.get(local.pack_id or "")
+        if state is None:
+            assert session is not None
+            done = False
+            if pack is not None:
+                done = (
+                    session.execute(
+                        select(Grant.id).where(
+                            Grant.billing_account_id == acct.id,
+                            Grant.cause_type == "checkout_session",
+                            Grant.cause_id == local.id,
+                        )
+                    ).first()
+                    is not None
+                )
+            elif plan is not None:
+                account = _get_account(session, acct.id)
+                in_force = current_plan(session, account, self.clock.now())
+                done = in_force is not None and in_force.id == plan.id
+            state = "complete" if done else "pending"
+        if state == "complete":
+            message = (
+                f"Payment received: {plan.name} is now the plan of {acct.display_name}."
+                if plan is not None
+                else f"Payment received: {pack.name if pack else 'the credits'} were added."
+            )
+        elif state == "expired":
+            message = "This checkout expired before it was paid; nothing was charged."
+        else:
+            message = "Payment pending: waiting for Stripe to confirm it. This page updates by itself."
+        return CheckoutStatusView(
+            session_id=local.id,
+            account_id=acct.id,
+            mode=local.mode,
+            state=state,  # type: ignore[arg-type]
+            plan=plan.id if plan else None,
+            plan_name=plan.name if plan else None,
+            pack=pack.id if pack else None,
+            credits=pack.millicredits if pack else None,
+            message=message,
+        )
 
     def cancel(
         self, principal: Principal, account_id: str, *, idempotency_key: str, resume: bool = False
@@ -616,18 +767,7 @@ class BillingService:
                 f"Account '{account_id}' has no saved payment method: buy a pack once through checkout.",
                 account_id=account_id,
             )
-        customer = to_dict(
-            call("read the customer", lambda: self.client.v1.customers.retrieve(acct.customer or ""))
-        )
-        method = expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
-        if not method:
-            methods = call(
-                "list payment methods",
-                lambda: self.client.v1.payment_methods.list(
-                    params={"customer": acct.customer or "", "type": "card", "limit": 1}
-                ),
-            )
-            method = methods.data[0].id if methods.data else None
+        method = self._saved_card(acct.customer)
         if not method:
             raise PaymentFailed(
                 f"Account '{account_id}' has no saved card to charge.", account_id=account_id, pack=pack_id
@@ -698,6 +838,31 @@ class BillingService:
             return view
 
         return self.db.write(save)
+
+    def require_saved_card(self, account_id: str) -> None:
+        """Refuse, in words, what needs a card saved with Stripe (auto-recharge) when there is none."""
+        acct = self.db.read(lambda s: _Account.of(_get_account(s, account_id)))
+        if acct.customer is None or self._saved_card(acct.customer) is None:
+            raise NoSavedCard(
+                f"Auto-recharge needs a card saved with Stripe for {acct.display_name}: buy a credit pack "
+                "here once (its card is kept for later), then switch auto-recharge on.",
+                field="enabled",
+                account_id=account_id,
+            )
+
+    def _saved_card(self, customer_id: str) -> str | None:
+        """The customer's default card, else its first saved card (one Stripe read or two)."""
+        customer = to_dict(call("read the customer", lambda: self.client.v1.customers.retrieve(customer_id)))
+        method = expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
+        if method:
+            return method
+        methods = call(
+            "list payment methods",
+            lambda: self.client.v1.payment_methods.list(
+                params={"customer": customer_id, "type": "card", "limit": 1}
+            ),
+        )
+        return str(methods.data[0].id) if methods.data else None
 
     # ------------------------------------------------------------------ helpers
 

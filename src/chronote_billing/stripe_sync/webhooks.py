@@ -47,7 +47,7 @@ from .models import (
     StripePurchase,
     StripeSubscription,
 )
-from .periods import add_months, allowance_slice, from_ts
+from .periods import add_months, allowance_slice, from_ts, to_ts
 
 log = structlog.get_logger(__name__)
 
@@ -170,6 +170,60 @@ class WebhookProcessor:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def apply_fetched(
+        self,
+        *,
+        checkout_session: dict[str, Any] | None = None,
+        subscription: dict[str, Any] | None = None,
+        invoice: dict[str, Any] | None = None,
+    ) -> WebhookResult:
+        """Apply objects just read from Stripe (a checkout return, a plan change's answer) through
+        the same handlers as their webhooks, in one transaction (decision 0040).
+
+        No event is stored: the webhooks still are when they arrive, and find the effects done
+        (grants are keyed by the Stripe object). A subscription is applied as Stripe's current
+        state at the time of the newest event already applied to it (a tie, which the handler
+        settles with the state it is given), or at its creation when none was, so any later
+        event still applies after it.
+        """
+
+        def work(session: Session) -> WebhookResult:
+            result = _Outcome()
+            if subscription is not None:
+                newest = session.execute(
+                    select(StripeSubscription.last_event_created).where(
+                        StripeSubscription.id == subscription["id"]
+                    )
+                ).scalar()
+                created = newest if newest is not None else int(subscription.get("created") or 0)
+                event = {
+                    "id": f"fetched_{subscription['id']}",
+                    "type": "customer.subscription.updated",
+                    "created": created,
+                }
+                hints = {"subscription": subscription} if newest is not None else {}
+                self.on_subscription(session, event, subscription, hints, result)
+            if invoice is not None and invoice.get("status") == "paid":
+                paid = (invoice.get("status_transitions") or {}).get("paid_at") or invoice.get("created")
+                event = {"id": f"fetched_{invoice['id']}", "type": "invoice.paid", "created": int(paid or 0)}
+                self.on_invoice_paid(session, event, invoice, {}, result)
+            if checkout_session is not None:
+                pi = checkout_session.get("payment_intent")
+                at = (pi.get("created") if isinstance(pi, dict) else None) or to_ts(self.clock.now())
+                event = {
+                    "id": f"fetched_{checkout_session['id']}",
+                    "type": "checkout.session.completed",
+                    "created": int(at),
+                }
+                self.on_checkout_completed(session, event, checkout_session, {}, result)
+            if result.account_id is not None and result.outcome not in ("stale", "unknown_account"):
+                self.notifications.after_balance_change(session, result.account_id)
+            return WebhookResult(
+                "fetched", "fetched", result.outcome, result.account_id, "; ".join(result.notes)
+            )
+
+        return self.db.write(work)
 
     # ------------------------------------------------------------------ network, before the transaction
 
@@ -1049,7 +1103,9 @@ def apply_charge_effects(
                     grant_id=purchase.grant_id,
                     amount=delta,
                     idempotency_key=f"charge:{charge.id}:refund:{charge.amount_refunded}:{purchase.id}",
-                    reason=f"Refund of {charge.amount_refunded} of {charge.amount} on charge {charge.id}",
+                    reason=f"Refund of {_share(charge.amount_refunded, charge.amount)} of the "
+                    f"{_product_name(purchase)} payment (charge {charge.id})",
+                    kind="refund",
                 )
                 purchase.refund_target = target
                 purchase.reversed += view.reversed
@@ -1071,7 +1127,7 @@ def apply_charge_effects(
                 grant_id=purchase.grant_id,
                 frozen=True,
                 idempotency_key=f"charge:{charge.id}:dispute:freeze:{purchase.id}",
-                reason=f"Dispute on charge {charge.id}",
+                reason=f"Frozen while the {_product_name(purchase)} payment is disputed (charge {charge.id})",
             )
             purchase.frozen = True
             notes.append(f"froze {purchase.grant_id} (dispute)")
@@ -1081,7 +1137,8 @@ def apply_charge_effects(
                 grant_id=purchase.grant_id,
                 frozen=False,
                 idempotency_key=f"charge:{charge.id}:dispute:won:{purchase.id}",
-                reason=f"Dispute won on charge {charge.id}",
+                reason=f"Released: the dispute on the {_product_name(purchase)} payment was won "
+                f"(charge {charge.id})",
             )
             purchase.frozen = False
             notes.append(f"unfroze {purchase.grant_id} (dispute won)")
@@ -1093,12 +1150,27 @@ def apply_charge_effects(
                     grant_id=purchase.grant_id,
                     amount=left,
                     idempotency_key=f"charge:{charge.id}:dispute:lost:{purchase.id}",
-                    reason=f"Dispute lost on charge {charge.id}",
+                    reason=f"Taken back: the dispute on the {_product_name(purchase)} payment was lost "
+                    f"(charge {charge.id})",
+                    kind="dispute_lost",
                 )
                 purchase.reversed += view.reversed
                 notes.append(f"dispute lost: took back {view.reversed} millicredits")
     session.flush()
     return True
+
+
+def _product_name(purchase: StripePurchase) -> str:
+    catalog = load_catalog()
+    product = catalog.credit_packs.get(purchase.product_ref) or catalog.plans.get(purchase.product_ref)
+    return product.name if product is not None else purchase.product_ref
+
+
+def _share(part: int, whole: int) -> str:
+    """'all' or a whole percentage, rounded down (what was refunded, in words)."""
+    if whole <= 0 or part >= whole:
+        return "all"
+    return f"{part * 100 // whole}%"
 
 
 _CREDIT_EVENTS = ("invoice.paid", "checkout.session.completed", "payment_intent.succeeded")

@@ -17,6 +17,7 @@ from typing import Any
 from chronote_billing.catalog.service import PERSONAL_SOURCES, SERVER_SOURCES, Plan
 from chronote_billing.core.clock import as_utc
 from chronote_billing.core.errors import PermissionDenied
+from chronote_billing.credits_text import whole_credits
 from chronote_billing.ledger.rules import approvable
 
 # The payer table of D8: for each situation, the chain of funding sources tried in order. A
@@ -212,8 +213,8 @@ class Decline:
 
 
 def credits_text(millicredits: int) -> str:
-    whole, frac = divmod(max(0, millicredits), 1000)
-    return f"{whole:,}" + (f".{frac:03d}".rstrip("0") if frac else "")
+    """Whole credits as a person reads them (decision 0039)."""
+    return whole_credits(max(0, millicredits))
 
 
 def personal_label(plan: Plan | None) -> str:

@@ -14,13 +14,17 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.core.clock import as_utc
 from chronote_billing.core.errors import ValidationFailed
+from chronote_billing.credits_text import whole
+from chronote_billing.orgs.models import SpendAuthorization
+from chronote_billing.people import service as people
 
 from .models import UsageRecord
 from .schemas import UsageReport, UsageReportRow
 
-GROUPS = ("day", "source", "member", "server", "context")
+GROUPS = ("day", "source", "member", "server", "context", "meeting")
 COUNTED = ("open", "finished", "charged")
 LINE_FIELDS = (
     "id",
@@ -38,6 +42,7 @@ LINE_FIELDS = (
     "held_credits",
     "charged_credits",
     "shortfall_credits",
+    "charged_millicredits",
     "reason",
 )
 
@@ -51,6 +56,8 @@ def _key(rec: UsageRecord, group_by: str) -> str:
         return rec.user_id or "auto-record"
     if group_by == "server":
         return rec.guild_id or "personal"
+    if group_by == "meeting":
+        return rec.meeting_id or "none"
     return rec.context
 
 
@@ -112,8 +119,49 @@ def usage_report(
 
 
 def _credits(mc: int) -> str:
-    whole, frac = divmod(mc, 1000)
-    return f"{whole}" + (f".{frac:03d}".rstrip("0") if frac else "")
+    """Whole credits, as a person reads them (decision 0039); exact figures are in *_millicredits."""
+    return str(whole(mc))
+
+
+RECORD_WORDS = {
+    "discord_voice": "Discord meeting",
+    "desktop": "Desktop recording",
+    "web": "Web recording",
+    "mobile": "Mobile recording",
+    "quick_capture": "Quick capture",
+    "upload": "Upload",
+    "ask_question": "Ask question",
+    "chat_to_speech_message": "Chat-to-speech message",
+}
+
+
+def third_person_reason(
+    rec: UsageRecord,
+    people_names: dict[str, str],
+    server_names: dict[str, str],
+    subjects: dict[str, tuple[str, str]],
+) -> str:
+    """What a usage line was, for the payer's admins, in the third person and by name (decision
+    0041): never the words written for the person who recorded ("for you")."""
+    what = RECORD_WORDS.get(rec.capture_source or rec.event_type or "", "Usage")
+    text = (
+        f"{what} by {people_names.get(rec.user_id, rec.user_id)}"
+        if rec.user_id
+        else f"{what} (auto-recorded)"
+    )
+    if rec.guild_id:
+        text += f" on {server_names.get(rec.guild_id, 'server ' + rec.guild_id)}"
+    if rec.kind != "event":
+        text += f", {_minutes(rec)} min"
+    if rec.authorization_id and rec.authorization_id in subjects:
+        kind, subject = subjects[rec.authorization_id]
+        if kind == "server":
+            text += f", under {server_names.get(subject, 'server ' + subject)}'s authorization"
+        elif subject == rec.user_id:
+            text += ", under their own authorization"
+        else:
+            text += f", under {people_names.get(subject, subject)}'s authorization"
+    return text
 
 
 def usage_csv(
@@ -128,12 +176,33 @@ def usage_csv(
     writer = csv.writer(out, lineterminator="\n")
     if group_by:
         report = usage_report(session, account_id, group_by, since, until)
-        writer.writerow([group_by, "count", "minutes", "held_credits", "charged_credits"])
+        writer.writerow(
+            [group_by, "count", "minutes", "held_credits", "charged_credits", "charged_millicredits"]
+        )
         for r in report.rows:
-            writer.writerow([r.key, r.count, r.minutes, _credits(r.held), _credits(r.charged)])
+            writer.writerow([r.key, r.count, r.minutes, _credits(r.held), _credits(r.charged), r.charged])
         return out.getvalue()
     writer.writerow(LINE_FIELDS)
-    for rec in _records(session, account_id, since, until):
+    records = _records(session, account_id, since, until)
+    auths = {
+        a.id: (a.subject_type, a.subject_id)
+        for a in session.execute(
+            select(SpendAuthorization).where(
+                SpendAuthorization.id.in_({r.authorization_id for r in records if r.authorization_id})
+            )
+        ).scalars()
+    }
+    user_ids = {r.user_id for r in records if r.user_id} | {s for t, s in auths.values() if t == "member"}
+    guild_ids = {r.guild_id for r in records if r.guild_id} | {s for t, s in auths.values() if t == "server"}
+    names = people.names(session, user_ids)
+    servers = dict(
+        session.execute(
+            select(BillingAccount.owner_ref, BillingAccount.display_name).where(
+                BillingAccount.kind == "server", BillingAccount.owner_ref.in_(guild_ids)
+            )
+        ).all()
+    )
+    for rec in records:
         writer.writerow(
             [
                 rec.id,
@@ -151,7 +220,8 @@ def usage_csv(
                 _credits(rec.held if rec.status == "open" else 0),
                 _credits(rec.charged),
                 _credits(rec.shortfall),
-                rec.reason,
+                rec.charged,
+                third_person_reason(rec, names, servers, auths),
             ]
         )
     return out.getvalue()

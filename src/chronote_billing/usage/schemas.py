@@ -142,6 +142,9 @@ class FundingSourceView(BaseModel):
     used: int | None = None
     held: int | None = None
     left: int = Field(description="Millicredits that can be spent now from this source.")
+    over_cap: bool = Field(
+        default=False, description="This month's use is above the authorization's cap (it was lowered)."
+    )
     position: int = Field(description="Place in the user's default order (0 first).")
 
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import Principal
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import AccountService, check_snowflake
+from chronote_billing.balances import service as balances
 from chronote_billing.catalog.service import PERSONAL_SOURCES, SERVER_SOURCES, Catalog, Plan, load_catalog
 from chronote_billing.core import idempotency
-from chronote_billing.core.clock import Clock, month_key
+from chronote_billing.core.clock import Clock
 from chronote_billing.core.errors import ValidationFailed
-from chronote_billing.ledger.models import Grant
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.notifications.service import NotificationService
 from chronote_billing.orgs.models import SpendAuthorization
@@ -165,8 +165,7 @@ class UsageService:
         plan = current_plan(session, personal, now) if personal else self.catalog.free_plan("personal")
         views: list[FundingSourceView] = []
         available = (
-            self.ledger.balance(session, personal.id).available
-            + self._pending_allowance(session, personal, now)
+            balances.available(session, self.ledger, personal)
             if personal
             else (plan.included_millicredits if plan and plan.is_free else 0)
         )
@@ -203,6 +202,7 @@ class UsageService:
                     used=auth.used,
                     held=auth.held,
                     left=auth.left,
+                    over_cap=auth.over_cap,
                     position=0,
                 )
             )
@@ -308,26 +308,12 @@ class UsageService:
         pref = session.get(FundingPreference, user_id)
         return list(pref.source_order) if pref else []
 
-    def _pending_allowance(self, session: Session, account: BillingAccount, now: datetime) -> int:
-        """This month's free allowance when it has not been granted yet (granted on first need)."""
-        plan = current_plan(session, account, now)
-        if plan is None or not plan.is_free:
-            return 0
-        exists = session.execute(
-            select(Grant.id).where(
-                Grant.billing_account_id == account.id,
-                Grant.cause_type == "free_plan",
-                Grant.cause_id == f"{plan.id}:{month_key(now)}",
-            )
-        ).first()
-        return 0 if exists else plan.included_millicredits
-
     def _server_sources(
         self, session: Session, guild: str, server: BillingAccount | None, plan: Plan | None, now: datetime
     ) -> list[FundingSourceView]:
         assert plan is not None
         left = (
-            self.ledger.balance(session, server.id).available + self._pending_allowance(session, server, now)
+            balances.available(session, self.ledger, server)
             if server
             else plan.included_millicredits
             if plan.is_free
@@ -365,6 +351,7 @@ class UsageService:
                     used=view.used,
                     held=view.held,
                     left=view.left,
+                    over_cap=view.over_cap,
                     position=1,
                 )
             )

@@ -11,6 +11,7 @@ from chronote_billing.access.service import require_manage, require_view
 from chronote_billing.accounts.schemas import AccountView
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
 from chronote_billing.api.responses import problems
+from chronote_billing.balances import service as balances
 from chronote_billing.core.errors import (
     HoldAlreadySettled,
     HoldExpired,
@@ -28,7 +29,13 @@ from chronote_billing.core.validation import (
     Reason,
     TtlSeconds,
 )
-from chronote_billing.ledger.schemas import BalanceView, GrantView, HoldView, StatementPage
+from chronote_billing.ledger.schemas import (
+    BalanceView,
+    EconomicStatementPage,
+    GrantView,
+    HoldView,
+    StatementPage,
+)
 from chronote_billing.ledger.service import CaptureExceedsHold
 from chronote_billing.usage.errors import HoldManagedByRecording
 
@@ -141,8 +148,39 @@ def get_balance(account_id: AccountId, container: ContainerDep, principal: Princ
     principal.require_scope("accounts:read")
 
     def work(session):  # type: ignore[no-untyped-def]
-        require_view(session, principal, container.accounts.get(session, account_id))
-        return container.ledger.balance(session, account_id)
+        account = container.accounts.get(session, account_id)
+        require_view(session, principal, account)
+        return balances.available_balance(session, container.ledger, account)
+
+    return container.db.read(work)
+
+
+@router.get(
+    "/accounts/{account_id}/statement",
+    response_model=EconomicStatementPage,
+    summary="Statement: one line per charge, purchase, expiry, refund or freeze; holds in progress as reserved",
+    responses=problems(NotFound),
+)
+def get_economic_statement(
+    account_id: AccountId,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    starting_after: Annotated[
+        str | None,
+        Query(
+            max_length=40,
+            pattern=r"^[A-Za-z0-9_:.-]+$",
+            description="Cursor: the last line id of the previous page.",
+        ),
+    ] = None,
+) -> EconomicStatementPage:
+    principal.require_scope("accounts:read")
+
+    def work(session):  # type: ignore[no-untyped-def]
+        account = container.accounts.get(session, account_id)
+        require_view(session, principal, account)
+        return balances.statement(session, container.ledger, account, limit, starting_after)
 
     return container.db.read(work)
 
@@ -150,7 +188,11 @@ def get_balance(account_id: AccountId, container: ContainerDep, principal: Princ
 @router.get(
     "/accounts/{account_id}/ledger",
     response_model=StatementPage,
-    summary="Statement: every movement with its reason",
+    summary="Transfer log (operators): every transfer, pending and void ones included",
+    description="The ledger's own record, one line per transfer: a hold is a pending transfer per "
+    "grant it draws on, a capture posts part of each and voids the rest. `amount` is signed by "
+    "what the phase does to the wallet (a pending transfer reserves, a void returns). People and "
+    "client statements read `/statement`.",
     responses=problems(NotFound),
 )
 def get_statement(
