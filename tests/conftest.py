@@ -40,7 +40,9 @@ def _worker() -> str:
 def create_database(suffix: str) -> str:
     """A new empty database for this test process; returns its URL."""
     if IS_POSTGRES:
-        return recreate_postgres_database(BASE_URL, f"chronote_test_{CHECKOUT_TAG}_{_worker()}_{suffix}".lower())
+        return recreate_postgres_database(
+            BASE_URL, f"chronote_test_{CHECKOUT_TAG}_{_worker()}_{suffix}".lower()
+        )
     directory = Path(tempfile.mkdtemp(prefix=f"chronote-{_worker()}-"))
     return f"sqlite:///{directory / (suffix + '.db')}"
 

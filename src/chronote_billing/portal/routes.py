@@ -608,6 +608,7 @@ async def pay(
                 )
             )
             return go(request, portal.url)
+        code = form.text("promotion_code", "Promotion code", required=False, max_length=64) or None
         if what == "pack":
             pack_id = form.text("pack", "Credit pack")
             checkout = await run_in_threadpool(
@@ -618,6 +619,7 @@ async def pay(
                     pack_id=pack_id,
                     success_url=absolute(c, page_path + "?checkout=done"),
                     cancel_url=absolute(c, page_path),
+                    promotion_code=code,
                 )
             )
         else:
@@ -641,6 +643,7 @@ async def pay(
                     interval=interval,
                     success_url=absolute(c, page_path + "?checkout=done"),
                     cancel_url=absolute(c, page_path),
+                    promotion_code=code,
                 )
             )
         if not checkout.url:

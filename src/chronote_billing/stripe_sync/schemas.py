@@ -114,6 +114,12 @@ class CheckoutRequest(StrictModel):
     pack: str | None = Field(default=None, description="Credit pack id (one-time payment).", max_length=40)
     success_url: str | None = Field(default=None, max_length=2000)
     cancel_url: str | None = Field(default=None, max_length=2000)
+    promotion_code: str | None = Field(
+        default=None,
+        max_length=64,
+        description="A promotion code the person typed in Chronote, checked against this plan or pack. "
+        "Without one, Stripe's page offers its own code field where it can check the code.",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> CheckoutRequest:
@@ -132,6 +138,7 @@ class CheckoutView(BaseModel):
     pack: str | None
     url: str | None
     customer: str
+    promotion_code: str | None = Field(default=None, description="The promotion code applied, if any.")
 
 
 class PlanChangeRequest(StrictModel):

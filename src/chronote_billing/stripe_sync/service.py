@@ -43,6 +43,7 @@ from .client import call, expandable_id, make_client, stripe_key, to_dict
 from .entitlements import complimentary_plan, current_plan, grace_ends_at, plan_subscription
 from .models import PlanSubscription, StripeCheckoutSession
 from .periods import from_ts, to_ts
+from .promotions import STRIPE_DISCOUNT_REFUSALS, PromotionCodeNotRedeemable, page_codes_allowed, resolve_code
 from .schemas import (
     CancelView,
     CheckoutView,
@@ -230,11 +231,17 @@ class BillingService:
         pack_id: str | None = None,
         success_url: str | None = None,
         cancel_url: str | None = None,
+        promotion_code: str | None = None,
     ) -> CheckoutView:
-        """A Checkout Session for a plan (subscription mode) or a credit pack (payment mode)."""
+        """A Checkout Session for a plan (subscription mode) or a credit pack (payment mode).
+
+        A `promotion_code` is checked against the plan or pack before anything is written
+        (decision 0042); without one, Stripe's page takes codes where it can check them.
+        """
         key = idempotency.check_key(idempotency_key)
         catalog = load_catalog()
         scope = f"billing.checkout:{account_id}"
+        promotion_code = (promotion_code or "").strip() or None
         params = {
             "plan": plan_id,
             "interval": interval if plan_id else None,
@@ -242,6 +249,8 @@ class BillingService:
             "success_url": success_url,
             "cancel_url": cancel_url,
         }
+        if promotion_code is not None:
+            params["promotion_code"] = promotion_code
         if (plan_id is None) == (pack_id is None):
             raise ValidationFailed("Give exactly one of a plan or a credit pack.", field="plan")
 
@@ -274,9 +283,21 @@ class BillingService:
         acct, prior, plan, pack = self.db.read(check)
         if prior is not None:
             return CheckoutView.model_validate(prior)
-        customer = self.ensure_customer(account_id)
+        item_id = plan.id if plan else pack.id  # type: ignore[union-attr]
         lookup_key = plan.price(interval).lookup_key if plan else pack.lookup_key  # type: ignore[union-attr]
-        price_id = self._price_id(lookup_key)
+        price = self._price(lookup_key)
+        price_id = str(price["id"])
+        code = None
+        if promotion_code is not None:
+            code = resolve_code(
+                self.client,
+                catalog,
+                promotion_code,
+                item_id=item_id,
+                product_id=expandable_id(price.get("product")) or "",
+                now=self.clock.now(),
+            )
+        customer = self.ensure_customer(account_id)
         meta = account_metadata(acct)
         base = self.settings.public_base_url.rstrip("/")
         body: dict[str, Any] = {
@@ -287,11 +308,14 @@ class BillingService:
             or f"{base}/portal/checkout/done?account={acct.id}&session={{CHECKOUT_SESSION_ID}}",
             "cancel_url": cancel_url or f"{base}/portal/checkout/cancelled?account={acct.id}",
         }
+        if code is not None:
+            body["discounts"] = [{"promotion_code": code.promotion_code}]
+        elif page_codes_allowed(self.client, catalog, item_id):
+            body["allow_promotion_codes"] = True
         if plan is not None:
             plan_meta = {**meta, "chronote_plan_id": plan.id, "chronote_interval": interval}
             body.update(
                 mode="subscription",
-                allow_promotion_codes=True,
                 metadata=plan_meta,
                 subscription_data={"metadata": plan_meta},
             )
@@ -306,13 +330,22 @@ class BillingService:
                     "setup_future_usage": "off_session",
                 },
             )
-        cs = call(
-            "start a checkout",
-            lambda: self.client.v1.checkout.sessions.create(
-                params=body,  # type: ignore[arg-type]
-                options={"idempotency_key": stripe_key("checkout", acct.id, key)},
-            ),
-        )
+        try:
+            cs = call(
+                "start a checkout",
+                lambda: self.client.v1.checkout.sessions.create(
+                    params=body,  # type: ignore[arg-type]
+                    options={"idempotency_key": stripe_key("checkout", acct.id, key)},
+                ),
+            )
+        except ExternalServiceError as exc:
+            if code is not None and exc.details.get("stripe_code") in STRIPE_DISCOUNT_REFUSALS:
+                raise PromotionCodeNotRedeemable(
+                    f"Promotion code {code.code} cannot be used for this purchase: {exc.message}",
+                    field="promotion_code",
+                    promotion_code=code.code,
+                ) from exc
+            raise
         view = CheckoutView(
             id=cs.id,
             account_id=acct.id,
@@ -322,6 +355,7 @@ class BillingService:
             pack=pack.id if pack else None,
             url=getattr(cs, "url", None),
             customer=customer,
+            promotion_code=code.code if code else None,
         )
 
         def save(session: Session) -> CheckoutView:
@@ -685,10 +719,13 @@ class BillingService:
     # ------------------------------------------------------------------ helpers
 
     def _price_id(self, lookup_key: str) -> str:
+        return str(self._price(lookup_key)["id"])
+
+    def _price(self, lookup_key: str) -> dict[str, Any]:
         prices = fetch_prices(self.client, [lookup_key])
         if lookup_key not in prices:
             raise load_missing_price(lookup_key)
-        return str(prices[lookup_key]["id"])
+        return dict(prices[lookup_key])
 
     def _remember(self, scope: str, key: str, params: dict[str, Any], view: Any) -> Any:
         def save(session: Session) -> Any:
