@@ -58,7 +58,10 @@ def install(app: FastAPI) -> None:
         https_only=settings.public_base_url.startswith("https://"),
     )
     app.mount("/portal/static", StaticFiles(directory=HERE / "static"), name="portal_static")
+    from . import billing_extras  # its routes come before this module's catch-all
+
     app.include_router(auth.router)
+    app.include_router(billing_extras.router)
     app.include_router(router)
 
 

@@ -200,6 +200,7 @@ class PackPurchaseView(BaseModel):
     account_id: str
     pack: str
     payment_intent: str
+    invoice: str | None = Field(default=None, description="The taxed invoice, when Stripe Tax is on.")
     status: str
     granted: bool
     grant_id: str | None

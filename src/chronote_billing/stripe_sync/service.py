@@ -42,8 +42,10 @@ from .catalog_sync import fetch_prices, find_portal_configuration
 from .client import call, expandable_id, make_client, stripe_key, to_dict
 from .entitlements import complimentary_plan, current_plan, grace_ends_at, plan_subscription
 from .models import PlanSubscription, StripeCheckoutSession
+from .pack_invoices import pay_pack_invoice
 from .periods import from_ts, to_ts
 from .promotions import STRIPE_DISCOUNT_REFUSALS, PromotionCodeNotRedeemable, page_codes_allowed, resolve_code
+from .receipts import BillingDocumentList, list_documents
 from .schemas import (
     CancelView,
     CheckoutView,
@@ -312,6 +314,7 @@ class BillingService:
             body["discounts"] = [{"promotion_code": code.promotion_code}]
         elif page_codes_allowed(self.client, catalog, item_id):
             body["allow_promotion_codes"] = True
+        body.update(tax_options(self.settings, acct.kind))
         if plan is not None:
             plan_meta = {**meta, "chronote_plan_id": plan.id, "chronote_interval": interval}
             body.update(
@@ -328,6 +331,14 @@ class BillingService:
                 payment_intent_data={
                     "metadata": {**pack_meta, "chronote_kind": "credit_pack_checkout"},
                     "setup_future_usage": "off_session",
+                },
+                # A receipt with its tax; it names no pack, so it never grants one (0043).
+                invoice_creation={
+                    "enabled": True,
+                    "invoice_data": {
+                        "description": f"Chronote {pack.name}",
+                        "metadata": {**meta, "chronote_kind": RECEIPT_KIND},
+                    },
                 },
             )
         try:
@@ -562,6 +573,20 @@ class BillingService:
         )
         return self._remember(scope, key, params, view)
 
+    # ------------------------------------------------------------------ invoices and receipts
+
+    def documents(self, principal: Principal, account_id: str) -> BillingDocumentList:
+        """The account's invoices and receipts, newest first, read from its own Stripe customer."""
+
+        def check(session: Session) -> str | None:
+            account = _get_account(session, account_id)
+            require_view(session, principal, account)
+            return account.stripe_customer_id
+
+        customer = self.db.read(check)
+        data = list_documents(self.client, customer) if customer else []
+        return BillingDocumentList(account_id=account_id, data=data)
+
     # ------------------------------------------------------------------ customer portal
 
     def open_customer_portal(
@@ -654,6 +679,70 @@ class BillingService:
             "chronote_pack_id": pack.id,
             "chronote_kind": "credit_pack_off_session",
         }
+        if self.settings.stripe_automatic_tax:
+            paid = pay_pack_invoice(
+                self.client,
+                account_id=account_id,
+                customer=acct.customer or "",
+                pack=pack,
+                price_id=self._price_id(pack.lookup_key),
+                method=method,
+                metadata=meta,
+                key=key,
+                declined=PaymentFailed,
+            )
+            intent, invoice_id, status = paid.payment_intent, paid.invoice, paid.status
+            created_ts = paid.created
+        else:
+            pi = self._charge_pack(acct, pack, method, meta, key)
+            intent, invoice_id, status = str(pi["id"]), None, str(pi.get("status"))
+            created_ts = int(pi.get("created") or 0)
+        if status != "succeeded":
+            raise PaymentFailed(
+                f"The payment for {pack.name} is {status}; no credits were added.",
+                account_id=account_id,
+                payment_intent=intent,
+            )
+        created = from_ts(created_ts or to_ts(self.clock.now()))
+
+        def save(session: Session) -> PackPurchaseView:
+            again = idempotency.lookup(session, scope, key, params)
+            if again is not None:
+                return PackPurchaseView.model_validate(again)
+            account = _get_account(session, account_id)
+            notes: list[str] = []
+            # One grant per payment: keyed as the webhook that confirms the same payment keys it.
+            purchase = grant_pack(
+                session,
+                self.ledger,
+                self.clock,
+                account,
+                pack,
+                at=created,
+                cause_type="invoice" if invoice_id else "payment_intent",
+                cause_id=invoice_id or str(intent),
+                payment_intent=None if invoice_id else intent,
+                invoice_id=invoice_id,
+                notes=notes,
+            )
+            view = PackPurchaseView(
+                account_id=account_id,
+                pack=pack.id,
+                payment_intent=intent or "",
+                invoice=invoice_id,
+                status=status,
+                granted=purchase is not None,
+                grant_id=purchase.grant_id if purchase else None,
+            )
+            idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), self.clock.now())
+            return view
+
+        return self.db.write(save)
+
+    def _charge_pack(
+        self, acct: _Account, pack: CreditPack, method: str, meta: dict[str, str], key: str
+    ) -> dict[str, Any]:
+        """A PaymentIntent for the pack's price, confirmed off-session (no tax: decision 0043)."""
         try:
             pi = to_dict(
                 self.client.v1.payment_intents.create(
@@ -667,54 +756,16 @@ class BillingService:
                         "description": f"Chronote {pack.name} (auto-recharge)",
                         "metadata": meta,
                     },
-                    options={"idempotency_key": stripe_key("pack-off-session", account_id, key)},
+                    options={"idempotency_key": stripe_key("pack-off-session", acct.id, key)},
                 )
             )
         except stripe.CardError as exc:
             raise PaymentFailed(
-                f"The saved card was declined: {exc.user_message or exc}", account_id=account_id, pack=pack_id
+                f"The saved card was declined: {exc.user_message or exc}", account_id=acct.id, pack=pack.id
             ) from exc
         except stripe.StripeError as exc:
             raise ExternalServiceError(f"Stripe refused or failed to charge the saved card: {exc}") from exc
-        if pi.get("status") != "succeeded":
-            raise PaymentFailed(
-                f"The payment for {pack.name} is {pi.get('status')}; no credits were added.",
-                account_id=account_id,
-                payment_intent=pi.get("id"),
-            )
-        created = from_ts(pi.get("created") or to_ts(self.clock.now()))
-
-        def save(session: Session) -> PackPurchaseView:
-            again = idempotency.lookup(session, scope, key, params)
-            if again is not None:
-                return PackPurchaseView.model_validate(again)
-            account = _get_account(session, account_id)
-            notes: list[str] = []
-            purchase = grant_pack(
-                session,
-                self.ledger,
-                self.clock,
-                account,
-                pack,
-                at=created,
-                cause_type="payment_intent",
-                cause_id=str(pi["id"]),
-                payment_intent=str(pi["id"]),
-                invoice_id=None,
-                notes=notes,
-            )
-            view = PackPurchaseView(
-                account_id=account_id,
-                pack=pack.id,
-                payment_intent=str(pi["id"]),
-                status=str(pi.get("status")),
-                granted=purchase is not None,
-                grant_id=purchase.grant_id if purchase else None,
-            )
-            idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), self.clock.now())
-            return view
-
-        return self.db.write(save)
+        return pi
 
     # ------------------------------------------------------------------ helpers
 
@@ -736,6 +787,27 @@ class BillingService:
             return view
 
         return self.db.write(save)
+
+
+RECEIPT_KIND = "credit_pack_checkout"
+
+
+def tax_options(settings: Settings, kind: str) -> dict[str, Any]:
+    """Checkout parameters for Stripe Tax and business details (decision 0043)."""
+    business = kind in (AccountKind.ORGANIZATION, AccountKind.SERVER) and settings.business_tax_ids
+    out: dict[str, Any] = {}
+    update: dict[str, str] = {}
+    if settings.stripe_automatic_tax:
+        out["automatic_tax"] = {"enabled": True}
+        out["billing_address_collection"] = "auto"
+        update["address"] = "auto"
+    if business:
+        out["billing_address_collection"] = "required"
+        out["tax_id_collection"] = {"enabled": True}
+        update.update(address="auto", name="auto")
+    if update:
+        out["customer_update"] = update
+    return out
 
 
 def _get_account(session: Session, account_id: str) -> BillingAccount:

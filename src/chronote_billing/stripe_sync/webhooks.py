@@ -482,6 +482,9 @@ class WebhookProcessor:
         session.flush()
 
         pack_id = _meta(inv).get("chronote_pack_id")
+        if sub_id is None and _meta(inv).get("chronote_kind") == "credit_pack_checkout":
+            result.note(f"invoice {inv_id} is the receipt of a pack checkout; its checkout grants the pack")
+            return
         if sub_id is None and pack_id:
             pack = load_catalog().credit_packs.get(pack_id)
             if pack is None:

@@ -1,0 +1,94 @@
+"""Portal pages of the billing extras, beside the billing pages: invoices and receipts (0043).
+
+Each page resolves the account it is for with the same access rules as the billing page
+(personal owner, Manage Server, organization owner or billing admin) in one transaction, then
+reads Stripe with no transaction open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.container import Container
+from chronote_billing.core.errors import BillingError, ExternalServiceError
+
+from . import views
+from .auth import SignedIn, container_of, current_user
+from .routes import error_page, login_redirect, render, templates
+
+router = APIRouter(prefix="/portal", include_in_schema=False)
+
+Resolve = Callable[[Container, Session, SignedIn], BillingAccount]
+
+
+def billed_to(account: BillingAccount) -> str:
+    return {"personal": "you", "server": f"server {account.display_name}"}.get(
+        account.kind, account.display_name
+    )
+
+
+async def invoices(request: Request, resolve: Resolve, back: str, active: str) -> Response:
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    c = container_of(request)
+    fragment = request.query_params.get("fragment") == "1"
+    signed_in = user
+    try:
+        account = await run_in_threadpool(c.db.write, lambda s: _detached(resolve(c, s, signed_in), s))
+    except BillingError as exc:
+        return error_page(request, user, exc)
+    context: dict[str, Any] = {
+        "account": account,
+        "billed_to": billed_to(account),
+        "back": back,
+        "active": active,
+    }
+    try:
+        listing = await run_in_threadpool(c.billing.documents, user.principal, account.id)
+        context["documents"] = listing.data
+    except ExternalServiceError:
+        context["load_error"] = (
+            "Invoices could not be read from Stripe just now. Please try again in a moment."
+        )
+    if fragment:
+        return templates.TemplateResponse(request, "_invoices_list.html", context)
+    return render(request, "invoices.html", context, user)
+
+
+def _detached(account: BillingAccount, session: Session) -> BillingAccount:
+    session.flush()
+    session.expunge(account)
+    return account
+
+
+@router.get("/personal/billing/invoices")
+async def personal_invoices(request: Request) -> Response:
+    return await invoices(request, views.personal_account, "/portal/personal/billing", "personal")
+
+
+@router.get("/server/{guild_id}/billing/invoices")
+async def server_invoices(request: Request, guild_id: str) -> Response:
+    return await invoices(
+        request,
+        lambda c, s, u: views.server_account(c, s, u, guild_id),
+        f"/portal/server/{guild_id}/billing",
+        f"server:{guild_id}",
+    )
+
+
+@router.get("/org/{org_id}/billing/invoices")
+async def org_invoices(request: Request, org_id: str) -> Response:
+    return await invoices(
+        request,
+        lambda c, s, u: views.org_account(c, s, u, org_id)[1],
+        f"/portal/org/{org_id}/billing",
+        f"org:{org_id}",
+    )
