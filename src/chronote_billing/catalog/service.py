@@ -41,6 +41,19 @@ class PlanPrice:
 
 
 @dataclass(frozen=True)
+class Trial:
+    """A plan's free trial (decision 0044): its length and the credits it brings, which expire
+    when it ends."""
+
+    days: int
+    credits: int
+
+    @property
+    def millicredits(self) -> int:
+        return self.credits * MILLICREDITS_PER_CREDIT
+
+
+@dataclass(frozen=True)
 class Plan:
     id: str
     name: str
@@ -53,6 +66,7 @@ class Plan:
     capture_sources: tuple[str, ...]
     features: dict[str, Any]
     prices: tuple[PlanPrice, ...]
+    trial: Trial | None = None
 
     @property
     def is_free(self) -> bool:
@@ -229,6 +243,7 @@ def _parse(raw: dict[str, Any]) -> Catalog:
                 PlanPrice(p["id"], pr["interval"], pr["unit_amount"], currency, pr["lookup_key"])
                 for pr in p["prices"]
             ),
+            trial=_trial(p),
         )
     packs = {
         c["id"]: CreditPack(
@@ -255,6 +270,18 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         coupons=coupons,
         promotion_codes=codes,
     )
+
+
+def _trial(plan: dict[str, Any]) -> Trial | None:
+    raw = plan.get("trial")
+    if raw is None:
+        return None
+    days, credits = raw.get("days"), raw.get("credits")
+    if not (isinstance(days, int) and 1 <= days <= 90 and isinstance(credits, int) and credits >= 0):
+        raise ValueError(f"catalog plan {plan['id']}: a trial is 1-90 days and a whole number of credits")
+    if not plan["prices"]:
+        raise ValueError(f"catalog plan {plan['id']} is free; it has no trial")
+    return Trial(days=days, credits=credits)
 
 
 def _day_end(value: str | None) -> datetime | None:

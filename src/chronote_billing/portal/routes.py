@@ -637,6 +637,7 @@ async def pay(
                 when = "now" if change.effective == "now" else f"on {presenters.date(change.effective_at)}"
                 request.session["flash"] = f"Plan change to {plan_id.replace('_', ' ')} takes effect {when}."
                 return go(request, page_path)
+            trial = form.checked("trial")
             checkout = await run_in_threadpool(
                 lambda: c.billing.start_checkout(
                     principal,
@@ -647,6 +648,7 @@ async def pay(
                     success_url=absolute(c, page_path + "?checkout=done"),
                     cancel_url=absolute(c, page_path),
                     promotion_code=code,
+                    trial=trial,
                 )
             )
         if not checkout.url:

@@ -9,6 +9,7 @@ allowance of a yearly subscription (0002), each keyed by its period so it is gra
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -208,3 +209,10 @@ def _already_granted(session: Session, account_id: str, cause_type: str, cause_i
         ).first()
         is not None
     )
+
+
+def entitlement_trial(session: Session, account: BillingAccount | None, now: datetime) -> Any:
+    """The free trial running now for an entitlements answer ("trial, ends on ..."), or None."""
+    from .trials import trial_view
+
+    return trial_view(session, account, now) if account is not None else None

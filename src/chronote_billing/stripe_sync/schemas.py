@@ -120,6 +120,11 @@ class CheckoutRequest(StrictModel):
         description="A promotion code the person typed in Chronote, checked against this plan or pack. "
         "Without one, Stripe's page offers its own code field where it can check the code.",
     )
+    trial: bool = Field(
+        default=False,
+        description="Start the plan's free trial (once per person or server, ever); refused when the plan "
+        "has none or the trial was used.",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> CheckoutRequest:
@@ -139,6 +144,7 @@ class CheckoutView(BaseModel):
     url: str | None
     customer: str
     promotion_code: str | None = Field(default=None, description="The promotion code applied, if any.")
+    trial_days: int | None = Field(default=None, description="Length of the free trial this checkout starts.")
 
 
 class PlanChangeRequest(StrictModel):
@@ -158,6 +164,16 @@ class PlanChangeView(BaseModel):
     invoice: str | None = Field(description="The prorated invoice of an upgrade.")
 
 
+class TrialView(BaseModel):
+    object: str = "trial"
+    plan: str
+    plan_name: str
+    ends_at: datetime = Field(description="When the trial ends, and its credits with it.")
+    credits: int = Field(description="Whole credits the trial brought.")
+    card_on_file: bool = Field(description="Whether a card will be charged when the trial ends.")
+    then: str = Field(description="The plan from the trial's end: the trial's plan with a card, else free.")
+
+
 class SubscriptionView(BaseModel):
     object: str = "account_subscription"
     account_id: str
@@ -174,6 +190,7 @@ class SubscriptionView(BaseModel):
     in_grace: bool
     grace_ends_at: datetime | None
     complimentary_until: datetime | None = None
+    trial: TrialView | None = Field(default=None, description="The free trial running now, if any.")
 
 
 class CancelView(BaseModel):

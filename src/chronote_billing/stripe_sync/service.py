@@ -54,6 +54,9 @@ from .schemas import (
     PortalSessionView,
     SubscriptionView,
 )
+from .trials import TRIAL_META, NoTrial, TrialAlreadyUsed, plan_trial, refuse_if_used, trial_view
+from .trials import existing as existing_trial
+from .trials import reserve as reserve_trial
 from .webhooks import ENDED_STATUSES, WebhookProcessor, grant_pack
 
 log = structlog.get_logger(__name__)
@@ -178,6 +181,7 @@ class BillingService:
             in_grace=in_grace,
             grace_ends_at=grace_ends,
             complimentary_until=comp[0].ends_at if comp else None,
+            trial=trial_view(session, account, now),
         )
 
     def get_subscription(self, principal: Principal, account_id: str) -> SubscriptionView:
@@ -234,17 +238,20 @@ class BillingService:
         success_url: str | None = None,
         cancel_url: str | None = None,
         promotion_code: str | None = None,
+        trial: bool = False,
     ) -> CheckoutView:
         """A Checkout Session for a plan (subscription mode) or a credit pack (payment mode).
 
         A `promotion_code` is checked against the plan or pack before anything is written
-        (decision 0042); without one, Stripe's page takes codes where it can check them.
+        (decision 0042); without one, Stripe's page takes codes where it can check them. A
+        `trial` is the plan's free trial, once per person or server (decision 0044), reserved
+        with the session.
         """
         key = idempotency.check_key(idempotency_key)
         catalog = load_catalog()
         scope = f"billing.checkout:{account_id}"
         promotion_code = (promotion_code or "").strip() or None
-        params = {
+        params: dict[str, Any] = {
             "plan": plan_id,
             "interval": interval if plan_id else None,
             "pack": pack_id,
@@ -253,8 +260,13 @@ class BillingService:
         }
         if promotion_code is not None:
             params["promotion_code"] = promotion_code
+        if trial:
+            params["trial"] = True
         if (plan_id is None) == (pack_id is None):
             raise ValidationFailed("Give exactly one of a plan or a credit pack.", field="plan")
+        if trial and plan_id is None:
+            raise NoTrial("Credit packs have no trial; a trial is for a plan.", field="trial")
+        open_offer: list[str] = []
 
         def check(session: Session) -> tuple[_Account, Any, Plan | None, CreditPack | None]:
             account = _get_account(session, account_id)
@@ -277,6 +289,12 @@ class BillingService:
                         "change its plan instead of buying a second one.",
                         subscription_id=sub.stripe_subscription_id,
                     )
+                if trial:
+                    plan_trial(plan)
+                    reserved = existing_trial(session, account)
+                    refuse_if_used(reserved, account)
+                    if reserved is not None and reserved.checkout_session_id:
+                        open_offer.append(reserved.checkout_session_id)
             else:
                 assert pack_id is not None
                 pack = catalog.pack(pack_id)
@@ -299,6 +317,9 @@ class BillingService:
                 product_id=expandable_id(price.get("product")) or "",
                 now=self.clock.now(),
             )
+        if open_offer:
+            # An earlier trial checkout that was never paid: it is closed before a new one opens.
+            self._expire_trial_checkout(open_offer[0], acct.kind)
         customer = self.ensure_customer(account_id)
         meta = account_metadata(acct)
         base = self.settings.public_base_url.rstrip("/")
@@ -317,11 +338,14 @@ class BillingService:
         body.update(tax_options(self.settings, acct.kind))
         if plan is not None:
             plan_meta = {**meta, "chronote_plan_id": plan.id, "chronote_interval": interval}
-            body.update(
-                mode="subscription",
-                metadata=plan_meta,
-                subscription_data={"metadata": plan_meta},
-            )
+            subscription_data: dict[str, Any] = {"metadata": plan_meta}
+            if trial and plan.trial is not None:
+                # No card needed to start; without one, the trial's end cancels to free (0044).
+                subscription_data["metadata"] = {**plan_meta, TRIAL_META: plan.id}
+                subscription_data["trial_period_days"] = plan.trial.days
+                subscription_data["trial_settings"] = {"end_behavior": {"missing_payment_method": "cancel"}}
+                body["payment_method_collection"] = "if_required"
+            body.update(mode="subscription", metadata=plan_meta, subscription_data=subscription_data)
         else:
             assert pack is not None
             pack_meta = {**meta, "chronote_pack_id": pack.id}
@@ -367,12 +391,20 @@ class BillingService:
             url=getattr(cs, "url", None),
             customer=customer,
             promotion_code=code.code if code else None,
+            trial_days=plan.trial.days if trial and plan and plan.trial else None,
         )
 
         def save(session: Session) -> CheckoutView:
             prior = idempotency.lookup(session, scope, key, params)
             if prior is not None:
                 return CheckoutView.model_validate(prior)
+            if trial and plan is not None:
+                account = _get_account(session, acct.id)
+                replaces = open_offer[0] if open_offer else None
+                if not reserve_trial(session, account, plan, cs.id, replaces, self.clock.now()):
+                    raise TrialAlreadyUsed(
+                        "Another checkout took this trial a moment ago; trials are once, ever.", field="trial"
+                    )
             if session.get(StripeCheckoutSession, cs.id) is None:
                 session.add(
                     StripeCheckoutSession(
@@ -395,7 +427,29 @@ class BillingService:
             )
             return view
 
-        return self.db.write(save)
+        try:
+            return self.db.write(save)
+        except TrialAlreadyUsed:
+            self._expire_trial_checkout(cs.id, acct.kind, quiet=True)
+            raise
+
+    def _expire_trial_checkout(self, session_id: str, kind: str, quiet: bool = False) -> None:
+        """Close an unpaid trial checkout so that only one can ever start the trial. A checkout
+        that was paid meanwhile cannot be closed: its trial is then taken."""
+        try:
+            self.client.v1.checkout.sessions.expire(session_id)
+        except stripe.InvalidRequestError as exc:
+            if quiet:
+                log.warning("trial_checkout_not_expired", session=session_id, error=str(exc))
+                return
+            whose = "this person" if kind == AccountKind.PERSONAL else "this server"
+            raise TrialAlreadyUsed(
+                f"The free trial of {whose} was started from an earlier checkout.", field="trial"
+            ) from exc
+        except stripe.StripeError as exc:
+            raise ExternalServiceError(
+                f"Stripe refused or failed to close the earlier trial checkout: {exc}"
+            ) from exc
 
     # ------------------------------------------------------------------ plan changes
 

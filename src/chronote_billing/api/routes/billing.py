@@ -60,6 +60,7 @@ def start_checkout(
         success_url=body.success_url,
         cancel_url=body.cancel_url,
         promotion_code=body.promotion_code,
+        trial=body.trial,
     )
 
 

@@ -1,0 +1,55 @@
+"""billing extras: trials (0044)
+
+Revision ID: 0011
+Revises: 0007
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+import chronote_billing.core.db
+
+revision = "0011"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "plan_trials",
+        sa.Column("subject_kind", sa.String(length=16), nullable=False),
+        sa.Column("subject_ref", sa.String(length=64), nullable=False),
+        sa.Column("account_id", sa.String(length=40), nullable=False),
+        sa.Column("plan_id", sa.String(length=40), nullable=False),
+        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("checkout_session_id", sa.String(length=255), nullable=True),
+        sa.Column("subscription_id", sa.String(length=64), nullable=True),
+        sa.Column("trial_start", chronote_billing.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("trial_end", chronote_billing.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("card_on_file", sa.Boolean(), nullable=False),
+        sa.Column("created_at", chronote_billing.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", chronote_billing.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.CheckConstraint(
+            "subject_kind in ('personal', 'server')", name=op.f("ck_plan_trials_subject_kind")
+        ),
+        sa.CheckConstraint(
+            "status in ('offered', 'active', 'converted', 'ended')", name=op.f("ck_plan_trials_status")
+        ),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["billing_accounts.id"], name=op.f("fk_plan_trials_account_id_billing_accounts")
+        ),
+        sa.PrimaryKeyConstraint("subject_kind", "subject_ref", name=op.f("pk_plan_trials")),
+    )
+    op.create_index(op.f("ix_plan_trials_account_id"), "plan_trials", ["account_id"], unique=False)
+    op.create_index(
+        op.f("ix_plan_trials_checkout_session_id"), "plan_trials", ["checkout_session_id"], unique=False
+    )
+
+
+def downgrade() -> None:
+    op.drop_index(op.f("ix_plan_trials_checkout_session_id"), table_name="plan_trials")
+    op.drop_index(op.f("ix_plan_trials_account_id"), table_name="plan_trials")
+    op.drop_table("plan_trials")
