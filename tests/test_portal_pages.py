@@ -449,7 +449,7 @@ def test_alerts_and_auto_recharge_settings_are_saved_for_the_organization(
     owner.get(f"/portal/org/{org_id}/billing")
     recharge = owner.submit(
         f"/portal/org/{org_id}/billing/auto-recharge",
-        {"enabled": "1", "threshold_credits": "500", "pack": "credits_5000"},
+        {"enabled": "1", "threshold_credits": "500", "pack": "credits_5000", "monthly_limit_count": "2"},
     )
     assert recharge.status_code == 204
     page = text_of(owner.get(f"/portal/org/{org_id}/billing"))

@@ -6,6 +6,7 @@ import typer
 
 from chronote_billing.cli import (
     apikeys,
+    billing_extras,
     ledger,
     notifications,
     orgs,
@@ -22,7 +23,17 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (server, ledger, apikeys, stripe, orgs, notifications, stripe_local, promotions):
+for module in (
+    server,
+    ledger,
+    apikeys,
+    stripe,
+    orgs,
+    notifications,
+    stripe_local,
+    promotions,
+    billing_extras,
+):
     module.register(app)
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Portal pages of the billing extras, beside the billing pages: invoices and receipts (0043).
+"""Portal pages and forms of the billing extras, beside the billing pages: invoices and receipts
+(0043), auto-recharge for people and servers (0045).
 
 Each page resolves the account it is for with the same access rules as the billing page
 (personal owner, Manage Server, organization owner or billing admin) in one transaction, then
@@ -16,12 +17,15 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.catalog.service import load_catalog
 from chronote_billing.container import Container
 from chronote_billing.core.errors import BillingError, ExternalServiceError
 
 from . import views
 from .auth import SignedIn, container_of, current_user
-from .routes import error_page, login_redirect, render, templates
+from .extra_parts import auto_recharge_request
+from .forms import Form
+from .routes import Work, act, error_page, login_redirect, render, templates
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
 
@@ -91,4 +95,41 @@ async def org_invoices(request: Request, org_id: str) -> Response:
         lambda c, s, u: views.org_account(c, s, u, org_id)[1],
         f"/portal/org/{org_id}/billing",
         f"org:{org_id}",
+    )
+
+
+# ---------------------------------------------------------------------------- auto-recharge (0045)
+
+
+def _auto_recharge(resolve: Resolve) -> Work:
+    def work(c: Container, s: Session, user: SignedIn, form: Form) -> Any:
+        account = resolve(c, s, user)
+        arguments = auto_recharge_request(form, load_catalog().currency)
+        return c.notifications.set_auto_recharge(
+            s, account_id=account.id, idempotency_key=form.key(), **arguments
+        )
+
+    return work
+
+
+@router.post("/personal/billing/auto-recharge")
+async def personal_auto_recharge(request: Request) -> Response:
+    return await act(
+        request,
+        "personal.auto_recharge",
+        _auto_recharge(views.personal_account),
+        lambda _: "/portal/personal/billing",
+        "Auto-recharge saved.",
+    )
+
+
+@router.post("/server/{guild_id}/billing/auto-recharge")
+async def server_auto_recharge(request: Request, guild_id: str) -> Response:
+    return await act(
+        request,
+        "server.auto_recharge",
+        _auto_recharge(lambda c, s, u: views.server_account(c, s, u, guild_id)),
+        lambda _: f"/portal/server/{guild_id}/billing",
+        "Auto-recharge saved.",
+        refresh_guilds=True,
     )

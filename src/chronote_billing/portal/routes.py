@@ -25,12 +25,14 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.staticfiles import StaticFiles
 
 from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.catalog.service import load_catalog
 from chronote_billing.container import Container
 from chronote_billing.core.errors import BillingError, NotFound, ValidationFailed
 from chronote_billing.orgs.models import ROLES
 
 from . import auth, forms, presenters, views
 from .auth import SignedIn, check_csrf, container_of, csrf_token, current_user, demo_available
+from .extra_parts import auto_recharge_request
 from .presenters import FILTERS
 
 HERE = Path(__file__).resolve().parent
@@ -554,15 +556,9 @@ async def org_alerts(request: Request, org_id: str) -> Response:
 async def org_auto_recharge(request: Request, org_id: str) -> Response:
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
         _, account = views.org_account(c, s, user, org_id)
-        threshold = form.whole("threshold_credits", "Recharge threshold")
-        assert threshold is not None
+        request_ = auto_recharge_request(form, load_catalog().currency)
         return c.notifications.set_auto_recharge(
-            s,
-            account_id=account.id,
-            enabled=form.checked("enabled"),
-            threshold_credits=threshold,
-            pack_id=form.text("pack", "Credit pack"),
-            idempotency_key=form.key(),
+            s, account_id=account.id, idempotency_key=form.key(), **request_
         )
 
     return await act(request, "org.auto_recharge", work, lambda _: org_url(org_id), "Auto-recharge saved.")

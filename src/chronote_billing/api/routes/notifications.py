@@ -36,6 +36,13 @@ class AutoRechargeUpdate(StrictModel):
         description="Whole credits; the pack is bought when the available balance falls below it."
     )
     pack_id: str = Field(description="A credit pack of the catalog, e.g. credits_5000.", max_length=40)
+    monthly_limit_count: int | None = Field(
+        default=None, description="At most this many purchases a calendar month (UTC); at least 1."
+    )
+    monthly_limit_amount: int | None = Field(
+        default=None,
+        description="At most this much money a calendar month, in the currency's minor unit; at least one pack.",
+    )
 
 
 @router.get(
@@ -84,7 +91,7 @@ def put_alert_settings(
 @router.get(
     "/accounts/{account_id}/auto-recharge",
     response_model=AutoRechargeView,
-    summary="Auto-recharge settings (organizations)",
+    summary="Auto-recharge settings and this month's purchases",
 )
 def get_auto_recharge(account_id: str, container: ContainerDep, principal: PrincipalDep) -> AutoRechargeView:
     principal.require_scope("accounts:read")
@@ -99,10 +106,11 @@ def get_auto_recharge(account_id: str, container: ContainerDep, principal: Princ
 @router.put(
     "/accounts/{account_id}/auto-recharge",
     response_model=AutoRechargeView,
-    summary="Turn auto-recharge on or off (organizations)",
+    summary="Turn auto-recharge on or off, with a monthly limit",
     description="When the available balance falls below the threshold, the chosen pack is bought "
-    "off-session with the organization's saved card, at most once per crossing. Credits arrive "
-    "when Stripe confirms the payment.",
+    "off-session with the account's saved card, at most once per crossing and never beyond the monthly "
+    "limit (a number of purchases and/or an amount; one is required to turn it on). Credits arrive "
+    "when Stripe confirms the payment. A declined card turns it off until it is saved again.",
 )
 def put_auto_recharge(
     account_id: str,
@@ -122,6 +130,8 @@ def put_auto_recharge(
             threshold_credits=body.threshold_credits,
             pack_id=body.pack_id,
             idempotency_key=key,
+            monthly_limit_count=body.monthly_limit_count,
+            monthly_limit_amount=body.monthly_limit_amount,
         )
 
     return container.db.write(work)

@@ -1,4 +1,4 @@
-"""billing extras: trials (0044)
+"""billing extras: trials (0044), bounded auto-recharge (0045)
 
 Revision ID: 0011
 Revises: 0007
@@ -48,8 +48,58 @@ def upgrade() -> None:
         op.f("ix_plan_trials_checkout_session_id"), "plan_trials", ["checkout_session_id"], unique=False
     )
 
+    with op.batch_alter_table("notification_settings") as batch:
+        batch.add_column(sa.Column("auto_recharge_limit_count", sa.Integer(), nullable=True))
+        batch.add_column(
+            sa.Column(
+                "auto_recharge_limit_amount",
+                sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"),
+                nullable=True,
+            )
+        )
+        batch.add_column(sa.Column("auto_recharge_stopped_reason", sa.String(length=32), nullable=True))
+        batch.add_column(
+            sa.Column(
+                "auto_recharge_stopped_at", chronote_billing.core.db.UTCDateTime(timezone=True), nullable=True
+            )
+        )
+    op.create_table(
+        "auto_recharge_purchases",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("account_id", sa.String(length=40), nullable=False),
+        sa.Column("month", sa.String(length=7), nullable=False),
+        sa.Column("pack_id", sa.String(length=40), nullable=False),
+        sa.Column("amount", sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("status", sa.String(length=10), nullable=False),
+        sa.Column("created_at", chronote_billing.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("settled_at", chronote_billing.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "status in ('started', 'succeeded', 'failed')", name=op.f("ck_auto_recharge_purchases_status")
+        ),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["billing_accounts.id"],
+            name=op.f("fk_auto_recharge_purchases_account_id_billing_accounts"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_auto_recharge_purchases")),
+    )
+    op.create_index(
+        "ix_auto_recharge_purchases_account_month",
+        "auto_recharge_purchases",
+        ["account_id", "month"],
+        unique=False,
+    )
+
 
 def downgrade() -> None:
+    op.drop_index("ix_auto_recharge_purchases_account_month", table_name="auto_recharge_purchases")
+    op.drop_table("auto_recharge_purchases")
+    with op.batch_alter_table("notification_settings") as batch:
+        batch.drop_column("auto_recharge_stopped_at")
+        batch.drop_column("auto_recharge_stopped_reason")
+        batch.drop_column("auto_recharge_limit_amount")
+        batch.drop_column("auto_recharge_limit_count")
     op.drop_index(op.f("ix_plan_trials_checkout_session_id"), table_name="plan_trials")
     op.drop_index(op.f("ix_plan_trials_account_id"), table_name="plan_trials")
     op.drop_table("plan_trials")
