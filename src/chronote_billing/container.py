@@ -13,6 +13,7 @@ from chronote_billing.core.db import Database, get_database
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.notifications.service import NotificationService
 from chronote_billing.orgs.service import OrgService
+from chronote_billing.runway.service import RunwayService
 from chronote_billing.stripe_sync.service import BillingService
 from chronote_billing.usage.service import UsageService
 
@@ -50,3 +51,7 @@ class Container:
     @cached_property
     def notifications(self) -> NotificationService:
         return NotificationService(self.clock, self.ledger)
+
+    @cached_property
+    def runway(self) -> RunwayService:
+        return RunwayService(self.clock, self.ledger)

@@ -10,7 +10,16 @@ from sqlalchemy import text
 
 from chronote_billing import __version__
 from chronote_billing.api import problems
-from chronote_billing.api.routes import billing, ledger, notifications, orgs, receipts, usage, webhooks
+from chronote_billing.api.routes import (
+    billing,
+    ledger,
+    notifications,
+    orgs,
+    receipts,
+    runway,
+    usage,
+    webhooks,
+)
 from chronote_billing.container import Container
 from chronote_billing.portal import routes as portal_routes
 
@@ -47,7 +56,7 @@ def create_app(container: Container | None = None) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse("/portal")
 
-    for module in (ledger, usage, orgs, billing, receipts, webhooks, notifications):
+    for module in (ledger, usage, orgs, billing, receipts, runway, webhooks, notifications):
         app.include_router(module.router)
     portal_routes.install(app)
     return app

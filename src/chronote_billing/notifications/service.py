@@ -222,6 +222,7 @@ class NotificationService:
                             "threshold_credits": _credits(low),
                             "threshold_millicredits": low,
                             "crossing": crossing,
+                            "runway": self._runway(session, account_id),
                         },
                         dedupe_key=f"wallet.balance_low:{account_id}:{crossing}",
                     )
@@ -234,6 +235,18 @@ class NotificationService:
                     self._start_auto_recharge(session, settings, recharge_at, available, crossing)
             else:
                 self._rearm(session, account_id, "auto_recharge", now)
+
+    def _runway(self, session: Session, account_id: str) -> dict[str, Any]:
+        """When the credits run out at the last 14 days' pace (decision 0046), for the alert."""
+        from chronote_billing.runway.service import RunwayService
+
+        view = RunwayService(self.clock, self.ledger).runway(session, session.get(BillingAccount, account_id))  # type: ignore[arg-type]
+        return {
+            "runs_out_at": view.runs_out_at,
+            "daily_rate_millicredits": view.daily_rate,
+            "cold_start": view.cold_start,
+            "sentence": view.sentence,
+        }
 
     def _start_auto_recharge(
         self,

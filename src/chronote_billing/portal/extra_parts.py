@@ -18,6 +18,7 @@ from chronote_billing.stripe_sync.trials import trial_offer, trial_view
 from chronote_billing.stripe_sync.webhooks import ENDED_STATUSES
 
 from .forms import Form
+from .presenters import bar_chart
 
 
 def trial_part(c: Container, session: Session, account: BillingAccount) -> dict[str, Any]:
@@ -63,5 +64,16 @@ def auto_recharge_request(form: Form, currency: str) -> dict[str, Any]:
     }
 
 
+def runway_part(c: Container, session: Session, account: BillingAccount) -> dict[str, Any]:
+    """The runway sentence and the chart of the last 14 days' spending (decision 0046)."""
+    view = c.runway.runway(session, account)
+    points = [(f"{d.day:%m-%d}", d.spent) for d in view.daily]
+    return {"runway": view, "runway_chart": bar_chart(points) if view.spent_in_window else None}
+
+
 def page_extras(c: Container, session: Session, account: BillingAccount) -> dict[str, Any]:
-    return {**trial_part(c, session, account), **auto_recharge_part(c, session, account)}
+    return {
+        **trial_part(c, session, account),
+        **auto_recharge_part(c, session, account),
+        **runway_part(c, session, account),
+    }
