@@ -15,6 +15,7 @@ from chronote_billing.api.routes import (
     ledger,
     notifications,
     orgs,
+    people,
     receipts,
     runway,
     usage,
@@ -56,7 +57,7 @@ def create_app(container: Container | None = None) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse("/portal")
 
-    for module in (ledger, usage, orgs, billing, receipts, runway, webhooks, notifications):
+    for module in (ledger, usage, orgs, billing, receipts, runway, people, webhooks, notifications):
         app.include_router(module.router)
     portal_routes.install(app)
     return app

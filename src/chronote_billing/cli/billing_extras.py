@@ -1,13 +1,15 @@
-"""Operator commands of the billing extras: auto-recharge settings (0045)."""
+"""Operator commands of the billing extras: auto-recharge settings (0045), erasing a person (0047)."""
 
 from __future__ import annotations
 
+import getpass
 from typing import Annotated
 
 import typer
 
 from chronote_billing.cli.ledger import resolve_account
 from chronote_billing.cli.output import console, container, handle_errors
+from chronote_billing.people.erasure import erase
 
 
 def register(app: typer.Typer) -> None:
@@ -59,4 +61,31 @@ def register(app: typer.Typer) -> None:
             f"auto-recharge on for {view.account_id}: buys {view.pack_id} below {view.threshold_credits} credits, "
             f"at most {' and '.join(limits)} a month",
             highlight=False,
+        )
+
+    @app.command("erase-person")
+    @handle_errors
+    def erase_person(
+        user_id: Annotated[str, typer.Argument(help="The person's Discord user id.")],
+        reason: Annotated[str, typer.Option(help="Why (kept in the erasure's audit entry).")] = "",
+        yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    ) -> None:
+        """Erase a person: their id and name become a pseudonym everywhere; amounts stay."""
+        c = container()
+        if not yes:
+            typer.confirm(f"Erase Discord user {user_id}? This cannot be undone", abort=True)
+        view = erase(
+            c.db,
+            c.clock,
+            user_id,
+            forget_customer=c.billing.forget_customer,
+            reason=reason,
+            requested_by=getpass.getuser() or "operator",
+        )
+        tables = ", ".join(f"{name} {count}" for name, count in sorted(view.rows_changed.items()))
+        console.print(
+            f"erased as {view.pseudonym} ({view.id}): rows changed: {tables or 'none'}"
+            + ("; Stripe customer updated" if view.stripe_customer_updated else ""),
+            highlight=False,
+            soft_wrap=True,
         )

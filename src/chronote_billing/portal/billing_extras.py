@@ -1,5 +1,5 @@
 """Portal pages and forms of the billing extras, beside the billing pages: invoices and receipts
-(0043), auto-recharge for people and servers (0045).
+(0043), auto-recharge for people and servers (0045), a person's own data (0047).
 
 Each page resolves the account it is for with the same access rules as the billing page
 (personal owner, Manage Server, organization owner or billing admin) in one transaction, then
@@ -19,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.catalog.service import load_catalog
 from chronote_billing.container import Container
-from chronote_billing.core.errors import BillingError, ExternalServiceError
+from chronote_billing.core.errors import BillingError, ExternalServiceError, NotFound
+from chronote_billing.people.export import collect, to_csv, to_json
 
 from . import views
 from .auth import SignedIn, container_of, current_user
@@ -132,4 +133,28 @@ async def server_auto_recharge(request: Request, guild_id: str) -> Response:
         lambda _: f"/portal/server/{guild_id}/billing",
         "Auto-recharge saved.",
         refresh_guilds=True,
+    )
+
+
+# ---------------------------------------------------------------------------- a person's data (0047)
+
+
+@router.get("/personal/data/export.{kind}")
+def personal_export(request: Request, kind: str) -> Response:
+    """The signed-in person's own data; nobody else's can be asked for here."""
+    user = current_user(request)
+    if user is None:
+        return login_redirect(request)
+    if kind not in ("json", "csv"):
+        return error_page(request, user, NotFound(f"There is no export as '{kind}'; use json or csv."))
+    c = container_of(request)
+    try:
+        document = c.db.read(lambda s: collect(s, c.clock, c.ledger, user.user_id))
+    except BillingError as exc:
+        return error_page(request, user, exc)
+    name = f"chronote-billing-{user.user_id}.{kind}"
+    return Response(
+        to_csv(document) if kind == "csv" else to_json(document),
+        media_type="text/csv; charset=utf-8" if kind == "csv" else "application/json",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )

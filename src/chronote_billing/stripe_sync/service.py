@@ -641,6 +641,23 @@ class BillingService:
         data = list_documents(self.client, customer) if customer else []
         return BillingDocumentList(account_id=account_id, data=data)
 
+    # ------------------------------------------------------------------ erasure (0047)
+
+    def forget_customer(self, customer_id: str, pseudonym: str, erasure_id: str) -> None:
+        """Replace what we set on an erased person's customer: their Discord id and name."""
+        call(
+            "remove our details from the customer",
+            lambda: self.client.v1.customers.update(
+                customer_id,
+                params={
+                    "name": pseudonym,
+                    "description": "Chronote personal billing account (erased)",
+                    "metadata": {"discord_user_id": "", "chronote_erased": pseudonym},
+                },
+                options={"idempotency_key": stripe_key("erase", erasure_id)},
+            ),
+        )
+
     # ------------------------------------------------------------------ customer portal
 
     def open_customer_portal(

@@ -108,6 +108,20 @@ def _meta(obj: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in (obj.get("metadata") or {}).items()}
 
 
+_CUSTOMER_OWN_EVENTS = ("customer.created", "customer.updated", "customer.deleted")
+
+
+def stored_payload(event: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of an event. A customer's earlier values (`previous_attributes`) are never
+    used, and after an erasure they would bring the erased name back (decision 0047)."""
+    if event.get("type") not in _CUSTOMER_OWN_EVENTS or "previous_attributes" not in (
+        event.get("data") or {}
+    ):
+        return event
+    data = {k: v for k, v in event["data"].items() if k != "previous_attributes"}
+    return {**event, "data": data}
+
+
 def verify_event(payload: bytes, sig_header: str | None, secret: str) -> dict[str, Any]:
     """Verify Stripe's signature (older than 5 minutes is refused) and parse the event."""
     try:
@@ -267,7 +281,7 @@ class WebhookProcessor:
             account_id=None,
             outcome="received",
             note="",
-            payload=event,
+            payload=stored_payload(event),
             received_at=self.clock.now(),
         )
         session.add(row)

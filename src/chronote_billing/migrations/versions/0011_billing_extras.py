@@ -1,4 +1,4 @@
-"""billing extras: trials (0044), bounded auto-recharge (0045)
+"""billing extras: trials (0044), bounded auto-recharge (0045), erasures of people (0047)
 
 Revision ID: 0011
 Revises: 0007
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 import chronote_billing.core.db
 
@@ -91,8 +92,22 @@ def upgrade() -> None:
         unique=False,
     )
 
+    op.create_table(
+        "person_erasures",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("pseudonym", sa.String(length=32), nullable=False),
+        sa.Column("erased_at", chronote_billing.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("requested_by", sa.String(length=100), nullable=False),
+        sa.Column("rows_changed", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
+        sa.Column("stripe_customer_updated", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_person_erasures")),
+        sa.UniqueConstraint("pseudonym", name=op.f("uq_person_erasures_pseudonym")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("person_erasures")
     op.drop_index("ix_auto_recharge_purchases_account_month", table_name="auto_recharge_purchases")
     op.drop_table("auto_recharge_purchases")
     with op.batch_alter_table("notification_settings") as batch:
