@@ -203,3 +203,27 @@ def test_the_portal_offers_the_trial_once_and_says_when_it_ends(billing: Billing
     page = text_of(buyer.get("/portal/personal/billing"))
     assert "Trial, ends on" in page and "goes back to Personal Free" in page
     assert "Start the 7-day" not in page
+    # A second trial asked for by hand gets a readable refusal, not a checkout.
+    billing.harness.send_webhooks_to(
+        lambda body, h: client.post("/webhooks/stripe", content=body, headers=h).status_code
+    )
+    subscription = container.billing.get_subscription(
+        Principal(kind="person", user_id=buyer.user_id),
+        db_account(billing, buyer.user_id),
+    ).subscription_id
+    billing.service.client.v1.subscriptions.cancel(subscription)
+    billing.harness.wait_for_webhooks()
+    again = buyer.submit(
+        "/portal/personal/billing/plan",
+        {"plan": "personal_pro", "interval": "month", "trial": "1"},
+        tokens=buyer.tokens("/portal/personal/billing/plan", buyer.get("/portal/personal/billing")),
+    )
+    assert (
+        again.status_code == 409
+        and "already had a free trial" in again.text
+        and "Traceback" not in again.text
+    )
+
+
+def db_account(billing: Billing, user_id: str) -> str:
+    return billing.db.read(lambda s: billing.container.accounts.find(s, "personal", user_id).id)

@@ -8,6 +8,11 @@ Stripe is being called:
 2. call Stripe with an idempotency key derived from our ids and the caller's key, so a retry
    gets Stripe's first answer;
 3. write the result, and the idempotency record, in a new transaction.
+
+It is longer than our modules usually are because every purchase operation an account can
+start lives on one service object, each in those three steps; what they share but is not a step
+of its own lives beside it: coupons (`promotions`), trials (`trials`), taxed pack invoices
+(`pack_invoices`), invoices and receipts (`receipts`).
 """
 
 from __future__ import annotations
