@@ -79,14 +79,19 @@ class RunwayService:
         )
 
     def _spent_by_day(self, session: Session, wallet_id: str, since: datetime) -> dict[date, int]:
+        """Summed per UTC day by the database: 14 rows back, however busy the wallet."""
+        if session.get_bind().dialect.name == "postgresql":
+            day = func.date(func.timezone("UTC", Transfer.created_at))
+        else:
+            day = func.date(Transfer.created_at)  # stored as UTC text
         rows = session.execute(
-            select(Transfer.created_at, Transfer.amount).where(
-                *self._consumption(wallet_id), Transfer.created_at >= since
-            )
+            select(day, func.sum(Transfer.amount))
+            .where(*self._consumption(wallet_id), Transfer.created_at >= since)
+            .group_by(day)
         )
         out: dict[date, int] = defaultdict(int)
-        for created_at, amount in rows:
-            out[as_utc(created_at).date()] += int(amount)
+        for key, amount in rows:
+            out[key if isinstance(key, date) else date.fromisoformat(str(key))] += int(amount or 0)
         return out
 
     def _first_spend(self, session: Session, wallet_id: str) -> datetime | None:
