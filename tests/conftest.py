@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from chronote_billing.access.service import Principal
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.config import normalize_database_url
 from chronote_billing.core import migrate
@@ -31,6 +32,10 @@ REQUIRE_POSTGRES = os.environ.get("CHRONOTE_REQUIRE_POSTGRES") == "1"
 
 # Two checkouts testing against one PostgreSQL server at once must not drop each other's databases.
 CHECKOUT_TAG = hashlib.sha1(str(Path(__file__).resolve().parent).encode()).hexdigest()[:6]
+
+
+# A principal allowed everywhere, for tests of rules other than access (which have their own).
+OPERATOR = Principal(kind="service", scopes=frozenset({"operator"}))
 
 
 def _worker() -> str:

@@ -27,7 +27,7 @@ from chronote_billing.people.models import Person, PersonErasure
 from chronote_billing.stripe_local.server import TEST_SECRET_KEY
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
-from conftest import create_database, snowflake
+from conftest import OPERATOR, create_database, snowflake
 from test_billing_api import headers, key
 from test_billing_e2e import Billing
 from test_portal_auth import discord_sign_in
@@ -79,7 +79,7 @@ def a_life(billing: Billing) -> dict[str, str]:
     billing.harness.wait_for_webhooks()
     personal = UsageRequest(context="personal", capture_source="desktop", user_id=user, requested_minutes=10)
     rec = c.db.write(lambda s: c.usage.start_recording(s, personal, k()))
-    c.db.write(lambda s: c.usage.finish_recording(s, rec.id, {"mic": 300}, k()))
+    c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec.id, {"mic": 300}, k()))
     org = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner, name="Acme", idempotency_key=k()))
     c.db.write(
         lambda s: c.ledger.issue_grant(
@@ -124,7 +124,7 @@ def a_life(billing: Billing) -> dict[str, str]:
         meeting_id=k(),
     )
     meeting = c.db.write(lambda s: c.usage.start_recording(s, server, k()))
-    c.db.write(lambda s: c.usage.finish_recording(s, meeting.id, {"voice": 120}, k()))
+    c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, meeting.id, {"voice": 120}, k()))
     too_long = UsageRequest(
         context="personal",
         capture_source="desktop",

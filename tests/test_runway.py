@@ -16,7 +16,7 @@ from chronote_billing.notifications.service import NotificationService
 from chronote_billing.runway import projection
 from chronote_billing.runway.projection import Lot
 from chronote_billing.usage.schemas import UsageRequest
-from conftest import snowflake
+from conftest import OPERATOR, snowflake
 from test_notifications_api import auth, keys
 from test_portal_pages import discord, person, text_of
 
@@ -106,12 +106,14 @@ def test_an_accounts_runway_from_its_ledger_over_the_api(c, clock, make_account,
         )
     )
     client = TestClient(create_app(c))
+    guild = c.db.read(lambda s: c.accounts.get(s, account_id).owner_ref)
     reader = keys("accounts:read")
-    cold = client.get(f"/v1/accounts/{account_id}/runway", headers=auth(reader)).json()
+    manager = auth(reader, snowflake(), **{"Chronote-Manage-Guilds": guild})
+    cold = client.get(f"/v1/accounts/{account_id}/runway", headers=manager).json()
     assert cold["cold_start"] and cold["runs_out_at"] is None and cold["sentence"].startswith("Not enough")
 
     spend_daily(c, clock, account_id, 20, 10)  # 10 credits a day for 20 days: 300 left
-    body = client.get(f"/v1/accounts/{account_id}/runway", headers=auth(reader)).json()
+    body = client.get(f"/v1/accounts/{account_id}/runway", headers=manager).json()
     # 130 credits over 13 days and a half: a little under 10 a day, in whole millicredits.
     assert (body["status"], body["daily_rate"], body["spent_in_window"]) == ("spending", 9_629, 130_000)
     assert body["available"] == 300_000
@@ -120,18 +122,13 @@ def test_an_accounts_runway_from_its_ledger_over_the_api(c, clock, make_account,
     assert runs_out > c.clock.now() and body["renews_at"]
     assert "credits a day" in body["sentence"]
 
-    guild = c.db.read(lambda s: c.accounts.get(s, account_id).owner_ref)
-    writer = keys("accounts:read")
-    assert (
-        client.get(f"/v1/accounts/{account_id}/runway", headers=auth(writer, snowflake())).status_code == 403
-    )
-    manager = auth(writer, snowflake(), **{"Chronote-Manage-Guilds": guild})
-    assert client.get(f"/v1/accounts/{account_id}/runway", headers=manager).status_code == 200
-    assert client.get(f"/v1/accounts/{account_id}/runway").status_code == 401
-    assert (
-        client.get(f"/v1/accounts/{account_id}/runway", headers=auth(keys("holds:write"))).status_code == 403
-    )
-    assert client.get("/v1/accounts/acct_nope/runway", headers=auth(reader)).status_code == 404
+    url = f"/v1/accounts/{account_id}/runway"
+    assert client.get(url, headers=auth(reader, snowflake())).status_code == 403  # another user
+    assert client.get(url, headers=auth(reader)).status_code == 403  # for nobody
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers=auth(keys("holds:write"))).status_code == 403
+    assert client.get(url, headers=auth(keys("operator"))).status_code == 200
+    assert client.get("/v1/accounts/acct_nope/runway", headers=manager).status_code == 404
 
 
 def test_an_organization_sees_when_each_authorization_reaches_its_cap(c, clock) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +172,7 @@ def test_an_organization_sees_when_each_authorization_reaches_its_cap(c, clock) 
             funding_source=grant.id,
         )
         rec = c.db.write(lambda s, r=req: c.usage.start_recording(s, r, k()))
-        c.db.write(lambda s, r=rec: c.usage.finish_recording(s, r.id, {"mic": 20 * 60}, k()))
+        c.db.write(lambda s, r=rec: c.usage.finish_recording(s, OPERATOR, r.id, {"mic": 20 * 60}, k()))
         clock.advance(DAY)
     view = c.db.read(lambda s: c.runway.runway(s, c.accounts.get(s, org.billing_account_id)))
     (outlook,) = view.authorizations

@@ -1,7 +1,7 @@
 """billing extras: trials (0044), bounded auto-recharge (0045), erasures of people (0047)
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 import chronote_billing.core.db
 
 revision = "0011"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
