@@ -209,6 +209,7 @@ def matrix(w: World) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("POST", f"/v1/recordings/{w.finished}/finish", {"seconds_by_source": {"web": 3000}}),
         ("POST", f"/v1/meetings/{w.meeting}/shares", {"guild_id": snowflake()}),
         ("GET", f"/v1/meetings/{w.meeting}/attribution", None),
+        ("GET", f"/v1/people/{w.ada}/export", None),
     ]
     for account in (w.personal, w.server, w.org_account):
         rows += [
@@ -229,10 +230,17 @@ def matrix(w: World) -> list[tuple[str, str, dict[str, Any] | None]]:
             (
                 "PUT",
                 f"/v1/accounts/{account}/auto-recharge",
-                {"enabled": True, "threshold_credits": 10, "pack_id": "credits_1000"},
+                {
+                    "enabled": True,
+                    "threshold_credits": 10,
+                    "pack_id": "credits_1000",
+                    "monthly_limit_count": 1,
+                },
             ),
             ("GET", f"/v1/accounts/{account}/usage", None),
             ("GET", f"/v1/accounts/{account}/usage.csv", None),
+            ("GET", f"/v1/accounts/{account}/invoices", None),
+            ("GET", f"/v1/accounts/{account}/runway", None),
         ]
     return rows
 

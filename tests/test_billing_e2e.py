@@ -134,7 +134,8 @@ def test_catalog_sync_is_idempotent_and_archives_replaced_prices(billing: Billin
     client = billing.service.client
     again = sync_catalog(client)
     assert not again.changed, again.actions
-    assert again.count("unchanged") == 3 + 9 + 1  # products, prices, the customer portal configuration
+    # products, prices, coupons, promotion codes, the customer portal configuration
+    assert again.count("unchanged") == 3 + 9 + 2 + 2 + 1
 
     catalog = load_catalog()
     pro = catalog.plans["personal_pro"]
@@ -467,7 +468,7 @@ def test_cli_catalog_sync_and_subscription(billing: Billing) -> None:
         runner = CliRunner()
         synced = runner.invoke(app, ["catalog", "sync"])
         assert synced.exit_code == 0, synced.output
-        assert "0 created, 0 updated, 0 archived, 13 unchanged" in synced.output
+        assert "0 created, 0 updated, 0 archived, 17 unchanged" in synced.output
         shown = runner.invoke(app, ["subscription", account_id])
         assert shown.exit_code == 0 and "personal_pro (paid)" in shown.output
         missing = runner.invoke(app, ["subscription", "acct_nope"])

@@ -157,6 +157,7 @@ def world(scratch_db: Database, stripe_local: Any) -> Iterator[World]:
             "authorization_id": auth.id,
             "hold_id": hold.id,
             "session_id": "cs_test_" + secrets.token_hex(12),  # a Checkout Session nobody made
+            "kind": "json",  # the format of a person's data export
         }
 
     ids = db.write(seed)

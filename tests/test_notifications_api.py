@@ -144,7 +144,7 @@ def test_auto_recharge_endpoints(client, keys, db, accounts, make_account):
     org = make_account("organization")
     operator = keys("operator")
     url = f"/v1/accounts/{org}/auto-recharge"
-    body = {"enabled": True, "threshold_credits": 500, "pack_id": "credits_5000"}
+    body = {"enabled": True, "threshold_credits": 500, "pack_id": "credits_5000", "monthly_limit_count": 2}
 
     assert client.get(url, headers=auth(operator)).json()["enabled"] is False
     unknown = assert_problem(
@@ -170,6 +170,13 @@ def test_auto_recharge_endpoints(client, keys, db, accounts, make_account):
         "enabled": True,
         "threshold_credits": 500,
         "pack_id": "credits_5000",
+        "monthly_limit_count": 2,
+        "monthly_limit_amount": None,
+        "currency": "usd",
+        "purchases_this_month": 0,
+        "amount_this_month": 0,
+        "stopped_reason": None,
+        "stopped_at": None,
         "armed": True,
         "recharges_started": 0,
         "last_started_at": None,
@@ -177,18 +184,25 @@ def test_auto_recharge_endpoints(client, keys, db, accounts, make_account):
     }
     assert client.get(url, headers=auth(operator)).json() == ok.json()
 
+    # Every payer may turn it on (decision 0045), for its own account only.
     personal = make_account()
     user = owner_of(db, accounts, personal)
-    refused = assert_problem(
-        client.put(
-            f"/v1/accounts/{personal}/auto-recharge",
-            json=body,
-            headers=auth(keys("billing:write"), user, **{"Idempotency-Key": "p"}),
-        ),
-        422,
-        "auto_recharge_organizations_only",
+    writer = keys("billing:write")
+    mine = client.put(
+        f"/v1/accounts/{personal}/auto-recharge",
+        json=body,
+        headers=auth(writer, user, **{"Idempotency-Key": "p"}),
     )
-    assert refused["account_kind"] == "personal"
+    assert mine.status_code == 200 and mine.json()["enabled"] is True
+    assert_problem(
+        client.put(
+            f"/v1/accounts/{org}/auto-recharge",
+            json=body,
+            headers=auth(writer, user, **{"Idempotency-Key": "q"}),
+        ),
+        403,
+        "permission_denied",
+    )
 
 
 def test_outbox_listing_is_for_operators(client, keys, db, clock, make_account):

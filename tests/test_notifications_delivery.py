@@ -257,6 +257,7 @@ def test_auto_recharge_job_turned_off_before_purchase(db, clock, ledger, make_ac
             threshold_credits=50,
             pack_id="credits_1000",
             idempotency_key="on",
+            monthly_limit_count=3,
         )
     )
     db.write(lambda s: notifications.after_balance_change(s, org))
@@ -314,6 +315,7 @@ def start_recharge(db, ledger, notifications: NotificationService, org: str) -> 
             threshold_credits=50,
             pack_id="credits_1000",
             idempotency_key="on",
+            monthly_limit_count=3,
         )
     )
     db.write(lambda s: notifications.after_balance_change(s, org))

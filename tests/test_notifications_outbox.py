@@ -11,7 +11,6 @@ from chronote_billing.core.errors import IdempotencyConflict, NotFound
 from chronote_billing.notifications.models import OutboxEntry
 from chronote_billing.notifications.service import (
     JOB_AUTO_RECHARGE,
-    AutoRechargeOrganizationsOnly,
     InvalidThreshold,
     NotificationService,
     UnknownPack,
@@ -205,7 +204,7 @@ def test_alert_settings_are_idempotent_and_validated(db, notifications, make_acc
     assert db.read(lambda s: notifications.get_settings(s, acct)).alerts.low_balance_threshold_credits == 25
 
 
-def enable_auto_recharge(db, notifications, acct, threshold=50, pack="credits_1000", key="ar-1"):
+def enable_auto_recharge(db, notifications, acct, threshold=50, pack="credits_1000", key="ar-1", limit=5):
     return db.write(
         lambda s: notifications.set_auto_recharge(
             s,
@@ -214,6 +213,7 @@ def enable_auto_recharge(db, notifications, acct, threshold=50, pack="credits_10
             threshold_credits=threshold,
             pack_id=pack,
             idempotency_key=key,
+            monthly_limit_count=limit,
         )
     )
 
@@ -298,10 +298,8 @@ def test_auto_recharge_rolled_back_with_the_spend(db, ledger, notifications, mak
 
 def test_auto_recharge_settings_rules(db, notifications, make_account):
     personal, server, org = make_account(), make_account("server"), make_account("organization")
-    for acct in (personal, server):
-        with pytest.raises(AutoRechargeOrganizationsOnly) as exc:
-            enable_auto_recharge(db, notifications, acct)
-        assert exc.value.code == "auto_recharge_organizations_only"
+    for acct in (personal, server):  # every payer may use auto-recharge (decision 0045)
+        assert enable_auto_recharge(db, notifications, acct, key=f"on-{acct}").enabled
     with pytest.raises(UnknownPack) as unknown:
         enable_auto_recharge(db, notifications, org, pack="credits_7")
     assert unknown.value.code == "unknown_pack"
@@ -313,7 +311,7 @@ def test_auto_recharge_settings_rules(db, notifications, make_account):
         enable_auto_recharge(db, notifications, org, threshold=51, key="same")
     settings = db.read(lambda s: notifications.get_settings(s, org))
     assert settings.auto_recharge.threshold_credits == 50
-    assert db.read(lambda s: notifications.get_settings(s, personal)).auto_recharge.enabled is False
+    assert db.read(lambda s: notifications.get_settings(s, make_account())).auto_recharge.enabled is False
 
 
 @pytest.mark.postgres

@@ -465,7 +465,7 @@ def test_alerts_and_auto_recharge_settings_are_saved_for_the_organization(
     # Without a saved card auto-recharge cannot be switched on, and the form says why, by the box.
     refused = owner.submit(
         f"/portal/org/{org_id}/billing/auto-recharge",
-        {"enabled": "1", "threshold_credits": "500", "pack": "credits_5000"},
+        {"enabled": "1", "threshold_credits": "500", "pack": "credits_5000", "monthly_limit_count": "2"},
     )
     assert refused.status_code == 422 and refused.headers["X-Error-Field"] == "enabled"
     assert "needs a card saved with Stripe for Settings Org" in refused.text
@@ -481,11 +481,12 @@ def test_alerts_and_auto_recharge_settings_are_saved_for_the_organization(
             threshold_credits=500,
             pack_id="credits_5000",
             idempotency_key="with-card",
+            monthly_limit_count=2,
         )
     )
     page = text_of(owner.get(f"/portal/org/{org_id}/billing"))
     assert "Alert when fewer than 200 credits are available" in page
-    assert "Buys 5,000 credits with the saved card when fewer than 500 credits are available" in page
+    assert "Buys 5,000 credits when fewer than 500 credits are available, at most 2 times a month" in page
     bad = owner.submit(
         f"/portal/org/{org_id}/billing/auto-recharge", {"threshold_credits": "", "pack": "credits_5000"}
     )

@@ -203,6 +203,19 @@ def world(stripe_local: StripeLocalHarness) -> dict[str, Any]:
     customer = c.v1.customers.create(
         {"email": "shape@example.com", "test_clock": clock.id, "metadata": {"chronote_account_id": "a1"}}
     )
+    coupon = c.v1.coupons.create(
+        {"percent_off": 25.5, "duration": "repeating", "duration_in_months": 3, "name": "Launch"}
+    )
+    c.v1.coupons.create({"id": "TENOFF", "amount_off": 1000, "currency": "usd", "duration": "once"})
+    gone = c.v1.coupons.create({"percent_off": 5, "applies_to": {"products": [product.id]}})
+    promo = c.v1.promotion_codes.create(
+        {
+            "promotion": {"type": "coupon", "coupon": coupon.id},
+            "code": "SHAPE25",
+            "max_redemptions": 10,
+            "restrictions": {"minimum_amount": 500, "minimum_amount_currency": "usd"},
+        }
+    )
     sub_session = c.v1.checkout.sessions.create(
         {
             "mode": "subscription",
@@ -210,6 +223,10 @@ def world(stripe_local: StripeLocalHarness) -> dict[str, Any]:
             "line_items": [{"price": monthly.id, "quantity": 1}],
             "success_url": "https://example.com/ok",
             "subscription_data": {"metadata": {"chronote_account_id": "a1"}},
+            "discounts": [{"promotion_code": promo.id}],
+            "automatic_tax": {"enabled": True},
+            "tax_id_collection": {"enabled": True},
+            "customer_update": {"address": "auto", "name": "auto"},
         }
     )
     open_session = c.v1.checkout.sessions.create(
@@ -220,7 +237,16 @@ def world(stripe_local: StripeLocalHarness) -> dict[str, Any]:
             "success_url": "https://example.com/ok",
         }
     )
-    assert stripe_local.pay_checkout(sub_session, card=CARD_OK).status_code == 303
+    paid = stripe_local.pay_checkout(
+        sub_session,
+        card=CARD_OK,
+        country="DE",
+        postal_code="10115",
+        business_name="Shape GmbH",
+        tax_id_type="eu_vat",
+        tax_id_value="FR12345678901",
+    )
+    assert paid.status_code == 303, paid.text
     pay_session = c.v1.checkout.sessions.create(
         {
             "mode": "payment",
@@ -228,9 +254,17 @@ def world(stripe_local: StripeLocalHarness) -> dict[str, Any]:
             "line_items": [{"price": pack.id, "quantity": 2}],
             "success_url": "https://example.com/ok",
             "payment_intent_data": {"metadata": {"credits": "1000"}, "setup_future_usage": "off_session"},
+            "allow_promotion_codes": True,
+            "automatic_tax": {"enabled": True},
+            "customer_update": {"address": "auto"},
+            "invoice_creation": {"enabled": True, "invoice_data": {"metadata": {"kind": "pack"}}},
         }
     )
-    assert stripe_local.pay_checkout(pay_session, card=CARD_OK).status_code == 303
+    paid = stripe_local.pay_checkout(pay_session, card=CARD_OK, promotion_code="shape25")
+    assert paid.status_code == 303, paid.text
+    tax_id = c.v1.customers.tax_ids.create(customer.id, {"type": "gb_vat", "value": "GB123456789"})
+    c.v1.customers.tax_ids.delete(customer.id, tax_id.id)
+    c.v1.coupons.delete(gone.id)
     sub_session = c.v1.checkout.sessions.retrieve(sub_session.id)
     pay_session = c.v1.checkout.sessions.retrieve(pay_session.id)
     sub = c.v1.subscriptions.retrieve(sub_session.subscription)
@@ -276,6 +310,10 @@ def world(stripe_local: StripeLocalHarness) -> dict[str, Any]:
         "refund": refund.id,
         "dispute": dispute["id"],
         "manual_invoice": manual.id,
+        "coupons": [coupon.id, "TENOFF"],
+        "deleted_coupon": gone.id,
+        "promotion_code": promo.id,
+        "tax_id": tax_id.id,
         "invoice_item": item.id,
         "portal": portal,
         "portal_configuration": c.v1.billing_portal.configurations.create(
@@ -343,6 +381,27 @@ def test_every_served_resource_has_stripes_shape(
         expanded = get(f"/v1/invoices/{invoice['id']}", expand=["payments"])
         for payment in expanded["payments"]["data"]:
             check(payment)
+    discounted = [i for i in invoices if i["discounts"]]
+    assert discounted and any(i["total_taxes"] for i in invoices)
+    for invoice in discounted:
+        for discount in get(f"/v1/invoices/{invoice['id']}", expand=["discounts"])["discounts"]:
+            check(discount)
+    for coupon in world["coupons"]:
+        check(get(f"/v1/coupons/{coupon}", expand=["applies_to"]))
+    assert_list(get("/v1/coupons"), "coupon")
+    check(get(f"/v1/promotion_codes/{world['promotion_code']}"))
+    assert_list(get("/v1/promotion_codes", code="shape25"), "promotion_code")
+    for rate in get("/v1/tax_rates")["data"]:
+        check(rate)
+    for tax_id in get(f"/v1/customers/{world['customer']}/tax_ids")["data"]:
+        check(tax_id)
+    check(get(f"/v1/subscriptions/{world['subscription']}", expand=["discounts"])["discounts"][0])
+    check(c.raw_request("delete", "/v1/coupons/TENOFF").data, "deleted_coupon")  # type: ignore[arg-type]
+    deleted_id = get(f"/v1/customers/{world['customer']}", expand=["tax_ids"])["tax_ids"]["data"][0]["id"]
+    check(
+        c.raw_request("delete", f"/v1/customers/{world['customer']}/tax_ids/{deleted_id}").data,  # type: ignore[arg-type]
+        "deleted_tax_id",
+    )
     check(get(f"/v1/invoiceitems/{world['invoice_item']}"))
     assert_list(get("/v1/invoiceitems"), "invoiceitem")
     assert_list(get("/v1/invoice_payments"), "invoice_payment")

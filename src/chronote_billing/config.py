@@ -83,6 +83,14 @@ class Settings:
     # Demo mode lets a person pick a demo Discord identity in the portal instead of OAuth;
     # it is on only for `make run` and never when a Discord client id is configured.
     demo_mode: bool = field(default_factory=lambda: os.environ.get("CHRONOTE_DEMO_MODE", "") == "1")
+    # Stripe Tax on every checkout (decision 0043); needs Stripe Tax active in the dashboard.
+    stripe_automatic_tax: bool = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_STRIPE_TAX", "") == "1"
+    )
+    # Organizations and servers buy as businesses: billing address required, tax ID collected.
+    business_tax_ids: bool = field(
+        default_factory=lambda: os.environ.get("CHRONOTE_BUSINESS_TAX_IDS", "") == "1"
+    )
     chronote_webhook_url: str = field(default_factory=lambda: os.environ.get("CHRONOTE_WEBHOOK_URL", ""))
     chronote_webhook_secret: str = field(
         default_factory=lambda: os.environ.get("CHRONOTE_WEBHOOK_SECRET", "whsec_chronote_outbound_local")

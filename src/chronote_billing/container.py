@@ -14,6 +14,7 @@ from chronote_billing.core.db import Database, get_database
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.notifications.service import NotificationService
 from chronote_billing.orgs.service import OrgService
+from chronote_billing.runway.service import RunwayService
 from chronote_billing.stripe_sync.service import BillingService
 from chronote_billing.usage.fast_path import CommittedWrites
 from chronote_billing.usage.service import UsageService
@@ -63,3 +64,7 @@ class Container:
     def usage_writes(self) -> CommittedWrites:
         """The recording path's writes, each a transaction of its own (what the API calls)."""
         return CommittedWrites(self.db, self.usage.recordings, self.usage.events)
+
+    @cached_property
+    def runway(self) -> RunwayService:
+        return RunwayService(self.clock, self.ledger)

@@ -28,7 +28,17 @@ from chronote_billing.api import metrics, problems
 from chronote_billing.api.observe import RequestObserver
 from chronote_billing.api.responses import NOT_READY, declare_common_problems
 from chronote_billing.api.responses import problems as declare
-from chronote_billing.api.routes import billing, ledger, notifications, orgs, usage, webhooks
+from chronote_billing.api.routes import (
+    billing,
+    ledger,
+    notifications,
+    orgs,
+    people,
+    receipts,
+    runway,
+    usage,
+    webhooks,
+)
 from chronote_billing.container import Container
 from chronote_billing.core import migrate
 from chronote_billing.core.logs import configure_logging
@@ -169,7 +179,7 @@ def create_app(container: Container | None = None) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse("/portal")
 
-    for module in (ledger, usage, orgs, billing, webhooks, notifications):
+    for module in (ledger, usage, orgs, billing, receipts, runway, people, webhooks, notifications):
         app.include_router(module.router)
     portal_routes.install(app)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -20,6 +21,7 @@ PERSONAL_SOURCES = ("desktop", "web", "mobile", "quick_capture", "upload")
 SERVER_SOURCES = ("discord_voice",)
 PLAN_SCOPES = ("personal", "server")
 MILLICREDITS_PER_CREDIT = 1000
+COUPON_DURATIONS = ("once", "repeating", "forever")
 
 
 class UnknownPlan(ValidationFailed):
@@ -42,6 +44,19 @@ class PlanPrice:
 
 
 @dataclass(frozen=True)
+class Trial:
+    """A plan's free trial (decision 0044): its length and the credits it brings, which expire
+    when it ends."""
+
+    days: int
+    credits: int
+
+    @property
+    def millicredits(self) -> int:
+        return self.credits * MILLICREDITS_PER_CREDIT
+
+
+@dataclass(frozen=True)
 class Plan:
     id: str
     name: str
@@ -54,6 +69,7 @@ class Plan:
     capture_sources: tuple[str, ...]
     features: dict[str, Any]
     prices: tuple[PlanPrice, ...]
+    trial: Trial | None = None
 
     @property
     def is_free(self) -> bool:
@@ -111,6 +127,37 @@ class RateCard:
 
 
 @dataclass(frozen=True)
+class Coupon:
+    """A discount of the catalog (decision 0042): a whole percentage or an amount in minor units
+    off, `once`, `repeating` for some months or `forever`, limited to some plans and packs
+    (empty: everything), with an optional redemption limit and last day. It lowers the price,
+    never the credits."""
+
+    id: str
+    name: str
+    percent_off: int | None
+    amount_off: int | None
+    currency: str
+    duration: str
+    duration_in_months: int | None
+    applies_to: tuple[str, ...]
+    max_redemptions: int | None
+    redeem_by: datetime | None
+
+
+@dataclass(frozen=True)
+class PromotionCode:
+    """A code people type for a catalog coupon."""
+
+    code: str
+    coupon: str
+    max_redemptions: int | None
+    expires_at: datetime | None
+    first_time_transaction: bool
+    active: bool
+
+
+@dataclass(frozen=True)
 class Catalog:
     version: str
     currency: str
@@ -119,6 +166,20 @@ class Catalog:
     credit_packs: dict[str, CreditPack]
     rate_card: RateCard
     organization: dict[str, Any] = field(default_factory=dict)
+    coupons: dict[str, Coupon] = field(default_factory=dict)
+    promotion_codes: tuple[PromotionCode, ...] = ()
+
+    def product_of(self, item_id: str) -> str:
+        """The Stripe product group of a plan or pack id (personal, server or credits)."""
+        if item_id in self.credit_packs:
+            return "credits"
+        return self.plan(item_id).scope
+
+    def product_items(self, product: str) -> tuple[str, ...]:
+        """What can be bought under a product group: its paid plans, or every pack."""
+        if product == "credits":
+            return tuple(self.credit_packs)
+        return tuple(p.id for p in self.plans.values() if p.scope == product and not p.is_free)
 
     def plan(self, plan_id: str) -> Plan:
         plan = self.plans.get(plan_id)
@@ -185,6 +246,7 @@ def _parse(raw: dict[str, Any]) -> Catalog:
                 PlanPrice(p["id"], pr["interval"], pr["unit_amount"], currency, pr["lookup_key"])
                 for pr in p["prices"]
             ),
+            trial=_trial(p),
         )
     packs = {
         c["id"]: CreditPack(
@@ -198,6 +260,8 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         )
         for c in raw["credit_packs"]
     }
+    coupons = {c["id"]: _coupon(c, currency, set(plans) | set(packs)) for c in raw.get("coupons", [])}
+    codes = tuple(_promotion_code(c, coupons) for c in raw.get("promotion_codes", []))
     return Catalog(
         version=raw["version"],
         currency=currency,
@@ -206,6 +270,69 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         credit_packs=packs,
         rate_card=RateCard(**raw["rate_card"]),
         organization=raw.get("organization", {}),
+        coupons=coupons,
+        promotion_codes=codes,
+    )
+
+
+def _trial(plan: dict[str, Any]) -> Trial | None:
+    raw = plan.get("trial")
+    if raw is None:
+        return None
+    days, credits = raw.get("days"), raw.get("credits")
+    if not (isinstance(days, int) and 1 <= days <= 90 and isinstance(credits, int) and credits >= 0):
+        raise ValueError(f"catalog plan {plan['id']}: a trial is 1-90 days and a whole number of credits")
+    if not plan["prices"]:
+        raise ValueError(f"catalog plan {plan['id']} is free; it has no trial")
+    return Trial(days=days, credits=credits)
+
+
+def _day_end(value: str | None) -> datetime | None:
+    """A catalog date (YYYY-MM-DD) as the end of that UTC day."""
+    if value is None:
+        return None
+    return datetime.combine(date.fromisoformat(value), time(23, 59, 59), tzinfo=UTC)
+
+
+def _coupon(c: dict[str, Any], currency: str, items: set[str]) -> Coupon:
+    percent, amount = c.get("percent_off"), c.get("amount_off")
+    if (percent is None) == (amount is None):
+        raise ValueError(f"catalog coupon {c['id']} needs exactly one of percent_off or amount_off")
+    if percent is not None and not (isinstance(percent, int) and 1 <= percent <= 100):
+        raise ValueError(f"catalog coupon {c['id']}: percent_off is a whole number from 1 to 100")
+    if amount is not None and not (isinstance(amount, int) and amount > 0):
+        raise ValueError(f"catalog coupon {c['id']}: amount_off is a positive amount in minor units")
+    if c["duration"] not in COUPON_DURATIONS or (c["duration"] == "repeating") != bool(
+        c.get("duration_in_months")
+    ):
+        raise ValueError(f"catalog coupon {c['id']}: duration and duration_in_months do not match")
+    unknown = set(c.get("applies_to") or []) - items
+    if unknown:
+        raise ValueError(f"catalog coupon {c['id']} applies to unknown plans or packs: {sorted(unknown)}")
+    return Coupon(
+        id=c["id"],
+        name=c["name"],
+        percent_off=percent,
+        amount_off=amount,
+        currency=currency,
+        duration=c["duration"],
+        duration_in_months=c.get("duration_in_months"),
+        applies_to=tuple(c.get("applies_to") or ()),
+        max_redemptions=c.get("max_redemptions"),
+        redeem_by=_day_end(c.get("redeem_by")),
+    )
+
+
+def _promotion_code(c: dict[str, Any], coupons: dict[str, Coupon]) -> PromotionCode:
+    if c["coupon"] not in coupons:
+        raise ValueError(f"catalog promotion code {c['code']} names unknown coupon {c['coupon']}")
+    return PromotionCode(
+        code=c["code"],
+        coupon=c["coupon"],
+        max_redemptions=c.get("max_redemptions"),
+        expires_at=_day_end(c.get("expires_at")),
+        first_time_transaction=bool(c.get("first_time_transaction", False)),
+        active=bool(c.get("active", True)),
     )
 
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from chronote_billing.cli import apikeys, ledger, notifications, orgs, server, stripe, stripe_local
+from chronote_billing.cli import (
+    apikeys,
+    billing_extras,
+    ledger,
+    notifications,
+    orgs,
+    promotions,
+    server,
+    stripe,
+    stripe_local,
+)
 
 app = typer.Typer(
     help="Chronote Billing: plans, credits and usage authorization. Operator commands.",
@@ -13,7 +23,17 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (server, ledger, apikeys, stripe, orgs, notifications, stripe_local):
+for module in (
+    server,
+    ledger,
+    apikeys,
+    stripe,
+    orgs,
+    notifications,
+    stripe_local,
+    promotions,
+    billing_extras,
+):
     module.register(app)
 
 if __name__ == "__main__":

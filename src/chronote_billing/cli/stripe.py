@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"{report.count('create')} created, {report.count('update')} updated, "
             f"{report.count('archive')} archived, {report.count('unchanged')} unchanged"
+            + (f", {report.count('conflict')} conflict(s)" if report.count("conflict") else "")
             + (" (dry run)" if dry_run else "")
         )
 

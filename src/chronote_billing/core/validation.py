@@ -70,6 +70,7 @@ EventRef = Annotated[str, *_line(128, description="Your event id, at most 128 ch
 OwnerRef = Annotated[str, *_line(64)]  # billing_accounts.owner_ref
 Keyword = Annotated[str, *_line(32)]  # context, capture_source, event_type: checked by the services
 CatalogRef = Annotated[str, *_line(40)]  # plan and pack ids
+PromotionCodeText = Annotated[str, *_line(64)]  # what a person typed; checked against Stripe's codes
 Url = Annotated[str, *_line(2000)]
 GuildList = Annotated[str, *_line(4096, min_length=0)]  # comma-separated Discord ids
 SignatureHeader = Annotated[str, *_line(4096, min_length=0)]  # Stripe-Signature: t=...,v1=...
@@ -180,6 +181,8 @@ IdempotencyKeyText = Annotated[
 # edge leaves the range to it and only keeps the number inside what a BIGINT holds.
 BIGINT_MAX = 2**63 - 1
 WholeNumber = Annotated[StrictInt, Field(ge=-BIGINT_MAX, le=BIGINT_MAX)]
+# A count or amount the service checks itself (its refusal has its own code).
+Count = Annotated[StrictInt, Field(ge=-BIGINT_MAX, le=BIGINT_MAX)]
 Minutes = Annotated[StrictInt, Field(gt=0, le=24 * 60, description="Whole minutes.")]
 DurationSeconds = Annotated[StrictInt, Field(gt=0, le=24 * 3600, description="Whole seconds.")]
 SourceSeconds = Annotated[StrictInt, Field(ge=0, le=10**9, description="Whole seconds.")]

@@ -69,6 +69,7 @@ GRANT_SOURCES = (
     "migration",
     "comp",
     "adjustment",
+    "trial",
 )
 _NO_EXPIRY = datetime.min.replace(tzinfo=UTC)
 MAX_AMOUNT = 10**15  # millicredits; far above any real balance, below BIGINT's limit

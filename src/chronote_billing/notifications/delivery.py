@@ -71,6 +71,8 @@ class Outcome:
     follow_ups: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     on_dead: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     final: bool = False  # a failure that retrying cannot fix: dead at once
+    # For an auto-recharge job: how its purchase ended, recorded with the outcome (decision 0045).
+    purchase: tuple[bool, str | None] | None = None  # (succeeded, the refusal's code)
 
 
 @dataclass
@@ -241,6 +243,10 @@ class DeliveryWorker:
             notifications.emit(
                 session, event_type, entry.account_id, data, dedupe_key=f"{event_type}:{entry.id}"
             )
+        if entry.type == JOB_AUTO_RECHARGE and status != "retrying":
+            succeeded, refusal = outcome.purchase or (False, None)
+            account_id = str(entry.data.get("account_id") or entry.account_id)
+            notifications.settle_auto_recharge(session, entry.id, account_id, succeeded, refusal)
         return status
 
     def backoff(self, attempts: int) -> timedelta:
@@ -319,8 +325,13 @@ class DeliveryWorker:
                         {**base, "reason": str(payment.get("status")), "payment": payment},
                     )
                 ],
+                purchase=(False, str(payment.get("status"))),
             )
-        return Outcome(ok=True, follow_ups=[("auto_recharge.succeeded", {**base, "payment": payment})])
+        return Outcome(
+            ok=True,
+            follow_ups=[("auto_recharge.succeeded", {**base, "payment": payment})],
+            purchase=(True, None),
+        )
 
 
 def _purchase_refused(entry: Claimed, base: dict[str, Any], exc: BillingError) -> Outcome:
@@ -328,6 +339,7 @@ def _purchase_refused(entry: Claimed, base: dict[str, Any], exc: BillingError) -
     return Outcome(
         ok=True,
         error=f"{exc.code}: {exc.message}",
+        purchase=(False, str(exc.details.get("stripe_code") or exc.code)),
         follow_ups=[
             (
                 "auto_recharge.failed",

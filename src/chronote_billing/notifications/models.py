@@ -74,6 +74,12 @@ class NotificationSettings(Base):
     auto_recharge_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     auto_recharge_threshold_millicredits: Mapped[int | None] = mapped_column(BigInt, nullable=True)
     auto_recharge_pack_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Monthly bounds of auto-recharge (decision 0045): purchases and/or money (minor units).
+    auto_recharge_limit_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    auto_recharge_limit_amount: Mapped[int | None] = mapped_column(BigInt, nullable=True)
+    # Why auto-recharge turned itself off (card_declined), until the settings are saved again.
+    auto_recharge_stopped_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    auto_recharge_stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -94,3 +100,24 @@ class ThresholdState(Base):
     crossings: Mapped[int] = mapped_column(Integer, default=0)
     last_fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AutoRechargePurchase(Base):
+    """One auto-recharge purchase, recorded when its job is queued (decision 0045): started and
+    succeeded purchases of a calendar month count against the account's monthly limit."""
+
+    __tablename__ = "auto_recharge_purchases"
+    __table_args__ = (
+        CheckConstraint("status in ('started', 'succeeded', 'failed')", name="status"),
+        Index("ix_auto_recharge_purchases_account_month", "account_id", "month"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the job's id
+    account_id: Mapped[str] = mapped_column(String(40), ForeignKey("billing_accounts.id"))
+    month: Mapped[str] = mapped_column(String(7))
+    pack_id: Mapped[str] = mapped_column(String(40))
+    amount: Mapped[int] = mapped_column(BigInt)  # the pack's price, minor units
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -28,6 +28,19 @@ class AutoRechargeView(BaseModel):
         description="Buy the pack when the available balance falls below this many credits."
     )
     pack_id: str | None
+    monthly_limit_count: int | None = Field(description="At most this many purchases a calendar month (UTC).")
+    monthly_limit_amount: int | None = Field(
+        description="At most this much money a calendar month, in the currency's minor unit."
+    )
+    currency: str
+    purchases_this_month: int = Field(
+        description="Purchases started or made this month (failed ones excluded)."
+    )
+    amount_this_month: int = Field(description="Their total, minor units.")
+    stopped_reason: str | None = Field(
+        description="Why auto-recharge turned itself off (card_declined, no_payment_method, ...), until saved again."
+    )
+    stopped_at: datetime | None
     armed: bool = Field(description="True when the next fall below the threshold starts a purchase.")
     recharges_started: int
     last_started_at: datetime | None

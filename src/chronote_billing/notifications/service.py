@@ -22,14 +22,15 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from chronote_billing.accounts.models import AccountKind, BillingAccount
+from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.catalog.service import MILLICREDITS_PER_CREDIT, UnknownPlan, load_catalog
 from chronote_billing.core import idempotency
-from chronote_billing.core.clock import Clock, system_clock
+from chronote_billing.core.clock import Clock, month_key, system_clock
 from chronote_billing.core.errors import NotFound, ValidationFailed
 from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.service import LedgerService
 
+from . import auto_recharge as recharge
 from .models import NotificationSettings, OutboxEntry, ThresholdState
 from .schemas import (
     AlertSettingsView,
@@ -48,6 +49,7 @@ EVENT_TYPES: dict[str, str] = {
     "auto_recharge.started": "The balance fell below the auto-recharge threshold; a pack purchase was queued.",
     "auto_recharge.succeeded": "The auto-recharge payment succeeded; its credits are granted once, on confirmation.",
     "auto_recharge.failed": "The auto-recharge purchase could not be made.",
+    "auto_recharge.stopped": "Auto-recharge stopped: the monthly limit was reached, or the card was declined.",
 }
 JOB_AUTO_RECHARGE = "auto_recharge.purchase"
 STATUSES = ("pending", "delivered", "dead")
@@ -64,11 +66,6 @@ class InvalidThreshold(ValidationFailed):
 class UnknownPack(ValidationFailed):
     code = "unknown_pack"
     title = "Unknown credit pack"
-
-
-class AutoRechargeOrganizationsOnly(ValidationFailed):
-    code = "auto_recharge_organizations_only"
-    title = "Auto-recharge is for organizations"
 
 
 def _check_threshold(value: Any, field: str, allow_none: bool) -> int | None:
@@ -202,12 +199,12 @@ class NotificationService:
         if settings is None:
             return
         low = settings.low_balance_threshold_millicredits
-        recharge = (
+        recharge_at = (
             settings.auto_recharge_threshold_millicredits
             if settings.auto_recharge_enabled and settings.auto_recharge_pack_id
             else None
         )
-        if low is None and recharge is None:
+        if low is None and recharge_at is None:
             return
         available = self.ledger.balance(session, account_id).available
         now = self.clock.now()
@@ -225,29 +222,42 @@ class NotificationService:
                             "threshold_credits": _credits(low),
                             "threshold_millicredits": low,
                             "crossing": crossing,
+                            "runway": self._runway(session, account_id),
                         },
                         dedupe_key=f"wallet.balance_low:{account_id}:{crossing}",
                     )
             else:
                 self._rearm(session, account_id, "low_balance", now)
-        if recharge is not None:
-            if available < recharge:
+        if recharge_at is not None:
+            if available < recharge_at:
                 crossing = self._fire(session, account_id, "auto_recharge", now)
                 if crossing is not None:
-                    self._start_auto_recharge(
-                        session,
-                        account_id,
-                        settings.auto_recharge_pack_id or "",
-                        recharge,
-                        available,
-                        crossing,
-                    )
+                    self._start_auto_recharge(session, settings, recharge_at, available, crossing)
             else:
                 self._rearm(session, account_id, "auto_recharge", now)
 
+    def _runway(self, session: Session, account_id: str) -> dict[str, Any]:
+        """When the credits run out at the last 14 days' pace (decision 0046), for the alert."""
+        from chronote_billing.runway.service import RunwayService
+
+        view = RunwayService(self.clock, self.ledger).runway(session, session.get(BillingAccount, account_id))  # type: ignore[arg-type]
+        return {
+            "runs_out_at": view.runs_out_at,
+            "daily_rate_millicredits": view.daily_rate,
+            "cold_start": view.cold_start,
+            "sentence": view.sentence,
+        }
+
     def _start_auto_recharge(
-        self, session: Session, account_id: str, pack_id: str, threshold: int, available: int, crossing: int
+        self,
+        session: Session,
+        settings: NotificationSettings,
+        threshold: int,
+        available: int,
+        crossing: int,
     ) -> None:
+        account_id = settings.account_id
+        pack_id = settings.auto_recharge_pack_id or ""
         try:
             pack = load_catalog().pack(pack_id)
         except UnknownPlan:
@@ -260,6 +270,30 @@ class NotificationService:
                 dedupe_key=f"auto_recharge.failed:{account_id}:{crossing}",
             )
             return
+        now = self.clock.now()
+        month = month_key(now)
+        usage = recharge.month_usage(session, account_id, month)
+        limit_count, limit_amount = settings.auto_recharge_limit_count, settings.auto_recharge_limit_amount
+        if not recharge.within_limit(usage, limit_count, limit_amount, pack.unit_amount):
+            # Under the wallet lock: no concurrent crossing of this account can pass the same check.
+            self.emit(
+                session,
+                "auto_recharge.stopped",
+                account_id,
+                {
+                    "account_id": account_id,
+                    "reason": "monthly_limit",
+                    "month": month,
+                    "purchases_this_month": usage.count,
+                    "amount_this_month": usage.amount,
+                    "monthly_limit_count": limit_count,
+                    "monthly_limit_amount": limit_amount,
+                    "currency": pack.currency,
+                    "pack_id": pack.id,
+                },
+                dedupe_key=f"auto_recharge.stopped:{account_id}:{month}:monthly_limit",
+            )
+            return
         job_id = self._enqueue(
             session,
             "job",
@@ -270,6 +304,7 @@ class NotificationService:
         )
         if job_id is None:
             return
+        recharge.record_start(session, job_id, account_id, month, pack, now)
         self.emit(
             session,
             "auto_recharge.started",
@@ -356,6 +391,31 @@ class NotificationService:
         idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
         return view
 
+    @staticmethod
+    def check_auto_recharge(
+        enabled: bool,
+        threshold_credits: int,
+        pack_id: str,
+        monthly_limit_count: int | None,
+        monthly_limit_amount: int | None,
+    ) -> tuple[int, int | None, int | None]:
+        """Auto-recharge settings as they will be saved (threshold in millicredits, limits), or
+        the refusal; no database: callers check them before asking Stripe anything."""
+        if not isinstance(enabled, bool):
+            raise ValidationFailed("enabled must be true or false.", field="enabled")
+        threshold = _check_threshold(threshold_credits, "threshold_credits", False)
+        assert threshold is not None
+        if not isinstance(pack_id, str) or not pack_id.strip():
+            raise UnknownPack("pack_id must name a credit pack.", field="pack_id")
+        try:
+            pack = load_catalog().pack(pack_id)
+        except UnknownPlan as exc:
+            raise UnknownPack(exc.message, field="pack_id", pack_id=pack_id) from exc
+        limit_count, limit_amount = recharge.check_limits(
+            enabled, monthly_limit_count, monthly_limit_amount, pack
+        )
+        return threshold, limit_count, limit_amount
+
     def set_auto_recharge(
         self,
         session: Session,
@@ -365,37 +425,28 @@ class NotificationService:
         threshold_credits: int,
         pack_id: str,
         idempotency_key: str,
+        monthly_limit_count: int | None = None,
+        monthly_limit_amount: int | None = None,
     ) -> AutoRechargeView:
-        """Turn auto-recharge on or off for an organization: buy ``pack_id`` through Stripe
-        when the available balance falls below ``threshold_credits``, once per crossing.
+        """Turn auto-recharge on or off for any account: buy ``pack_id`` through Stripe when the
+        available balance falls below ``threshold_credits``, once per crossing, within a monthly
+        limit of purchases and/or money (decision 0045), required to turn it on.
 
-        Saving the settings arms the trigger: if the balance is already below the threshold,
-        the next balance change starts a purchase.
+        Saving the settings arms the trigger (if the balance is already below the threshold, the
+        next balance change starts a purchase) and turns back on what a declined card stopped.
         """
         key = idempotency.check_key(idempotency_key)
-        if not isinstance(enabled, bool):
-            raise ValidationFailed("enabled must be true or false.", field="enabled")
-        threshold = _check_threshold(threshold_credits, "threshold_credits", False)
-        assert threshold is not None
-        if not isinstance(pack_id, str) or not pack_id.strip():
-            raise UnknownPack("pack_id must name a credit pack.", field="pack_id")
-        try:
-            load_catalog().pack(pack_id)
-        except UnknownPlan as exc:
-            raise UnknownPack(exc.message, field="pack_id", pack_id=pack_id) from exc
-        account = self._lock_account(session, account_id)
-        if account.kind != AccountKind.ORGANIZATION:
-            raise AutoRechargeOrganizationsOnly(
-                f"Auto-recharge is available to organization accounts only; '{account_id}' is a "
-                f"{account.kind} account.",
-                field="account_id",
-                account_kind=account.kind,
-            )
+        threshold, limit_count, limit_amount = self.check_auto_recharge(
+            enabled, threshold_credits, pack_id, monthly_limit_count, monthly_limit_amount
+        )
+        self._lock_account(session, account_id)
         params = {
             "account_id": account_id,
             "enabled": enabled,
             "threshold_credits": threshold,
             "pack_id": pack_id,
+            "monthly_limit_count": limit_count,
+            "monthly_limit_amount": limit_amount,
         }
         scope = f"notifications.auto_recharge:{account_id}"
         prior = idempotency.lookup(session, scope, key, params)
@@ -406,6 +457,10 @@ class NotificationService:
         settings.auto_recharge_enabled = enabled
         settings.auto_recharge_threshold_millicredits = threshold * MILLICREDITS_PER_CREDIT
         settings.auto_recharge_pack_id = pack_id
+        settings.auto_recharge_limit_count = limit_count
+        settings.auto_recharge_limit_amount = limit_amount
+        settings.auto_recharge_stopped_reason = None
+        settings.auto_recharge_stopped_at = None
         settings.updated_at = now
         self._arm(session, account_id, "auto_recharge", now)
         session.flush()
@@ -420,6 +475,36 @@ class NotificationService:
             account_id=account_id,
             alerts=self._alert_view(session, account_id),
             auto_recharge=self._auto_recharge_view(session, account_id),
+        )
+
+    def settle_auto_recharge(
+        self, session: Session, job_id: str, account_id: str, succeeded: bool, refusal: str | None = None
+    ) -> None:
+        """Record how a purchase ended (decision 0045). A refusal on the payer's side (a
+        declined card, no card) turns auto-recharge off and says so once."""
+        now = self.clock.now()
+        recharge.settle(session, job_id, "succeeded" if succeeded else "failed", now)
+        reason = recharge.STOPPING_REASONS.get(refusal or "")
+        if succeeded or reason is None:
+            return
+        settings = self._settings_row(session, account_id)
+        if settings is None or not settings.auto_recharge_enabled:
+            return
+        settings.auto_recharge_enabled = False
+        settings.auto_recharge_stopped_reason = reason
+        settings.auto_recharge_stopped_at = now
+        settings.updated_at = now
+        self.emit(
+            session,
+            "auto_recharge.stopped",
+            account_id,
+            {
+                "account_id": account_id,
+                "reason": reason,
+                "recharge_id": job_id,
+                "pack_id": settings.auto_recharge_pack_id,
+            },
+            dedupe_key=f"auto_recharge.stopped:{job_id}",
         )
 
     def auto_recharge_enabled(self, session: Session, account_id: str, pack_id: str) -> bool:
@@ -501,11 +586,19 @@ class NotificationService:
     def _auto_recharge_view(self, session: Session, account_id: str) -> AutoRechargeView:
         settings = self._settings_row(session, account_id)
         state = self._states(session, account_id).get("auto_recharge")
+        usage = recharge.month_usage(session, account_id, month_key(self.clock.now()))
         return AutoRechargeView(
             account_id=account_id,
             enabled=bool(settings and settings.auto_recharge_enabled),
             threshold_credits=_credits(settings.auto_recharge_threshold_millicredits) if settings else None,
             pack_id=settings.auto_recharge_pack_id if settings else None,
+            monthly_limit_count=settings.auto_recharge_limit_count if settings else None,
+            monthly_limit_amount=settings.auto_recharge_limit_amount if settings else None,
+            currency=load_catalog().currency,
+            purchases_this_month=usage.count,
+            amount_this_month=usage.amount,
+            stopped_reason=settings.auto_recharge_stopped_reason if settings else None,
+            stopped_at=settings.auto_recharge_stopped_at if settings else None,
             armed=state.armed if state else True,
             recharges_started=state.crossings if state else 0,
             last_started_at=state.last_fired_at if state else None,

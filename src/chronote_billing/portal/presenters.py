@@ -26,6 +26,7 @@ SOURCE_LABELS = {
     "migration": "Migrated credits",
     "comp": "Complimentary credits",
     "adjustment": "Adjustment",
+    "trial": "Trial credits",
 }
 
 KIND_LABELS = {

@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.balances import service as balances
+from chronote_billing.catalog.service import load_catalog
 from chronote_billing.container import Container
 from chronote_billing.core.errors import BillingError, NotFound, PermissionDenied, ValidationFailed
 from chronote_billing.core.validation import AuthorizationId, CheckoutSessionId, DiscordId, OrgId, printable
@@ -37,6 +38,7 @@ from chronote_billing.stripe_sync.service import PlanChangeNotSupported
 
 from . import auth, forms, presenters, views
 from .auth import SignedIn, check_csrf, container_of, csrf_token, current_user, demo_available
+from .extra_parts import auto_recharge_request
 from .presenters import FILTERS
 
 HERE = Path(__file__).resolve().parent
@@ -64,7 +66,10 @@ def install(app: FastAPI) -> None:
         https_only=settings.public_base_url.startswith("https://"),
     )
     app.mount("/portal/static", StaticFiles(directory=HERE / "static"), name="portal_static")
+    from . import billing_extras  # its routes come before this module's catch-all
+
     app.include_router(auth.router)
+    app.include_router(billing_extras.router)
     app.include_router(router)
 
 
@@ -720,34 +725,42 @@ async def org_alerts(request: Request, org_id: OrgId) -> Response:
 
 @router.post("/org/{org_id}/billing/auto-recharge")
 async def org_auto_recharge(request: Request, org_id: OrgId) -> Response:
+    return await auto_recharge_action(
+        request, "org.auto_recharge", lambda c, s, u: views.org_account(c, s, u, org_id)[1], org_url(org_id)
+    )
+
+
+async def auto_recharge_action(
+    request: Request, action: str, resolve: Resolve, page_path: str, refresh_guilds: bool = False
+) -> Response:
+    """Save an account's auto-recharge. Switching it on needs a card saved with Stripe, asked of
+    Stripe before the write, so the page says why instead of failing at the first purchase
+    (decision 0041)."""
+
     def work(c: Container, s: Session, user: SignedIn, form: forms.Form) -> Any:
-        _, account = views.org_account(c, s, user, org_id)
-        threshold = form.whole("threshold_credits", "Recharge threshold")
-        assert threshold is not None
+        account = resolve(c, s, user)
+        arguments = auto_recharge_request(form, load_catalog().currency)
         return c.notifications.set_auto_recharge(
-            s,
-            account_id=account.id,
-            enabled=form.checked("enabled"),
-            threshold_credits=threshold,
-            pack_id=form.text("pack", "Credit pack"),
-            idempotency_key=form.key(),
+            s, account_id=account.id, idempotency_key=form.key(), **arguments
         )
 
     user = current_user(request)
-    if user is not None and (await request.form()).get("enabled"):
-        # Switching on needs a saved card: asked of Stripe before the write (decision 0041).
+    data = await request.form()
+    if user is not None and data.get("enabled"):
         c = container_of(request)
         signed_in = user
+        form: forms.Form | None = None
         try:
-            account_id = await run_in_threadpool(
-                c.db.read, lambda s: views.org_account(c, s, signed_in, org_id)[1].id
-            )
+            check_csrf(request, str(data.get("csrf_token") or "") or None)
+            form = forms.Form(data, action, user.user_id)
+            c.notifications.check_auto_recharge(**auto_recharge_request(form, load_catalog().currency))
+            account_id = await run_in_threadpool(c.db.read, lambda s: resolve(c, s, signed_in).id)
             await run_in_threadpool(c.billing.require_saved_card, account_id)
         except BillingError as exc:
             if is_htmx(request):
-                return error_fragment(request, exc)
+                return error_fragment(request, exc, form)
             return error_page(request, user, exc)
-    return await act(request, "org.auto_recharge", work, lambda _: org_url(org_id), "Auto-recharge saved.")
+    return await act(request, action, work, lambda _: page_path, "Auto-recharge saved.", refresh_guilds)
 
 
 # ---------------------------------------------------------------------------- purchases (Stripe)
@@ -798,6 +811,7 @@ async def pay(
                 )
             )
             return go(request, portal.url)
+        code = form.text("promotion_code", "Promotion code", required=False, max_length=64) or None
         if what == "pack":
             pack_id = checked.text("pack", "Credit pack")
             checkout = await run_in_threadpool(
@@ -808,6 +822,7 @@ async def pay(
                     pack_id=pack_id,
                     success_url=absolute(c, page_path + RETURN_QUERY),
                     cancel_url=absolute(c, page_path),
+                    promotion_code=code,
                 )
             )
         else:
@@ -835,6 +850,7 @@ async def pay(
                 )
                 request.session["flash"] = plan_change_notice(preview, change.effective_at)
                 return go(request, page_path)
+            trial = form.checked("trial")
             checkout = await run_in_threadpool(
                 lambda: c.billing.start_checkout(
                     principal,
@@ -844,6 +860,8 @@ async def pay(
                     interval=interval,
                     success_url=absolute(c, page_path + RETURN_QUERY),
                     cancel_url=absolute(c, page_path),
+                    promotion_code=code,
+                    trial=trial,
                 )
             )
         if not checkout.url:

@@ -30,6 +30,7 @@ from chronote_billing.stripe_sync.webhooks import ENDED_STATUSES
 from chronote_billing.usage.reports import usage_csv, usage_report
 
 from .auth import SignedIn
+from .extra_parts import page_extras
 from .forms import parse_day
 from .presenters import bar_chart
 
@@ -147,6 +148,7 @@ def personal_billing(c: Container, session: Session, user: SignedIn) -> dict[str
         "plans": plan_cards(catalog, "personal", status["plan"]),
         "packs": list(catalog.credit_packs.values()),
         "catalog": catalog,
+        **page_extras(c, session, account),
     }
 
 
@@ -176,6 +178,7 @@ def server_billing(c: Container, session: Session, user: SignedIn, guild_id: str
         "guild_id": account.owner_ref,
         "org_link": server_org_link(c, session, account.owner_ref),
         **server_usage(c, session, account),
+        **page_extras(c, session, account),
     }
 
 
@@ -257,6 +260,7 @@ def org_billing(c: Container, session: Session, user: SignedIn, org_id: str) -> 
         "servers": servers,
         "linkable": [(g, name) for g, name in user.guilds if g not in linked],
         "audit": audit,
+        **page_extras(c, session, account),
     }
 
 

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from chronote_billing.stripe_local import objects, pages, validation
+from chronote_billing.stripe_local import documents, objects, pages, validation
 from chronote_billing.stripe_local.checkout import PaymentFailed
 from chronote_billing.stripe_local.engine import Engine
 from chronote_billing.stripe_local.errors import (
@@ -141,6 +141,25 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/disputes/{id}", _retrieve("dispute")),
     ("POST", "/v1/disputes/{id}", lambda e, p, id: e.payments.update_dispute(id, p)),
     ("POST", "/v1/disputes/{id}/close", lambda e, p, id: e.payments.close_dispute(id)),
+    ("POST", "/v1/coupons", lambda e, p: e.coupons.create_coupon(p)),
+    ("GET", "/v1/coupons", lambda e, p: e.coupons.list_coupons(p)),
+    ("GET", "/v1/coupons/{id}", lambda e, p, id: e.coupons.coupon(id, "id")),
+    ("POST", "/v1/coupons/{id}", lambda e, p, id: e.coupons.update_coupon(id, p)),
+    ("DELETE", "/v1/coupons/{id}", lambda e, p, id: e.coupons.delete_coupon(id)),
+    ("POST", "/v1/promotion_codes", lambda e, p: e.coupons.create_promotion_code(p)),
+    ("GET", "/v1/promotion_codes", lambda e, p: e.coupons.list_promotion_codes(p)),
+    ("GET", "/v1/promotion_codes/{id}", _retrieve("promotion_code")),
+    ("POST", "/v1/promotion_codes/{id}", lambda e, p, id: e.coupons.update_promotion_code(id, p)),
+    ("GET", "/v1/tax_rates", lambda e, p: e.tax.list_rates(p)),
+    ("GET", "/v1/tax_rates/{id}", _retrieve("tax_rate")),
+    ("POST", "/v1/customers/{id}/tax_ids", lambda e, p, id: e.tax.create_tax_id(id, p)),
+    ("GET", "/v1/customers/{id}/tax_ids", lambda e, p, id: e.tax.list_tax_ids(id, p)),
+    ("GET", "/v1/customers/{id}/tax_ids/{tax_id}", lambda e, p, id, tax_id: e.tax.get_tax_id(id, tax_id)),
+    (
+        "DELETE",
+        "/v1/customers/{id}/tax_ids/{tax_id}",
+        lambda e, p, id, tax_id: e.tax.delete_tax_id(id, tax_id),
+    ),
     ("GET", "/v1/events", _events),
     ("GET", "/v1/events/{id}", _retrieve("event")),
     ("POST", "/v1/test_helpers/test_clocks", lambda e, p: e.billing.create_clock(p)),
@@ -223,6 +242,21 @@ PARAMS: dict[tuple[str, str], str] = {
     ("GET", "/v1/disputes/{id}"): "DisputeRetrieveParams",
     ("POST", "/v1/disputes/{id}"): "DisputeUpdateParams",
     ("POST", "/v1/disputes/{id}/close"): "DisputeCloseParams",
+    ("POST", "/v1/coupons"): "CouponCreateParams",
+    ("GET", "/v1/coupons"): "CouponListParams",
+    ("GET", "/v1/coupons/{id}"): "CouponRetrieveParams",
+    ("POST", "/v1/coupons/{id}"): "CouponUpdateParams",
+    ("DELETE", "/v1/coupons/{id}"): "CouponDeleteParams",
+    ("POST", "/v1/promotion_codes"): "PromotionCodeCreateParams",
+    ("GET", "/v1/promotion_codes"): "PromotionCodeListParams",
+    ("GET", "/v1/promotion_codes/{id}"): "PromotionCodeRetrieveParams",
+    ("POST", "/v1/promotion_codes/{id}"): "PromotionCodeUpdateParams",
+    ("GET", "/v1/tax_rates"): "TaxRateListParams",
+    ("GET", "/v1/tax_rates/{id}"): "TaxRateRetrieveParams",
+    ("POST", "/v1/customers/{id}/tax_ids"): "CustomerTaxIdCreateParams",
+    ("GET", "/v1/customers/{id}/tax_ids"): "CustomerTaxIdListParams",
+    ("GET", "/v1/customers/{id}/tax_ids/{tax_id}"): "CustomerTaxIdRetrieveParams",
+    ("DELETE", "/v1/customers/{id}/tax_ids/{tax_id}"): "CustomerTaxIdDeleteParams",
     ("GET", "/v1/events"): "EventListParams",
     ("GET", "/v1/events/{id}"): "EventRetrieveParams",
     ("POST", "/v1/test_helpers/test_clocks"): "test_helpers:TestClockCreateParams",
@@ -269,6 +303,9 @@ class StripeLocalApp:
             Route("/", self._index, methods=["GET"]),
             Route("/pay/{id}", self._checkout_page, methods=["GET", "POST"]),
             Route("/portal/{token}", self._portal_page, methods=["GET", "POST"]),
+            Route("/invoices/{token}", self._invoice_page, methods=["GET"]),
+            Route("/invoices/{token}/pdf", self._invoice_pdf, methods=["GET"]),
+            Route("/receipts/{charge}", self._receipt_page, methods=["GET"]),
             Route("/v1/{rest:path}", self._unknown, methods=["GET", "POST", "DELETE"]),
         ]
         return Starlette(routes=routes)
@@ -418,12 +455,14 @@ class StripeLocalApp:
                     )
                 if method == "GET":
                     return HTMLResponse(pages.checkout_page(engine, cs))
+                card = form.get("card", "4242424242424242").replace(" ", "")
                 try:
                     engine.checkout.complete(
                         session_id,
-                        card=form.get("card", "4242424242424242").replace(" ", ""),
+                        card=None if card in ("", "none") else card,
                         email=form.get("email") or None,
                         name=form.get("name") or None,
+                        details=form,
                     )
                 except PaymentFailed as failed:
                     return HTMLResponse(pages.checkout_page(engine, cs, error=str(failed)), 402)
@@ -432,6 +471,35 @@ class StripeLocalApp:
                 return RedirectResponse(engine.checkout.success_redirect(cs), 303)
         finally:
             self.webhooks.drain_sync()
+
+    async def _invoice_page(self, request: Request) -> Response:
+        with self.engine.store.lock:
+            inv = documents.invoice_for(self.engine, request.path_params["token"])
+            if inv is None:
+                return HTMLResponse(
+                    pages._page("Not found", "<section><h1>No such invoice.</h1></section>", True), 404
+                )
+            return HTMLResponse(documents.invoice_page(self.engine, inv))
+
+    async def _invoice_pdf(self, request: Request) -> Response:
+        with self.engine.store.lock:
+            inv = documents.invoice_for(self.engine, request.path_params["token"])
+            if inv is None:
+                return Response(b"No such invoice.", 404, media_type="text/plain")
+            body = documents.pdf(documents.invoice_lines(self.engine, inv))
+            name = f"invoice-{inv['number'] or inv['id']}.pdf"
+        return Response(
+            body, 200, {"Content-Disposition": f'inline; filename="{name}"'}, media_type="application/pdf"
+        )
+
+    async def _receipt_page(self, request: Request) -> Response:
+        with self.engine.store.lock:
+            charge = self.engine.store.find(request.path_params["charge"])
+            if charge is None or charge["object"] != "charge" or charge["status"] != "succeeded":
+                return HTMLResponse(
+                    pages._page("Not found", "<section><h1>No such receipt.</h1></section>", True), 404
+                )
+            return HTMLResponse(documents.receipt_page(self.engine, charge))
 
     async def _portal_page(self, request: Request) -> Response:
         token = request.path_params["token"]

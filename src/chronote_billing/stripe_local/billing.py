@@ -25,7 +25,7 @@ import calendar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from chronote_billing.stripe_local import objects
+from chronote_billing.stripe_local import amounts, documents, objects
 from chronote_billing.stripe_local.errors import StripeError, invalid_param, missing_param
 from chronote_billing.stripe_local.params import Params, apply_metadata
 from chronote_billing.stripe_local.payments import CardDeclined
@@ -201,8 +201,17 @@ class Billing:
         description: str | None,
         off_session: bool,
         payment_behavior: str,
+        discount: tuple[dict[str, Any], dict[str, Any] | None] | None = None,
+        automatic_tax: bool = False,
+        missing_payment_method: str = "create_invoice",
     ) -> tuple[dict[str, Any], dict[str, Any], StripeError | None]:
-        """Create a subscription and its first invoice, and collect that invoice."""
+        """Create a subscription and its first invoice, and collect that invoice.
+
+        `discount` (a coupon and the code that named it) is redeemed and stays on the
+        subscription as its coupon's duration says; `automatic_tax` taxes its invoices;
+        `missing_payment_method` says what a trial ending without a card does (Stripe's
+        `trial_settings[end_behavior][missing_payment_method]`: `cancel` or `create_invoice`).
+        """
         interval, count, currency = self._check_recurring(lines, "items")
         now = self.e.now(customer["id"])
         if trial_end is not None and trial_end <= now:
@@ -240,7 +249,16 @@ class Billing:
             )
         if trial_end:
             sub["trial_start"], sub["trial_end"] = now, trial_end
+        sub["automatic_tax"] = {
+            "disabled_reason": None,
+            "enabled": automatic_tax,
+            "liability": {"type": "self"} if automatic_tax else None,
+        }
+        sub["trial_settings"] = {"end_behavior": {"missing_payment_method": missing_payment_method}}
         self.store.add(sub)
+        applied = None
+        if discount is not None:
+            applied = self.e.coupons.attach_to_subscription(sub, discount[0], discount[1], now)
 
         inv = self.new_invoice(
             customer, billing_reason="subscription_create", subscription=sub, period=(now, now)
@@ -286,6 +304,8 @@ class Billing:
         if not will_pay and payment_behavior == "error_if_incomplete":
             self.store.remove(sub["id"])
             self.store.remove(inv["id"])
+            if applied is not None:
+                self.store.remove(applied["id"])
             raise CardDeclined(
                 StripeError(
                     402,
@@ -297,6 +317,9 @@ class Billing:
             )
         sub["status"] = ("trialing" if trial_end else "active") if will_pay else "incomplete"
         self.e.emit("customer.subscription.created", sub)
+        if applied is not None and discount is not None:
+            self.e.coupons.redeem(discount[0], discount[1])
+            self.e.emit("customer.discount.created", applied)
         self.e.emit("invoice.created", inv)
         error = None
         if payment_behavior == "default_incomplete" and amount_due > 0:
@@ -350,6 +373,17 @@ class Billing:
             raise invalid_param(
                 "payment_behavior", "pending_if_incomplete is only used when updating a subscription."
             )
+        discount = self.e.coupons.resolve(p)
+        if discount is not None:
+            self.e.coupons.check(
+                discount[0],
+                discount[1],
+                customer=customer["id"],
+                lines=[(price["unit_amount"] * qty, price["product"]) for price, qty, _ in lines],
+                currency=lines[0][0]["currency"] if lines else "usd",
+                param="discounts[0]",
+            )
+        end_behavior = p.sub("trial_settings").sub("end_behavior")
         sub, _inv, _error = self.start_subscription(
             customer=customer,
             lines=lines,
@@ -360,6 +394,12 @@ class Billing:
             description=p.text("description"),
             off_session=bool(p.flag("off_session", False)),
             payment_behavior=behaviour,
+            discount=discount,
+            automatic_tax=bool(p.sub("automatic_tax").flag("enabled", False)),
+            missing_payment_method=end_behavior.choice(
+                "missing_payment_method", ("cancel", "create_invoice", "pause"), "create_invoice"
+            )
+            or "create_invoice",
         )
         return sub
 
@@ -766,6 +806,9 @@ class Billing:
             auto_advance=auto_advance,
         )
         self.store.add(inv)
+        if subscription is not None:
+            inv["discounts"] = self.e.coupons.for_invoice(subscription, inv["created"])
+            self.store.private[inv["id"]]["automatic_tax"] = bool(subscription["automatic_tax"]["enabled"])
         return inv
 
     def add_line(
@@ -873,13 +916,8 @@ class Billing:
                 out.append(ii)
         return out
 
-    @staticmethod
-    def _totals(inv: dict[str, Any]) -> None:
-        total = sum(line["amount"] for line in inv["lines"]["data"])
-        inv["subtotal"] = inv["subtotal_excluding_tax"] = total
-        inv["total"] = inv["total_excluding_tax"] = total
-        if inv["status"] == "draft":
-            inv["amount_due"] = inv["amount_remaining"] = max(0, total)
+    def _totals(self, inv: dict[str, Any]) -> None:
+        amounts.invoice_totals(self.e, inv)
 
     def finalize(self, inv: dict[str, Any]) -> None:
         """Draft to open (or straight to paid when nothing is due), applying the customer's balance."""
@@ -887,6 +925,7 @@ class Billing:
             return
         customer = self.e.customer(inv["customer"])
         now = self.e.now(customer["id"])
+        self._totals(inv)  # tax follows the customer's address as it is now
         balance = customer["balance"]
         due = inv["total"] + balance
         inv["starting_balance"] = balance
@@ -901,7 +940,13 @@ class Billing:
         inv["status"] = "open"
         inv["effective_at"] = now
         inv["status_transitions"]["finalized_at"] = now
-        inv["hosted_invoice_url"] = None
+        inv["customer_address"] = customer["address"]
+        inv["customer_name"] = customer["name"]
+        inv["customer_tax_ids"] = [
+            {"type": t["type"], "value": t["value"]} for t in self.e.tax.tax_ids_of(customer["id"])
+        ]
+        documents.publish_invoice(self.e, inv)
+        self.e.coupons.applied_to_invoice(self._sub_of(inv), inv)
         self.e.emit("invoice.finalized", inv)
         if inv["amount_due"] == 0:
             self._mark_paid(inv, amount=0)
@@ -1063,6 +1108,13 @@ class Billing:
             auto_advance=bool(p.flag("auto_advance", False)),
             currency=(p.text("currency") or "usd").lower(),
         )
+        if p.has("automatic_tax"):
+            self.store.private[inv["id"]]["automatic_tax"] = bool(
+                p.sub("automatic_tax").flag("enabled", False)
+            )
+            inv["automatic_tax"] = self.e.tax.automatic_tax(
+                bool(self.store.private[inv["id"]]["automatic_tax"]), "requires_location_inputs", invoice=True
+            )
         pm_id = p.text("default_payment_method")
         if pm_id:
             pm = self.e.payment_method(pm_id, "default_payment_method")
@@ -1218,6 +1270,15 @@ class Billing:
             self.end_subscription(
                 sub, reason=sub["cancellation_details"]["reason"] or "cancellation_requested"
             )
+            return
+        end_behavior = sub["trial_settings"]["end_behavior"]["missing_payment_method"]
+        if (
+            sub["status"] == "trialing"
+            and end_behavior == "cancel"
+            and self._pm_for(sub, None, customer) is None
+        ):
+            # The trial ends without a card to charge: Stripe cancels instead of invoicing.
+            self.end_subscription(sub, reason="cancellation_requested")
             return
         private = self.store.private[sub["id"]]
         private["cycle"] += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chronote_billing.stripe_local import objects
+from chronote_billing.stripe_local import amounts, checkout_details, objects
 from chronote_billing.stripe_local.errors import StripeError, invalid_param, missing_param
 from chronote_billing.stripe_local.params import Params, apply_metadata
 
@@ -101,6 +101,19 @@ class Checkout:
             for price, qty in lines
             if not (price["recurring"] and (trial_end or trial_days))
         )
+        currency = next(iter(currencies))
+        discount = self._discount(p, customer_id, lines, currency)
+        tax_on, tax_ids_on, customer_update = self._tax_options(p, customer)
+        method_collection = p.choice("payment_method_collection", ("always", "if_required"), "always")
+        if mode != "subscription" and p.has("payment_method_collection"):
+            raise invalid_param(
+                "payment_method_collection",
+                "`payment_method_collection` is only used in `subscription` mode.",
+            )
+        invoice_creation = p.sub("invoice_creation")
+        if mode != "payment" and p.has("invoice_creation"):
+            raise invalid_param("invoice_creation", "`invoice_creation` can only be used in `payment` mode.")
+        end_behavior = sub_data.sub("trial_settings").sub("end_behavior")
         session_id = objects.new_id("cs_test_a1", 56)
         cs = objects.checkout_session(
             id=session_id,
@@ -122,13 +135,17 @@ class Checkout:
             else None,
             locale=p.text("locale"),
             submit_type=p.text("submit_type"),
-            billing_address_collection=p.text("billing_address_collection"),
-            payment_method_collection=p.text("payment_method_collection", "always")
-            if mode == "subscription"
-            else None,
+            billing_address_collection=p.choice("billing_address_collection", ("auto", "required")),
+            payment_method_collection=method_collection if mode == "subscription" else None,
         )
         if p.has("expires_at"):
             cs["expires_at"] = p.req_integer("expires_at")
+        cs["tax_id_collection"] = {"enabled": tax_ids_on, "required": "never"}
+        if cs["invoice_creation"] is not None:
+            cs["invoice_creation"]["enabled"] = bool(invoice_creation.flag("enabled", False))
+            data = invoice_creation.sub("invoice_data")
+            cs["invoice_creation"]["invoice_data"]["metadata"] = apply_metadata({}, data.raw("metadata"))
+            cs["invoice_creation"]["invoice_data"]["description"] = data.text("description")
         self.store.add(cs)
         self.store.private[cs["id"]].update(
             lines=[
@@ -148,8 +165,67 @@ class Checkout:
             payment_intent_description=pi_data.text("description"),
             setup_future_usage=pi_data.choice("setup_future_usage", ("on_session", "off_session")),
             statement_descriptor=pi_data.text("statement_descriptor"),
+            discount=(discount[0]["id"], discount[1]["id"] if discount[1] else None) if discount else None,
+            automatic_tax=tax_on,
+            customer_update=customer_update,
+            address=None,
+            missing_payment_method=end_behavior.choice(
+                "missing_payment_method", ("cancel", "create_invoice", "pause"), "create_invoice"
+            )
+            or "create_invoice",
         )
+        amounts.session_totals(self.e, cs)
         return cs
+
+    def _discount(
+        self, p: Params, customer_id: str | None, lines: list[tuple[dict[str, Any], int]], currency: str
+    ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        discount = self.e.coupons.resolve(p)
+        if discount is None:
+            return None
+        if p.flag("allow_promotion_codes"):
+            raise invalid_param(
+                "allow_promotion_codes",
+                "You may only specify one of these parameters: allow_promotion_codes, discounts.",
+            )
+        self.e.coupons.check(
+            discount[0],
+            discount[1],
+            customer=customer_id,
+            lines=[(price["unit_amount"] * qty, price["product"]) for price, qty in lines],
+            currency=currency,
+            param="discounts[0]",
+        )
+        return discount
+
+    def _tax_options(self, p: Params, customer: dict[str, Any] | None) -> tuple[bool, bool, dict[str, str]]:
+        """`automatic_tax`, `tax_id_collection` and `customer_update`, refused as Stripe refuses
+        them when the details Checkout collects could not be saved on an existing customer."""
+        tax_on = bool(p.sub("automatic_tax").flag("enabled", False))
+        tax_ids_on = bool(p.sub("tax_id_collection").flag("enabled", False))
+        update = p.sub("customer_update")
+        customer_update = {
+            key: update.choice(key, ("auto", "never"), "never") or "never" for key in ("address", "name")
+        }
+        if (
+            customer is not None
+            and tax_on
+            and not customer["address"]
+            and customer_update["address"] != "auto"
+        ):
+            raise invalid_param(
+                "automatic_tax[enabled]",
+                "Automatic tax calculation in Checkout requires a valid address on the Customer. Add a valid "
+                "address to the Customer or set `customer_update[address]` to 'auto' to save the address "
+                "entered in Checkout to the Customer.",
+            )
+        if customer is not None and tax_ids_on and customer_update["name"] != "auto":
+            raise invalid_param(
+                "tax_id_collection[enabled]",
+                "tax_id_collection requires updating business name on the customer. To enable tax id "
+                "collection for an existing customer, please set `customer_update[name]` to `auto`.",
+            )
+        return tax_on, tax_ids_on, customer_update
 
     def line_items_list(self, session_id: str, p: Params | None = None) -> dict[str, Any]:
         cs = self.store.get("checkout.session", session_id)
@@ -183,16 +259,31 @@ class Checkout:
         cs["url"] = None
         self.e.emit("checkout.session.expired", cs)
 
-    def complete(self, session_id: str, *, card: str, email: str | None, name: str | None) -> dict[str, Any]:
-        """A person paid on the hosted page with test card `card` (a number from `objects.CARDS`)."""
+    def complete(
+        self,
+        session_id: str,
+        *,
+        card: str | None,
+        email: str | None,
+        name: str | None,
+        details: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A person paid on the hosted page with test card `card` (a number from `objects.CARDS`,
+        or None where nothing is due and the session does not need a card, e.g. a trial), after
+        typing what the session asks for (`details`: a promotion code, a billing address, a tax
+        id; see `checkout_details`)."""
         cs = self.store.get("checkout.session", session_id)
         if cs["status"] != "open":
             raise StripeError(400, f"This Checkout Session is no longer open (status {cs['status']}).")
-        if card not in objects.CARDS:
+        if card is not None and card not in objects.CARDS:
             raise invalid_param("card", "Unknown test card.")
-        if objects.CARDS[card]["behaviour"] == "declines":
-            raise PaymentFailed("Your card was declined. Try another card.")
         private = self.store.private[cs["id"]]
+        # Checked before anything is saved: a bad code or a missing address changes nothing.
+        checkout_details.check(self.e, cs, details or {})
+        if card is None and not checkout_details.card_optional(cs):
+            raise PaymentFailed("Choose a card: this checkout needs a payment method.")
+        if card is not None and objects.CARDS[card]["behaviour"] == "declines":
+            raise PaymentFailed("Your card was declined. Try another card.")
         email = email or cs["customer_email"]
         # A customer deleted since the session was made is Stripe's resource_missing, not a crash.
         customer = self.e.customer(cs["customer"]) if cs["customer"] else None
@@ -202,9 +293,15 @@ class Checkout:
         if customer is not None:
             email = email or customer["email"]
             name = name or customer["name"]
+        collected = checkout_details.save(self.e, cs, customer, details or {})
         save = cs["mode"] == "subscription" or private["setup_future_usage"] is not None
-        pm = self.e.new_payment_method(card, customer["id"] if customer and save else None, email, name)
+        pm = (
+            self.e.new_payment_method(card, customer["id"] if customer and save else None, email, name)
+            if card is not None
+            else None
+        )
         lines = private["lines"]
+        discount = checkout_details.discount_of(self.e, cs)
         if cs["mode"] == "subscription":
             assert customer is not None
             now = self.e.now(customer["id"])
@@ -221,6 +318,9 @@ class Checkout:
                 description=private["subscription_description"],
                 off_session=False,
                 payment_behavior="allow_incomplete",
+                discount=discount,
+                automatic_tax=bool(private.get("automatic_tax")),
+                missing_payment_method=private.get("missing_payment_method") or "create_invoice",
             )
             if error is not None:
                 raise PaymentFailed(error.message)
@@ -228,35 +328,42 @@ class Checkout:
             cs["invoice"] = inv["id"]
             cs["payment_status"] = "paid" if inv["amount_paid"] > 0 else "no_payment_required"
         else:
-            pi = self.e.payments.new_intent(
-                amount=cs["amount_total"],
-                currency=cs["currency"],
-                customer_id=customer["id"] if customer else None,
-                description=private["payment_intent_description"],
-                metadata=dict(private["payment_intent_metadata"]),
-                pm=pm,
-                setup_future_usage=private["setup_future_usage"],
-                statement_descriptor=private["statement_descriptor"],
-            )
-            error = self.e.payments.confirm(pi, pm, off_session=False)
-            if error is not None:
-                raise PaymentFailed(error.message)
-            cs["payment_intent"] = pi["id"]
-            cs["payment_status"] = "paid"
+            pi = None
+            if cs["amount_total"] > 0:
+                assert pm is not None
+                pi = self.e.payments.new_intent(
+                    amount=cs["amount_total"],
+                    currency=cs["currency"],
+                    customer_id=customer["id"] if customer else None,
+                    description=private["payment_intent_description"],
+                    metadata=dict(private["payment_intent_metadata"]),
+                    pm=pm,
+                    setup_future_usage=private["setup_future_usage"],
+                    statement_descriptor=private["statement_descriptor"],
+                )
+                error = self.e.payments.confirm(pi, pm, off_session=False)
+                if error is not None:
+                    raise PaymentFailed(error.message)
+                cs["payment_intent"] = pi["id"]
+            cs["payment_status"] = "paid" if pi is not None else "no_payment_required"
+            if discount is not None:
+                self.e.coupons.redeem(*discount)
+            if cs["invoice_creation"] and cs["invoice_creation"]["enabled"] and customer is not None:
+                cs["invoice"] = checkout_details.post_payment_invoice(self.e, cs, customer, pi)["id"]
         cs["status"] = "complete"
         cs["url"] = None
         cs["customer_details"] = {
-            "address": None,
-            "business_name": None,
+            "address": collected["address"],
+            "business_name": collected["business_name"],
             "email": email,
             "individual_name": None,
             "name": name,
             "phone": None,
             "tax_exempt": "none",
-            "tax_ids": [],
+            "tax_ids": collected["tax_ids"],
         }
         cs["collected_information"] = {
-            "business_name": None,
+            "business_name": collected["business_name"],
             "individual_name": None,
             "shipping_details": None,
         }

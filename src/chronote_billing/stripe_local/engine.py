@@ -37,6 +37,10 @@ EXPANDABLE_PREFIXES = (
     ("clock_", "test_helpers.test_clock"),
     ("inpay_", "invoice_payment"),
     ("evt_", "event"),
+    ("di_", "discount"),
+    ("promo_", "promotion_code"),
+    ("txr_", "tax_rate"),
+    ("txi_", "tax_id"),
 )
 
 
@@ -52,7 +56,9 @@ class Engine:
     def __init__(self, base_url: str = "http://127.0.0.1:12111") -> None:
         from chronote_billing.stripe_local.billing import Billing
         from chronote_billing.stripe_local.checkout import Checkout
+        from chronote_billing.stripe_local.coupons import Coupons
         from chronote_billing.stripe_local.payments import Payments
+        from chronote_billing.stripe_local.tax import Tax
 
         self.store = Store()
         self.request = RequestContext()
@@ -62,6 +68,8 @@ class Engine:
         self.payments = Payments(self)
         self.billing = Billing(self)
         self.checkout = Checkout(self)
+        self.coupons = Coupons(self)
+        self.tax = Tax(self)
         self.portal_configuration_id = objects.new_id("bpc_1")
 
     @property
@@ -128,14 +136,20 @@ class Engine:
         value = obj[key]
         if isinstance(value, str):
             target = self.store.find(value)
-            if target is None or target.get("object") != _kind_of(value):
+            kind = _kind_of(value)  # coupons have ids of their own choosing, without a prefix
+            if target is None or target.get("deleted") or (kind is not None and target.get("object") != kind):
                 raise StripeError(400, f"This property cannot be expanded ({full}).", param="expand")
             obj[key] = value = self.render(target)
         if isinstance(value, dict):
             self._expand(value, rest, full)
         elif isinstance(value, list):
-            for entry in value:
-                if isinstance(entry, dict):
+            for i, entry in enumerate(value):
+                if isinstance(entry, str) and not rest:  # a list of ids, such as `discounts`
+                    target = self.store.find(entry)
+                    if target is None or target.get("object") != _kind_of(entry):
+                        raise StripeError(400, f"This property cannot be expanded ({full}).", param="expand")
+                    value[i] = self.render(target)
+                elif isinstance(entry, dict):
                     self._expand(entry, rest, full)
         elif value is not None:
             raise StripeError(400, f"This property cannot be expanded ({full}).", param="expand")
@@ -157,6 +171,11 @@ class Engine:
                 if s["customer"] == obj["id"] and s["status"] != "canceled"
             ]
             return objects.list_object(f"/v1/customers/{obj['id']}/subscriptions", subs)
+        if kind == "customer" and key == "tax_ids":
+            ids = [self.render(t) for t in self.tax.tax_ids_of(obj["id"])]
+            return objects.list_object(f"/v1/customers/{obj['id']}/tax_ids", ids)
+        if kind == "coupon" and key == "applies_to":
+            return self.coupons.applies_to(obj)
         return None
 
     def paginate(
@@ -237,6 +256,8 @@ class Engine:
             test_clock=clock_id,
             invoice_prefix=objects.random_token(8).upper(),
         )
+        if p.has("address") and p.raw("address") != "":
+            self.tax.set_address(cust, p.sub("address"))
         self.store.add(cust)
         self.emit("customer.created", cust)
         pm_id = p.text("payment_method")
@@ -267,6 +288,11 @@ class Engine:
             cust["metadata"] = apply_metadata(cust["metadata"], p.raw("metadata"))
         if p.has("balance"):
             cust["balance"] = p.integer("balance", 0)
+        if p.has("address"):
+            if p.raw("address") == "":
+                cust["address"] = None
+            else:
+                self.tax.set_address(cust, p.sub("address"))
         settings = p.sub("invoice_settings")
         if settings.has("default_payment_method"):
             pm_id = settings.text("default_payment_method")

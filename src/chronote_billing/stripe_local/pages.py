@@ -7,10 +7,11 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from chronote_billing.stripe_local import objects
+from chronote_billing.stripe_local import checkout_details, objects
 from chronote_billing.stripe_local.billing import fmt_date, interval_label
 from chronote_billing.stripe_local.engine import Engine
 from chronote_billing.stripe_local.objects import money
+from chronote_billing.stripe_local.tax import TAX_ID_TYPES
 
 STYLE = """
 *{box-sizing:border-box}body{margin:0;font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;color:#1a1f36;background:#f6f9fc}
@@ -79,6 +80,23 @@ def checkout_page(engine: Engine, cs: dict[str, Any], error: str | None = None) 
     trial = ""
     if private.get("trial_end") or private.get("trial_period_days"):
         trial = "<p class=muted>Starts with a free trial; the first payment is due when the trial ends.</p>"
+    details = cs["total_details"] or {}
+    if details.get("amount_discount"):
+        code = ""
+        if cs["discounts"] and cs["discounts"][0].get("promotion_code"):
+            promo = engine.store.find(cs["discounts"][0]["promotion_code"])
+            code = f" ({promo['code']})" if promo else ""
+        rows.append(
+            f"<tr><td>Discount{escape(code)}</td>"
+            f"<td class=num>-{escape(money(details['amount_discount'], cs['currency']))}</td></tr>"
+        )
+    if cs["automatic_tax"]["enabled"]:
+        tax_text = (
+            money(details.get("amount_tax") or 0, cs["currency"])
+            if cs["automatic_tax"]["status"] == "complete"
+            else "calculated from your address"
+        )
+        rows.append(f"<tr><td>Tax</td><td class=num id=tax>{escape(tax_text)}</td></tr>")
     summary = (
         f"<section><div class=muted>{escape(title)} to Chronote</div>"
         f"<div class=total>{escape(money(cs['amount_total'], cs['currency']))}</div>{trial}"
@@ -104,6 +122,11 @@ def checkout_page(engine: Engine, cs: dict[str, Any], error: str | None = None) 
         f"<div class='muted small'>{escape(hint)}</div></span></label>"
         for i, (number, label, hint) in enumerate(CARD_CHOICES)
     )
+    if checkout_details.card_optional(cs):
+        choices += (
+            "<label><input type=radio name=card value=none><span>No card now"
+            "<div class='muted small'>Nothing is due today; add a card before the trial ends.</div></span></label>"
+        )
     cancel = ""
     if cs["cancel_url"]:
         cancel = f"<p class=small><a id=cancel href='{escape(cs['cancel_url'])}'>← Cancel and go back</a></p>"
@@ -112,11 +135,41 @@ def checkout_page(engine: Engine, cs: dict[str, Any], error: str | None = None) 
         f"<section><h2>Pay with card</h2>{err}<form method=post action='/pay/{escape(cs['id'])}'>"
         f"<label for=email>Email</label><input type=email id=email name=email value='{escape(email)}'>"
         f"<label for=name>Name on card</label><input type=text id=name name=name value='{escape(name)}'>"
+        f"{_detail_fields(engine, cs)}"
         f"<label>Test card</label><div class=cards>{choices}</div>"
         f"<button class=full type=submit id=pay>{'Subscribe' if cs['mode'] == 'subscription' else 'Pay'} "
         f"{escape(money(cs['amount_total'], cs['currency']))}</button></form>{cancel}</section>"
     )
     return _page(title, summary + form)
+
+
+def _detail_fields(engine: Engine, cs: dict[str, Any]) -> str:
+    """A promotion code, a billing address and a tax id, when the session asks for them."""
+    out = []
+    if cs["allow_promotion_codes"]:
+        out.append(
+            "<label for=promotion_code>Promotion code</label><input type=text id=promotion_code name=promotion_code>"
+        )
+    address = engine.store.private[cs["id"]].get("address") or {}
+    if checkout_details.needs_address(engine, cs) or cs["billing_address_collection"] == "auto":
+        for key, label in (
+            ("line1", "Address"),
+            ("postal_code", "Postal code"),
+            ("city", "City"),
+            ("country", "Country (two letters, e.g. DE)"),
+        ):
+            out.append(
+                f"<label for={key}>{escape(label)}</label>"
+                f"<input type=text id={key} name={key} value='{escape(address.get(key) or '')}'>"
+            )
+    if cs.get("tax_id_collection", {}).get("enabled"):
+        options = "".join(f"<option value={t}>{t}</option>" for t in TAX_ID_TYPES)
+        out.append(
+            "<label for=business_name>Business name (optional)</label><input type=text id=business_name name=business_name>"
+            f"<label for=tax_id_value>Tax ID (optional)</label><select name=tax_id_type aria-label='Tax ID type'>{options}</select>"
+            "<input type=text id=tax_id_value name=tax_id_value>"
+        )
+    return "".join(out)
 
 
 # --- billing portal --------------------------------------------------------------------------

@@ -73,15 +73,22 @@ class StripeLocalHarness:
         return f"{prefix}{url_or_id}"
 
     def pay_checkout(
-        self, session: Any, card: str = CARD_OK, email: str | None = None, name: str | None = None
+        self,
+        session: Any,
+        card: str | None = CARD_OK,
+        email: str | None = None,
+        name: str | None = None,
+        **details: str,
     ) -> httpx.Response:
-        """Open the session's hosted page and pay with a test card; returns the POST's response
-        (a 303 to `success_url` when paid, the page again with status 402 when declined)."""
+        """Open the session's hosted page and pay with a test card (None: no card, where nothing
+        is due), after filling in `details` (`promotion_code`, `country`, `line1`, `postal_code`,
+        `city`, `business_name`, `tax_id_type`, `tax_id_value`); returns the POST's response (a
+        303 to `success_url` when paid, the page again with status 402 or 400 when refused)."""
         url = session if isinstance(session, str) else (session.url or f"/pay/{session.id}")
         path = self._path(url, "/pay/")
         page = self.http.get(path)
         page.raise_for_status()
-        form = {"card": card}
+        form = {"card": card or "none", **details}
         if email is not None:
             form["email"] = email
         if name is not None:

@@ -254,8 +254,99 @@ def sync_catalog(
                 ),
             )
             report.add("archive", f"price {want.lookup_key}", current["id"])
+    sync_promotions(client, catalog, products, report, dry_run)
     sync_portal_configuration(client, catalog, report, dry_run)
     return report
+
+
+# --- coupons and promotion codes (decision 0042) -----------------------------------------------
+
+_COUPON_TERMS = (
+    "percent_off",
+    "amount_off",
+    "currency",
+    "duration",
+    "duration_in_months",
+    "max_redemptions",
+    "redeem_by",
+)
+
+
+def sync_promotions(
+    client: stripe.StripeClient, catalog: Catalog, products: dict[str, str], report: SyncReport, dry_run: bool
+) -> None:
+    """Catalog coupons by id, promotion codes by code. Stripe's coupon terms never change after
+    creation: a catalog coupon whose terms differ is reported as a conflict, not replaced."""
+    from .promotions import coupon_params, create_coupon, find_code, get_coupon, promotion_code_params
+
+    for coupon in catalog.coupons.values():
+        want = coupon_params(coupon, products, catalog, "catalog")
+        existing = get_coupon(client, coupon.id)
+        if existing is None:
+            if dry_run:
+                report.add("create", f"coupon {coupon.id}", coupon.name)
+            else:
+                create_coupon(client, catalog, coupon, products, "catalog")
+                report.add("create", f"coupon {coupon.id}", coupon.name)
+            continue
+        have_products = sorted((existing.get("applies_to") or {}).get("products") or [])
+        if any(existing.get(k) != want.get(k) for k in _COUPON_TERMS) or have_products != sorted(
+            (want.get("applies_to") or {}).get("products") or []
+        ):
+            report.add(
+                "conflict", f"coupon {coupon.id}", "its terms differ from Stripe's; publish it under a new id"
+            )
+            continue
+        meta = {k: str(v) for k, v in (existing.get("metadata") or {}).items()}
+        if existing.get("name") == want["name"] and all(
+            meta.get(k) == v for k, v in want["metadata"].items()
+        ):
+            report.add("unchanged", f"coupon {coupon.id}", coupon.id)
+        elif dry_run:
+            report.add("update", f"coupon {coupon.id}", "name, metadata")
+        else:
+            call(
+                "update a coupon",
+                lambda coupon=coupon, want=want: client.v1.coupons.update(  # type: ignore[misc]
+                    coupon.id, params={"name": want["name"], "metadata": want["metadata"]}
+                ),
+            )
+            report.add("update", f"coupon {coupon.id}", "name, metadata")
+    for code in catalog.promotion_codes:
+        found = find_code(client, code.code)
+        if found is None:
+            if not dry_run:
+                params = promotion_code_params(code, "catalog")
+                call(
+                    "create a promotion code",
+                    lambda params=params, code=code: client.v1.promotion_codes.create(  # type: ignore[misc]
+                        params=params,
+                        options={
+                            "idempotency_key": stripe_key("catalog", catalog.version, "promo", code.code)
+                        },
+                    ),
+                )
+            report.add("create", f"promotion code {code.code}", code.coupon)
+            continue
+        linked = (found.get("promotion") or {}).get("coupon")
+        if (linked if isinstance(linked, str) else (linked or {}).get("id")) != code.coupon:
+            report.add("conflict", f"promotion code {code.code}", "it names another coupon in Stripe")
+        elif bool(found.get("active")) == code.active or (code.active and _ended(found)):
+            report.add("unchanged", f"promotion code {code.code}", str(found["id"]))
+        else:
+            if not dry_run:
+                call(
+                    "update a promotion code",
+                    lambda found=found, code=code: client.v1.promotion_codes.update(  # type: ignore[misc]
+                        str(found["id"]), params={"active": code.active}
+                    ),
+                )
+            report.add("update", f"promotion code {code.code}", "active" if code.active else "inactive")
+
+
+def _ended(promo: dict[str, Any]) -> bool:
+    limit = promo.get("max_redemptions")
+    return limit is not None and int(promo.get("times_redeemed") or 0) >= int(limit)
 
 
 # --- the customer portal ----------------------------------------------------------------------

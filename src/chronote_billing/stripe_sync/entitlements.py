@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -271,3 +271,10 @@ def allowance_not_issued(session: Session, account: BillingAccount, now: datetim
     if due is None or _already_granted(session, account.id, due.cause_type, due.cause_id):
         return None
     return due
+
+
+def entitlement_trial(session: Session, account: BillingAccount | None, now: datetime) -> Any:
+    """The free trial running now for an entitlements answer ("trial, ends on ..."), or None."""
+    from .trials import trial_view
+
+    return trial_view(session, account, now) if account is not None else None

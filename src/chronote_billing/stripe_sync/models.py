@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chronote_billing.core.db import Base, BigInt, JSONType, UTCDateTime
@@ -185,3 +185,27 @@ class ChronoteImport(Base):
     kind: Mapped[str] = mapped_column(String(24))  # subscription, comp
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType)
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PlanTrial(Base):
+    """The one trial a person (personal plans) or a Discord server (server plans) may ever have
+    (decision 0044), by Discord id: reserved by a trial checkout, kept after it ends."""
+
+    __tablename__ = "plan_trials"
+    __table_args__ = (
+        CheckConstraint("subject_kind in ('personal', 'server')", name="subject_kind"),
+        CheckConstraint("status in ('offered', 'active', 'converted', 'ended')", name="status"),
+    )
+
+    subject_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject_ref: Mapped[str] = mapped_column(String(64), primary_key=True)  # Discord user or guild id
+    account_id: Mapped[str] = mapped_column(String(40), ForeignKey("billing_accounts.id"), index=True)
+    plan_id: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(12))
+    checkout_session_id: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    subscription_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    trial_start: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    trial_end: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    card_on_file: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

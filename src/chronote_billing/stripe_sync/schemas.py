@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from chronote_billing.catalog.service import Catalog
-from chronote_billing.core.validation import CatalogRef, Url
+from chronote_billing.core.validation import CatalogRef, PromotionCodeText, Url
 
 
 class StrictModel(BaseModel):
@@ -115,6 +115,16 @@ class CheckoutRequest(StrictModel):
     pack: CatalogRef | None = Field(default=None, description="Credit pack id (one-time payment).")
     success_url: Url | None = None
     cancel_url: Url | None = None
+    promotion_code: PromotionCodeText | None = Field(
+        default=None,
+        description="A promotion code the person typed in Chronote, checked against this plan or pack. "
+        "Without one, Stripe's page offers its own code field where it can check the code.",
+    )
+    trial: StrictBool = Field(
+        default=False,
+        description="Start the plan's free trial (once per person or server, ever); refused when the plan "
+        "has none or the trial was used.",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> CheckoutRequest:
@@ -133,6 +143,8 @@ class CheckoutView(BaseModel):
     pack: str | None
     url: str | None
     customer: str
+    promotion_code: str | None = Field(default=None, description="The promotion code applied, if any.")
+    trial_days: int | None = Field(default=None, description="Length of the free trial this checkout starts.")
 
 
 class PlanChangeRequest(StrictModel):
@@ -185,6 +197,16 @@ class CheckoutStatusView(BaseModel):
     message: str
 
 
+class TrialView(BaseModel):
+    object: str = "trial"
+    plan: str
+    plan_name: str
+    ends_at: datetime = Field(description="When the trial ends, and its credits with it.")
+    credits: int = Field(description="Whole credits the trial brought.")
+    card_on_file: bool = Field(description="Whether a card will be charged when the trial ends.")
+    then: str = Field(description="The plan from the trial's end: the trial's plan with a card, else free.")
+
+
 class SubscriptionView(BaseModel):
     object: str = "account_subscription"
     account_id: str
@@ -201,6 +223,7 @@ class SubscriptionView(BaseModel):
     in_grace: bool
     grace_ends_at: datetime | None
     complimentary_until: datetime | None = None
+    trial: TrialView | None = Field(default=None, description="The free trial running now, if any.")
 
 
 class CancelView(BaseModel):
@@ -227,6 +250,7 @@ class PackPurchaseView(BaseModel):
     account_id: str
     pack: str
     payment_intent: str
+    invoice: str | None = Field(default=None, description="The taxed invoice, when Stripe Tax is on.")
     status: str
     granted: bool
     grant_id: str | None

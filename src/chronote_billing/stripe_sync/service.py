@@ -8,6 +8,11 @@ Stripe is being called:
 2. call Stripe with an idempotency key derived from our ids and the caller's key, so a retry
    gets Stripe's first answer;
 3. write the result, and the idempotency record, in a new transaction.
+
+It is longer than our modules usually are because every purchase operation an account can
+start lives on one service object, each in those three steps; what they share but is not a step
+of its own lives beside it: coupons (`promotions`), trials (`trials`), taxed pack invoices
+(`pack_invoices`), invoices and receipts (`receipts`).
 """
 
 from __future__ import annotations
@@ -43,8 +48,11 @@ from .catalog_sync import fetch_prices, find_portal_configuration
 from .client import call, expandable_id, make_client, stripe_key, to_dict
 from .entitlements import complimentary_plan, current_plan, grace_ends_at, plan_subscription
 from .models import PlanSubscription, StripeCheckoutSession
+from .pack_invoices import pay_pack_invoice
 from .periods import from_ts, to_ts
 from .plan_change import decide_plan_change
+from .promotions import STRIPE_DISCOUNT_REFUSALS, PromotionCodeNotRedeemable, page_codes_allowed, resolve_code
+from .receipts import BillingDocumentList, list_documents
 from .schemas import (
     CancelView,
     CheckoutStatusView,
@@ -55,6 +63,9 @@ from .schemas import (
     PortalSessionView,
     SubscriptionView,
 )
+from .trials import TRIAL_META, NoTrial, TrialAlreadyUsed, plan_trial, refuse_if_used, trial_view
+from .trials import existing as existing_trial
+from .trials import reserve as reserve_trial
 from .webhooks import ENDED_STATUSES, WebhookProcessor, grant_pack
 
 log = structlog.get_logger(__name__)
@@ -184,6 +195,7 @@ class BillingService:
             in_grace=in_grace,
             grace_ends_at=grace_ends,
             complimentary_until=comp[0].ends_at if comp else None,
+            trial=trial_view(session, account, now),
         )
 
     def get_subscription(self, principal: Principal, account_id: str) -> SubscriptionView:
@@ -239,20 +251,36 @@ class BillingService:
         pack_id: str | None = None,
         success_url: str | None = None,
         cancel_url: str | None = None,
+        promotion_code: str | None = None,
+        trial: bool = False,
     ) -> CheckoutView:
-        """A Checkout Session for a plan (subscription mode) or a credit pack (payment mode)."""
+        """A Checkout Session for a plan (subscription mode) or a credit pack (payment mode).
+
+        A `promotion_code` is checked against the plan or pack before anything is written
+        (decision 0042); without one, Stripe's page takes codes where it can check them. A
+        `trial` is the plan's free trial, once per person or server (decision 0044), reserved
+        with the session.
+        """
         key = idempotency.check_key(idempotency_key)
         catalog = load_catalog()
         scope = f"billing.checkout:{account_id}"
-        params = {
+        promotion_code = (promotion_code or "").strip() or None
+        params: dict[str, Any] = {
             "plan": plan_id,
             "interval": interval if plan_id else None,
             "pack": pack_id,
             "success_url": success_url,
             "cancel_url": cancel_url,
         }
+        if promotion_code is not None:
+            params["promotion_code"] = promotion_code
+        if trial:
+            params["trial"] = True
         if (plan_id is None) == (pack_id is None):
             raise ValidationFailed("Give exactly one of a plan or a credit pack.", field="plan")
+        if trial and plan_id is None:
+            raise NoTrial("Credit packs have no trial; a trial is for a plan.", field="trial")
+        open_offer: list[str] = []
 
         def check(session: Session) -> tuple[_Account, Any, Plan | None, CreditPack | None]:
             account = _get_account(session, account_id)
@@ -275,6 +303,12 @@ class BillingService:
                         "change its plan instead of buying a second one.",
                         subscription_id=sub.stripe_subscription_id,
                     )
+                if trial:
+                    plan_trial(plan)
+                    reserved = existing_trial(session, account)
+                    refuse_if_used(reserved, account)
+                    if reserved is not None and reserved.checkout_session_id:
+                        open_offer.append(reserved.checkout_session_id)
             else:
                 assert pack_id is not None
                 pack = catalog.pack(pack_id)
@@ -283,9 +317,24 @@ class BillingService:
         acct, prior, plan, pack = self.db.read(check)
         if prior is not None:
             return CheckoutView.model_validate(prior)
-        customer = self.ensure_customer(account_id)
+        item_id = plan.id if plan else pack.id  # type: ignore[union-attr]
         lookup_key = plan.price(interval).lookup_key if plan else pack.lookup_key  # type: ignore[union-attr]
-        price_id = self._price_id(lookup_key)
+        price = self._price(lookup_key)
+        price_id = str(price["id"])
+        code = None
+        if promotion_code is not None:
+            code = resolve_code(
+                self.client,
+                catalog,
+                promotion_code,
+                item_id=item_id,
+                product_id=expandable_id(price.get("product")) or "",
+                now=self.clock.now(),
+            )
+        if open_offer:
+            # An earlier trial checkout that was never paid: it is closed before a new one opens.
+            self._expire_trial_checkout(open_offer[0], acct.kind)
+        customer = self.ensure_customer(account_id)
         meta = account_metadata(acct)
         base = self.settings.public_base_url.rstrip("/")
         body: dict[str, Any] = {
@@ -296,14 +345,21 @@ class BillingService:
             or f"{base}/portal/checkout/done?account={acct.id}&session={{CHECKOUT_SESSION_ID}}",
             "cancel_url": cancel_url or f"{base}/portal/checkout/cancelled?account={acct.id}",
         }
+        if code is not None:
+            body["discounts"] = [{"promotion_code": code.promotion_code}]
+        elif page_codes_allowed(self.client, catalog, item_id):
+            body["allow_promotion_codes"] = True
+        body.update(tax_options(self.settings, acct.kind))
         if plan is not None:
             plan_meta = {**meta, "chronote_plan_id": plan.id, "chronote_interval": interval}
-            body.update(
-                mode="subscription",
-                allow_promotion_codes=True,
-                metadata=plan_meta,
-                subscription_data={"metadata": plan_meta},
-            )
+            subscription_data: dict[str, Any] = {"metadata": plan_meta}
+            if trial and plan.trial is not None:
+                # No card needed to start; without one, the trial's end cancels to free (0044).
+                subscription_data["metadata"] = {**plan_meta, TRIAL_META: plan.id}
+                subscription_data["trial_period_days"] = plan.trial.days
+                subscription_data["trial_settings"] = {"end_behavior": {"missing_payment_method": "cancel"}}
+                body["payment_method_collection"] = "if_required"
+            body.update(mode="subscription", metadata=plan_meta, subscription_data=subscription_data)
         else:
             assert pack is not None
             pack_meta = {**meta, "chronote_pack_id": pack.id}
@@ -314,14 +370,31 @@ class BillingService:
                     "metadata": {**pack_meta, "chronote_kind": "credit_pack_checkout"},
                     "setup_future_usage": "off_session",
                 },
+                # A receipt with its tax; it names no pack, so it never grants one (0043).
+                invoice_creation={
+                    "enabled": True,
+                    "invoice_data": {
+                        "description": f"Chronote {pack.name}",
+                        "metadata": {**meta, "chronote_kind": RECEIPT_KIND},
+                    },
+                },
             )
-        cs = call(
-            "start a checkout",
-            lambda: self.client.v1.checkout.sessions.create(
-                params=body,  # type: ignore[arg-type]
-                options={"idempotency_key": stripe_key("checkout", acct.id, key)},
-            ),
-        )
+        try:
+            cs = call(
+                "start a checkout",
+                lambda: self.client.v1.checkout.sessions.create(
+                    params=body,  # type: ignore[arg-type]
+                    options={"idempotency_key": stripe_key("checkout", acct.id, key)},
+                ),
+            )
+        except ExternalServiceError as exc:
+            if code is not None and exc.details.get("stripe_code") in STRIPE_DISCOUNT_REFUSALS:
+                raise PromotionCodeNotRedeemable(
+                    f"Promotion code {code.code} cannot be used for this purchase: {exc.message}",
+                    field="promotion_code",
+                    promotion_code=code.code,
+                ) from exc
+            raise
         view = CheckoutView(
             id=cs.id,
             account_id=acct.id,
@@ -331,12 +404,21 @@ class BillingService:
             pack=pack.id if pack else None,
             url=getattr(cs, "url", None),
             customer=customer,
+            promotion_code=code.code if code else None,
+            trial_days=plan.trial.days if trial and plan and plan.trial else None,
         )
 
         def save(session: Session) -> CheckoutView:
             prior = idempotency.lookup(session, scope, key, params)
             if prior is not None:
                 return CheckoutView.model_validate(prior)
+            if trial and plan is not None:
+                account = _get_account(session, acct.id)
+                replaces = open_offer[0] if open_offer else None
+                if not reserve_trial(session, account, plan, cs.id, replaces, self.clock.now()):
+                    raise TrialAlreadyUsed(
+                        "Another checkout took this trial a moment ago; trials are once, ever.", field="trial"
+                    )
             if session.get(StripeCheckoutSession, cs.id) is None:
                 session.add(
                     StripeCheckoutSession(
@@ -359,7 +441,29 @@ class BillingService:
             )
             return view
 
-        return self.db.write(save)
+        try:
+            return self.db.write(save)
+        except TrialAlreadyUsed:
+            self._expire_trial_checkout(cs.id, acct.kind, quiet=True)
+            raise
+
+    def _expire_trial_checkout(self, session_id: str, kind: str, quiet: bool = False) -> None:
+        """Close an unpaid trial checkout so that only one can ever start the trial. A checkout
+        that was paid meanwhile cannot be closed: its trial is then taken."""
+        try:
+            self.client.v1.checkout.sessions.expire(session_id)
+        except stripe.InvalidRequestError as exc:
+            if quiet:
+                log.warning("trial_checkout_not_expired", session=session_id, error=str(exc))
+                return
+            whose = "this person" if kind == AccountKind.PERSONAL else "this server"
+            raise TrialAlreadyUsed(
+                f"The free trial of {whose} was started from an earlier checkout.", field="trial"
+            ) from exc
+        except stripe.StripeError as exc:
+            raise ExternalServiceError(
+                f"Stripe refused or failed to close the earlier trial checkout: {exc}"
+            ) from exc
 
     # ------------------------------------------------------------------ plan changes
 
@@ -679,6 +783,37 @@ class BillingService:
         )
         return self._remember(scope, key, params, view)
 
+    # ------------------------------------------------------------------ invoices and receipts
+
+    def documents(self, principal: Principal, account_id: str) -> BillingDocumentList:
+        """The account's invoices and receipts, newest first, read from its own Stripe customer."""
+
+        def check(session: Session) -> str | None:
+            account = _get_account(session, account_id)
+            require_view(session, principal, account)
+            return account.stripe_customer_id
+
+        customer = self.db.read(check)
+        data = list_documents(self.client, customer) if customer else []
+        return BillingDocumentList(account_id=account_id, data=data)
+
+    # ------------------------------------------------------------------ erasure (0047)
+
+    def forget_customer(self, customer_id: str, pseudonym: str, erasure_id: str) -> None:
+        """Replace what we set on an erased person's customer: their Discord id and name."""
+        call(
+            "remove our details from the customer",
+            lambda: self.client.v1.customers.update(
+                customer_id,
+                params={
+                    "name": pseudonym,
+                    "description": "Chronote personal billing account (erased)",
+                    "metadata": {"discord_user_id": "", "chronote_erased": pseudonym},
+                },
+                options={"idempotency_key": stripe_key("erase", erasure_id)},
+            ),
+        )
+
     # ------------------------------------------------------------------ customer portal
 
     def open_customer_portal(
@@ -777,6 +912,70 @@ class BillingService:
             "chronote_pack_id": pack.id,
             "chronote_kind": "credit_pack_off_session",
         }
+        if self.settings.stripe_automatic_tax:
+            paid = pay_pack_invoice(
+                self.client,
+                account_id=account_id,
+                customer=acct.customer or "",
+                pack=pack,
+                price_id=self._price_id(pack.lookup_key),
+                method=method,
+                metadata=meta,
+                key=key,
+                declined=PaymentFailed,
+            )
+            intent, invoice_id, status = paid.payment_intent, paid.invoice, paid.status
+            created_ts = paid.created
+        else:
+            pi = self._charge_pack(acct, pack, method, meta, key)
+            intent, invoice_id, status = str(pi["id"]), None, str(pi.get("status"))
+            created_ts = int(pi.get("created") or 0)
+        if status != "succeeded":
+            raise PaymentFailed(
+                f"The payment for {pack.name} is {status}; no credits were added.",
+                account_id=account_id,
+                payment_intent=intent,
+            )
+        created = from_ts(created_ts or to_ts(self.clock.now()))
+
+        def save(session: Session) -> PackPurchaseView:
+            again = idempotency.lookup(session, scope, key, params)
+            if again is not None:
+                return PackPurchaseView.model_validate(again)
+            account = _get_account(session, account_id)
+            notes: list[str] = []
+            # One grant per payment: keyed as the webhook that confirms the same payment keys it.
+            purchase = grant_pack(
+                session,
+                self.ledger,
+                self.clock,
+                account,
+                pack,
+                at=created,
+                cause_type="invoice" if invoice_id else "payment_intent",
+                cause_id=invoice_id or str(intent),
+                payment_intent=None if invoice_id else intent,
+                invoice_id=invoice_id,
+                notes=notes,
+            )
+            view = PackPurchaseView(
+                account_id=account_id,
+                pack=pack.id,
+                payment_intent=intent or "",
+                invoice=invoice_id,
+                status=status,
+                granted=purchase is not None,
+                grant_id=purchase.grant_id if purchase else None,
+            )
+            idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), self.clock.now())
+            return view
+
+        return self.db.write(save)
+
+    def _charge_pack(
+        self, acct: _Account, pack: CreditPack, method: str, meta: dict[str, str], key: str
+    ) -> dict[str, Any]:
+        """A PaymentIntent for the pack's price, confirmed off-session (no tax: decision 0043)."""
         try:
             pi = to_dict(
                 self.client.v1.payment_intents.create(
@@ -790,54 +989,16 @@ class BillingService:
                         "description": f"Chronote {pack.name} (auto-recharge)",
                         "metadata": meta,
                     },
-                    options={"idempotency_key": stripe_key("pack-off-session", account_id, key)},
+                    options={"idempotency_key": stripe_key("pack-off-session", acct.id, key)},
                 )
             )
         except stripe.CardError as exc:
             raise PaymentFailed(
-                f"The saved card was declined: {exc.user_message or exc}", account_id=account_id, pack=pack_id
+                f"The saved card was declined: {exc.user_message or exc}", account_id=acct.id, pack=pack.id
             ) from exc
         except stripe.StripeError as exc:
             raise ExternalServiceError(f"Stripe refused or failed to charge the saved card: {exc}") from exc
-        if pi.get("status") != "succeeded":
-            raise PaymentFailed(
-                f"The payment for {pack.name} is {pi.get('status')}; no credits were added.",
-                account_id=account_id,
-                payment_intent=pi.get("id"),
-            )
-        created = from_ts(pi.get("created") or to_ts(self.clock.now()))
-
-        def save(session: Session) -> PackPurchaseView:
-            again = idempotency.lookup(session, scope, key, params)
-            if again is not None:
-                return PackPurchaseView.model_validate(again)
-            account = _get_account(session, account_id)
-            notes: list[str] = []
-            purchase = grant_pack(
-                session,
-                self.ledger,
-                self.clock,
-                account,
-                pack,
-                at=created,
-                cause_type="payment_intent",
-                cause_id=str(pi["id"]),
-                payment_intent=str(pi["id"]),
-                invoice_id=None,
-                notes=notes,
-            )
-            view = PackPurchaseView(
-                account_id=account_id,
-                pack=pack.id,
-                payment_intent=str(pi["id"]),
-                status=str(pi.get("status")),
-                granted=purchase is not None,
-                grant_id=purchase.grant_id if purchase else None,
-            )
-            idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), self.clock.now())
-            return view
-
-        return self.db.write(save)
+        return pi
 
     def require_saved_card(self, account_id: str) -> None:
         """Refuse, in words, what needs a card saved with Stripe (auto-recharge) when there is none."""
@@ -867,10 +1028,13 @@ class BillingService:
     # ------------------------------------------------------------------ helpers
 
     def _price_id(self, lookup_key: str) -> str:
+        return str(self._price(lookup_key)["id"])
+
+    def _price(self, lookup_key: str) -> dict[str, Any]:
         prices = fetch_prices(self.client, [lookup_key])
         if lookup_key not in prices:
             raise load_missing_price(lookup_key)
-        return str(prices[lookup_key]["id"])
+        return dict(prices[lookup_key])
 
     def _remember(self, scope: str, key: str, params: dict[str, Any], view: Any) -> Any:
         def save(session: Session) -> Any:
@@ -881,6 +1045,27 @@ class BillingService:
             return view
 
         return self.db.write(save)
+
+
+RECEIPT_KIND = "credit_pack_checkout"
+
+
+def tax_options(settings: Settings, kind: str) -> dict[str, Any]:
+    """Checkout parameters for Stripe Tax and business details (decision 0043)."""
+    business = kind in (AccountKind.ORGANIZATION, AccountKind.SERVER) and settings.business_tax_ids
+    out: dict[str, Any] = {}
+    update: dict[str, str] = {}
+    if settings.stripe_automatic_tax:
+        out["automatic_tax"] = {"enabled": True}
+        out["billing_address_collection"] = "auto"
+        update["address"] = "auto"
+    if business:
+        out["billing_address_collection"] = "required"
+        out["tax_id_collection"] = {"enabled": True}
+        update.update(address="auto", name="auto")
+    if update:
+        out["customer_update"] = update
+    return out
 
 
 def _get_account(session: Session, account_id: str) -> BillingAccount:

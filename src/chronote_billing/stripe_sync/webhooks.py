@@ -38,6 +38,7 @@ from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.notifications.service import NotificationService
 
+from . import trials
 from .client import expandable_id, to_dict
 from .models import (
     PlanSubscription,
@@ -105,6 +106,20 @@ class _Outcome:
 
 def _meta(obj: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in (obj.get("metadata") or {}).items()}
+
+
+_CUSTOMER_OWN_EVENTS = ("customer.created", "customer.updated", "customer.deleted")
+
+
+def stored_payload(event: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of an event. A customer's earlier values (`previous_attributes`) are never
+    used, and after an erasure they would bring the erased name back (decision 0047)."""
+    if event.get("type") not in _CUSTOMER_OWN_EVENTS or "previous_attributes" not in (
+        event.get("data") or {}
+    ):
+        return event
+    data = {k: v for k, v in event["data"].items() if k != "previous_attributes"}
+    return {**event, "data": data}
 
 
 def verify_event(payload: bytes, sig_header: str | None, secret: str) -> dict[str, Any]:
@@ -320,7 +335,7 @@ class WebhookProcessor:
             account_id=None,
             outcome="received",
             note="",
-            payload=event,
+            payload=stored_payload(event),
             received_at=self.clock.now(),
         )
         session.add(row)
@@ -511,6 +526,9 @@ class WebhookProcessor:
         else:
             for key, value in values.items():
                 setattr(row, key, value)
+        trial_note = trials.observe_subscription(session, account, sub, status, now)
+        if trial_note:
+            result.note(trial_note)
         refresh_plan_subscription(session, account.id)
 
     # ------------------------------------------------------------------ invoices
@@ -536,6 +554,9 @@ class WebhookProcessor:
         session.flush()
 
         pack_id = _meta(inv).get("chronote_pack_id")
+        if sub_id is None and _meta(inv).get("chronote_kind") == "credit_pack_checkout":
+            result.note(f"invoice {inv_id} is the receipt of a pack checkout; its checkout grants the pack")
+            return
         if sub_id is None and pack_id:
             pack = load_catalog().credit_packs.get(pack_id)
             if pack is None:
@@ -638,6 +659,30 @@ class WebhookProcessor:
         period = (line or {}).get("period") or {}
         start_ts = period.get("start") or inv.get("period_start")
         end_ts = period.get("end") or inv.get("period_end")
+        details = (inv.get("parent") or {}).get("subscription_details") or {}
+        trial_plan = trials.trial_invoice_plan(inv, line, _meta(details))
+        if trial_plan is not None and trial_plan.trial is not None and start_ts and end_ts:
+            # The trial's own credits, spendable until it ends (0044); never the full allowance.
+            if trial_plan.trial.credits > 0:
+                self._issue_purchase(
+                    session,
+                    account,
+                    result,
+                    cause_key=f"invoice:{inv_id}:trial",
+                    kind="allowance",
+                    product_ref=trial_plan.id,
+                    amount=trial_plan.trial.millicredits,
+                    source="trial",
+                    cause_type="invoice",
+                    cause_id=inv_id,
+                    effective_at=from_ts(start_ts),
+                    expires_at=from_ts(end_ts),
+                    payment_intent=None,
+                    invoice_id=inv_id,
+                    priority=ALLOWANCE_PRIORITY,
+                    description=f"{trial_plan.name} trial credits until {from_ts(end_ts).date()}",
+                )
+            return
         if not start_ts or not end_ts or int(end_ts) <= int(start_ts):
             sub_row = session.get(StripeSubscription, sub_id)
             if sub_row is None:
@@ -748,6 +793,8 @@ class WebhookProcessor:
             if local is not None and local.status == "open":
                 local.status = "expired"
             result.note("checkout expired")
+            if trials.release_offer(session, str(cs["id"])):
+                result.note("its trial reservation was released")
             return
         if cs.get("mode") != "payment":
             result.note("subscription checkout: the subscription and invoice events carry its effect")

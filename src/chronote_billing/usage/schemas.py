@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chronote_billing.stripe_sync.schemas import TrialView
+
 
 class UsageRequest(BaseModel):
     """A usage context: what is about to be recorded, by whom, where, and who may pay."""
@@ -160,6 +162,9 @@ class EntitlementsView(BaseModel):
     capture_sources: list[str]
     features: dict[str, Any]
     funding_sources: list[FundingSourceView]
+    trial: TrialView | None = Field(
+        default=None, description="The free trial running now ('trial, ends on ...'), if any."
+    )
 
 
 class UsageReportRow(BaseModel):

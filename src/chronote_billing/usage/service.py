@@ -26,7 +26,7 @@ from chronote_billing.ledger.service import LedgerService
 from chronote_billing.notifications.service import NotificationService
 from chronote_billing.orgs.models import SpendAuthorization
 from chronote_billing.orgs.service import OrgService, member_role
-from chronote_billing.stripe_sync.entitlements import current_plan
+from chronote_billing.stripe_sync.entitlements import current_plan, entitlement_trial
 
 from .attribution import FundingSourceNotHeld, credits_text, personal_label, server_label
 from .errors import (
@@ -265,6 +265,7 @@ class UsageService:
             personal = self.accounts.find(session, AccountKind.PERSONAL, user)
             plan = current_plan(session, personal, now) if personal else self.catalog.free_plan("personal")
             billed = personal.id if personal else ""
+            billed_account = personal
         elif context == "server":
             if not guild_id:
                 raise ValidationFailed("Server entitlements need a guild_id.", field="guild_id")
@@ -272,6 +273,7 @@ class UsageService:
             server = self.accounts.find(session, AccountKind.SERVER, guild)
             plan = current_plan(session, server, now) if server else self.catalog.free_plan("server")
             billed = server.id if server else ""
+            billed_account = server
             sources = self._server_sources(session, guild, server, plan, now)
         else:
             raise ValidationFailed("context must be 'personal' or 'server'.", field="context")
@@ -287,6 +289,7 @@ class UsageService:
             capture_sources=list(plan.capture_sources),
             features=dict(plan.features),
             funding_sources=sources,
+            trial=entitlement_trial(session, billed_account, now),
         )
 
     def _held_authorization(self, session: Session, user_id: str, auth_id: str) -> SpendAuthorization:

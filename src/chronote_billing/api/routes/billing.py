@@ -73,6 +73,8 @@ def start_checkout(
         pack_id=body.pack,
         success_url=body.success_url,
         cancel_url=body.cancel_url,
+        promotion_code=body.promotion_code,
+        trial=body.trial,
     )
 
 

@@ -11,18 +11,15 @@ from chronote_billing.access.service import require_manage
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
 from chronote_billing.api.responses import problems
 from chronote_billing.core.errors import NotFound
-from chronote_billing.core.validation import AccountId, CatalogRef, NotificationId, WholeNumber
+from chronote_billing.core.validation import AccountId, CatalogRef, Count, NotificationId, WholeNumber
+from chronote_billing.notifications.auto_recharge import InvalidAutoRechargeLimit
 from chronote_billing.notifications.schemas import (
     AlertSettingsView,
     AutoRechargeView,
     OutboxEntryView,
     OutboxPage,
 )
-from chronote_billing.notifications.service import (
-    AutoRechargeOrganizationsOnly,
-    InvalidThreshold,
-    UnknownPack,
-)
+from chronote_billing.notifications.service import InvalidThreshold, UnknownPack
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
 
@@ -44,6 +41,13 @@ class AutoRechargeUpdate(StrictModel):
         description="Whole credits; the pack is bought when the available balance falls below it."
     )
     pack_id: CatalogRef = Field(description="A credit pack of the catalog, e.g. credits_5000.")
+    monthly_limit_count: Count | None = Field(
+        default=None, description="At most this many purchases a calendar month (UTC); at least 1."
+    )
+    monthly_limit_amount: Count | None = Field(
+        default=None,
+        description="At most this much money a calendar month, in the currency's minor unit; at least one pack.",
+    )
 
 
 @router.get(
@@ -94,7 +98,7 @@ def put_alert_settings(
 @router.get(
     "/accounts/{account_id}/auto-recharge",
     response_model=AutoRechargeView,
-    summary="Auto-recharge settings (organizations)",
+    summary="Auto-recharge settings and this month's purchases",
     responses=problems(NotFound),
 )
 def get_auto_recharge(
@@ -112,11 +116,12 @@ def get_auto_recharge(
 @router.put(
     "/accounts/{account_id}/auto-recharge",
     response_model=AutoRechargeView,
-    summary="Turn auto-recharge on or off (organizations)",
-    responses=problems(NotFound, InvalidThreshold, UnknownPack, AutoRechargeOrganizationsOnly),
+    summary="Turn auto-recharge on or off, with a monthly limit",
+    responses=problems(NotFound, InvalidThreshold, UnknownPack, InvalidAutoRechargeLimit),
     description="When the available balance falls below the threshold, the chosen pack is bought "
-    "off-session with the organization's saved card, at most once per crossing. Credits arrive "
-    "when Stripe confirms the payment.",
+    "off-session with the account's saved card, at most once per crossing and never beyond the monthly "
+    "limit (a number of purchases and/or an amount; one is required to turn it on). Credits arrive "
+    "when Stripe confirms the payment. A declined card turns it off until it is saved again.",
 )
 def put_auto_recharge(
     account_id: AccountId,
@@ -136,6 +141,8 @@ def put_auto_recharge(
             threshold_credits=body.threshold_credits,
             pack_id=body.pack_id,
             idempotency_key=key,
+            monthly_limit_count=body.monthly_limit_count,
+            monthly_limit_amount=body.monthly_limit_amount,
         )
 
     return container.db.write(work)

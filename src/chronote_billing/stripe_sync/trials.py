@@ -1,0 +1,210 @@
+"""Trials (decision 0044): one per person or per Discord server, ever.
+
+A trial checkout reserves the subject's row (`offered`); the subscription's events move it to
+`active` while trialing, `converted` once paid, `ended` when canceled; an unpaid checkout that
+expires releases it. The trial's first invoice grants the plan's trial credits, which expire when
+the trial ends. Everything here runs inside the caller's transaction and calls no network.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from chronote_billing.accounts.models import AccountKind, BillingAccount
+from chronote_billing.catalog.service import Plan, load_catalog
+from chronote_billing.core.clock import as_utc
+from chronote_billing.core.errors import Conflict, ValidationFailed
+
+from .models import PlanTrial
+from .periods import from_ts
+from .schemas import TrialView
+
+TRIAL_META = "chronote_trial_plan"
+
+
+class NoTrial(ValidationFailed):
+    code = "no_trial"
+    title = "This plan has no trial"
+
+
+class TrialAlreadyUsed(Conflict):
+    code = "trial_already_used"
+    title = "The trial was already used"
+
+
+def subject(account: BillingAccount) -> tuple[str, str]:
+    """Trials belong to the person or the server, whoever pays: their Discord id."""
+    return str(account.kind), str(account.owner_ref)
+
+
+def plan_trial(plan: Plan) -> Plan:
+    if plan.trial is None:
+        raise NoTrial(f"{plan.name} has no free trial.", field="trial", plan=plan.id)
+    return plan
+
+
+def existing(session: Session, account: BillingAccount, lock: bool = False) -> PlanTrial | None:
+    query = select(PlanTrial).where(
+        PlanTrial.subject_kind == subject(account)[0], PlanTrial.subject_ref == subject(account)[1]
+    )
+    return session.execute(query.with_for_update() if lock else query).scalar()
+
+
+def refuse_if_used(row: PlanTrial | None, account: BillingAccount) -> None:
+    """A second trial is refused; an open trial checkout may be replaced by a new one."""
+    if row is None or row.status == "offered":
+        return
+    whose = "This person" if account.kind == AccountKind.PERSONAL else "This server"
+    raise TrialAlreadyUsed(
+        f"{whose} already had a free trial ({row.plan_id}, {row.status}); trials are once per "
+        f"{'person' if account.kind == AccountKind.PERSONAL else 'server'}, ever.",
+        field="trial",
+        plan=row.plan_id,
+    )
+
+
+def reserve(
+    session: Session,
+    account: BillingAccount,
+    plan: Plan,
+    checkout_session_id: str,
+    replaces: str | None,
+    now: datetime,
+) -> bool:
+    """Reserve the subject's trial for this checkout; False when someone else holds it."""
+    row = existing(session, account, lock=True)
+    if row is not None:
+        if row.status != "offered" or row.checkout_session_id not in (replaces, checkout_session_id):
+            return False
+        row.checkout_session_id, row.plan_id, row.account_id, row.updated_at = (
+            checkout_session_id,
+            plan.id,
+            account.id,
+            now,
+        )
+        return True
+    kind, ref = subject(account)
+    values = {
+        "subject_kind": kind,
+        "subject_ref": ref,
+        "account_id": account.id,
+        "plan_id": plan.id,
+        "status": "offered",
+        "checkout_session_id": checkout_session_id,
+        "card_on_file": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+    dialect = session.get_bind().dialect.name
+    stmt: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(PlanTrial).values(**values)
+    result = session.execute(stmt.on_conflict_do_nothing(index_elements=["subject_kind", "subject_ref"]))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_offer(session: Session, checkout_session_id: str) -> bool:
+    """A trial checkout expired unpaid: its reservation is given back."""
+    result = session.execute(
+        delete(PlanTrial).where(
+            PlanTrial.checkout_session_id == checkout_session_id, PlanTrial.status == "offered"
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def observe_subscription(
+    session: Session, account: BillingAccount, sub: dict[str, Any], status: str, now: datetime
+) -> str | None:
+    """Follow a trial subscription's state; returns a note when something changed."""
+    meta = {str(k): str(v) for k, v in (sub.get("metadata") or {}).items()}
+    plan_id = meta.get(TRIAL_META)
+    if not plan_id or account.kind not in (AccountKind.PERSONAL, AccountKind.SERVER):
+        return None
+    row = existing(session, account, lock=True)
+    if row is None:
+        kind, ref = subject(account)
+        session.execute(
+            insert(PlanTrial).values(
+                subject_kind=kind,
+                subject_ref=ref,
+                account_id=account.id,
+                plan_id=plan_id,
+                status="offered",
+                card_on_file=False,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        row = existing(session, account, lock=True)
+        assert row is not None
+    if row.subscription_id not in (None, sub["id"]):
+        return f"trial of {row.subject_kind} already taken by subscription {row.subscription_id}"
+    row.subscription_id = str(sub["id"])
+    if sub.get("trial_start"):
+        row.trial_start = from_ts(sub["trial_start"])
+    if sub.get("trial_end"):
+        row.trial_end = from_ts(sub["trial_end"])
+    row.card_on_file = bool(sub.get("default_payment_method"))
+    new = {"trialing": "active", "active": "converted", "past_due": "converted", "canceled": "ended"}.get(
+        status
+    )
+    order = {"offered": 0, "active": 1, "converted": 2, "ended": 3}
+    # Forward only; a trial that converted stays converted when the paid plan later ends.
+    if new is not None and order[new] > order[row.status] and row.status != "converted":
+        row.status = new
+        row.updated_at = now
+        return f"trial {new}"
+    return None
+
+
+def trial_invoice_plan(inv: dict[str, Any], line: dict[str, Any] | None, meta: dict[str, str]) -> Plan | None:
+    """The plan whose trial this invoice starts: a subscription's first invoice, for nothing, of
+    a subscription made by a trial checkout."""
+    plan_id = meta.get(TRIAL_META)
+    if not plan_id or inv.get("billing_reason") != "subscription_create":
+        return None
+    if line is None or int(line.get("amount") or 0) != 0:
+        return None
+    plan = load_catalog().plans.get(plan_id)
+    return plan if plan is not None and plan.trial is not None else None
+
+
+def trial_view(session: Session, account: BillingAccount, now: datetime) -> TrialView | None:
+    """The trial running now, if any: what the portal and entitlements say about it."""
+    if account.kind not in (AccountKind.PERSONAL, AccountKind.SERVER):
+        return None
+    row = existing(session, account)
+    if row is None or row.status != "active" or row.trial_end is None or as_utc(row.trial_end) <= now:
+        return None
+    plan = load_catalog().plans.get(row.plan_id)
+    free = load_catalog().free_plan(str(account.kind))
+    return TrialView(
+        plan=row.plan_id,
+        plan_name=plan.name if plan else row.plan_id,
+        ends_at=as_utc(row.trial_end),
+        credits=plan.trial.credits if plan and plan.trial else 0,
+        card_on_file=row.card_on_file,
+        then=(plan.name if plan else row.plan_id) if row.card_on_file else (free.name if free else "free"),
+    )
+
+
+def trial_offer(session: Session, account: BillingAccount, plan: Plan) -> bool:
+    """Whether the account may start this plan's trial now."""
+    if plan.trial is None or plan.scope != account.kind:
+        return False
+    row = existing(session, account)
+    return row is None or row.status == "offered"
+
+
+__all__ = [
+    "NoTrial",
+    "TrialAlreadyUsed",
+    "observe_subscription",
+    "release_offer",
+    "reserve",
+    "trial_view",
+]
