@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from chronote_billing.cli import apikeys, ledger, notifications, orgs, server, stripe, stripe_local
+from chronote_billing.cli import apikeys, ledger, notifications, openapi, orgs, server, stripe, stripe_local
 
 app = typer.Typer(
     help="Chronote Billing: plans, credits and usage authorization. Operator commands.",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (server, ledger, apikeys, stripe, orgs, notifications, stripe_local):
+for module in (server, ledger, apikeys, stripe, orgs, notifications, stripe_local, openapi):
     module.register(app)
 
 if __name__ == "__main__":
