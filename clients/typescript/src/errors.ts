@@ -152,7 +152,7 @@ export class ChronoteBillingError extends Error {
     this.idempotencyKey = context.idempotencyKey;
   }
 
-  /** True for this code (narrowing helper: `if (err.is("insufficient_credits"))`). */
+  /** True for this code (`if (err.is("insufficient_credits"))`). */
   is(code: ProblemCode): boolean {
     return this.code === code;
   }

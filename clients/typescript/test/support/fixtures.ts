@@ -6,7 +6,7 @@ export function clientFor(server: BillingServer, options: Partial<ClientOptions>
   return new ChronoteBillingClient({ baseUrl: server.baseUrl, apiKey: server.apiKey, ...options });
 }
 
-/** A controllable clock for the lifecycle helper: the meeting's minutes pass at once. */
+/** A controllable clock for `MeetingRecording`: the meeting's minutes pass at once. */
 export class FakeClock {
   constructor(public now: number = Date.now()) {}
   readonly read = (): number => this.now;
