@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from chronote_billing.access.service import Principal
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.config import normalize_database_url
 from chronote_billing.core import migrate
@@ -33,6 +34,10 @@ REQUIRE_POSTGRES = os.environ.get("CHRONOTE_REQUIRE_POSTGRES") == "1"
 CHECKOUT_TAG = hashlib.sha1(str(Path(__file__).resolve().parent).encode()).hexdigest()[:6]
 
 
+# A principal allowed everywhere, for tests of rules other than access (which have their own).
+OPERATOR = Principal(kind="service", scopes=frozenset({"operator"}))
+
+
 def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
@@ -40,7 +45,9 @@ def _worker() -> str:
 def create_database(suffix: str) -> str:
     """A new empty database for this test process; returns its URL."""
     if IS_POSTGRES:
-        return recreate_postgres_database(BASE_URL, f"chronote_test_{CHECKOUT_TAG}_{_worker()}_{suffix}".lower())
+        return recreate_postgres_database(
+            BASE_URL, f"chronote_test_{CHECKOUT_TAG}_{_worker()}_{suffix}".lower()
+        )
     directory = Path(tempfile.mkdtemp(prefix=f"chronote-{_worker()}-"))
     return f"sqlite:///{directory / (suffix + '.db')}"
 

@@ -3,6 +3,7 @@ problem+json with a stable code."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,10 +12,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
 from chronote_billing.core.clock import ManualClock
 from chronote_billing.core.db import Database
+from chronote_billing.ledger.models import Hold
 
 
 @dataclass
@@ -35,9 +38,33 @@ class Api:
         headers = kw.pop("headers", {})
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
+            owner = self._owner(path)
+            if owner and secret == self.reader:
+                # The reader acts for whoever owns the account or hold in the path (decision 0029).
+                headers.setdefault("Chronote-Acting-User", owner)
         if idem:
             headers["Idempotency-Key"] = idem
         return self.client.request(method, path, headers=headers, **kw)
+
+    def _owner(self, path: str) -> str | None:
+        """The Discord user who owns the personal account or hold a path names, if any."""
+        c = self.container
+        match = re.search(r"/(acct_[0-9a-z]+|hold_[0-9a-z]+)", path)
+        if match is None:
+            return None
+        found = match.group(1)
+
+        def read(s: Any) -> str | None:
+            account_id = found
+            if found.startswith("hold_"):
+                hold = s.get(Hold, found)
+                if hold is None:
+                    return None
+                account_id = hold.billing_account_id
+            account = s.get(BillingAccount, account_id)
+            return account.owner_ref if account is not None else None
+
+        return c.db.read(read)
 
     def grant(self, account: str, amount: int, idem: str, **body: Any) -> Any:
         return self.call(

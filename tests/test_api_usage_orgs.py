@@ -226,8 +226,19 @@ def test_recording_lifecycle_shares_and_funding_order_over_http(c, client):
     # Sharing with a server charges nothing and keeps the original payer.
     shared = client.post(f"/v1/meetings/m1-{user}/shares", json={"guild_id": guild}, headers=h(bot_key, user))
     assert shared.status_code == 201 and shared.json()["shared_with_guilds"] == [guild]
-    who = client.get(f"/v1/meetings/m1-{user}/attribution", headers=h(bot_key, idem=False)).json()
+    who = client.get(f"/v1/meetings/m1-{user}/attribution", headers=h(bot_key, user, idem=False)).json()
     assert who["payer_account_id"] == rec["payer_account_id"] and who["authorization_id"] is None
+    # The server it was shared to may read it; a stranger, or nobody, is told it does not exist.
+    manager = snowflake()
+    assert (
+        client.get(
+            f"/v1/meetings/m1-{user}/attribution", headers=h(bot_key, manager, guilds=guild, idem=False)
+        ).json()["meeting_id"]
+        == f"m1-{user}"
+    )
+    for headers in (h(bot_key, idem=False), h(bot_key, snowflake(), idem=False)):
+        hidden = client.get(f"/v1/meetings/m1-{user}/attribution", headers=headers)
+        assert hidden.status_code == 404 and hidden.json()["code"] == "not_found"
 
     # The default order lists the user's authorizations; a source they do not hold is refused.
     order = client.put("/v1/funding-sources/order", json={"order": [auth["id"]]}, headers=h(bot_key, user))

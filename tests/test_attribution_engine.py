@@ -20,7 +20,7 @@ from chronote_billing.usage.service import (
     UsageDeclined,
     write_or_record_decline,
 )
-from conftest import snowflake
+from conftest import OPERATOR, snowflake
 
 MC = 1000
 
@@ -90,7 +90,7 @@ def start(c, key: str | None = None, **fields):
 
 
 def finish(c, rec_id, seconds, key=None):
-    return c.db.write(lambda s: c.usage.finish_recording(s, rec_id, seconds, key or k()))
+    return c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec_id, seconds, key or k()))
 
 
 def available(c, account_id: str) -> int:
@@ -320,7 +320,7 @@ def test_revoked_authorization_lets_the_open_hold_finish_and_declines_new_holds(
         )
     )
     clock.advance(timedelta(minutes=80))
-    extended = c.db.write(lambda s: c.usage.extend_recording(s, rec.id, 30, k()))
+    extended = c.db.write(lambda s: c.usage.extend_recording(s, OPERATOR, rec.id, 30, k()))
     assert extended.approved_minutes == 120 and extended.held == 120 * MC
     done = finish(c, rec.id, {"mic": 110 * 60})
     assert done.charged == 110 * MC and done.authorization_id == auth.id
@@ -545,7 +545,7 @@ def test_work_in_a_server_on_a_shared_meeting_is_paid_by_the_server(c):
     assert charged == again and charged.payer_kind == "server" and charged.charged == 500
     assert available(c, charged.payer_account_id) == 960 * MC - 500
     assert available(c, rec.payer_account_id) == 119 * MC
-    attribution = c.db.read(lambda s: c.usage.meeting_attribution(s, rec.meeting_id))
+    attribution = c.db.read(lambda s: c.usage.meeting_attribution(s, OPERATOR, rec.meeting_id))
     assert attribution.payer_account_id == rec.payer_account_id
 
 
@@ -574,7 +574,7 @@ def test_owner_reprocessing_uses_the_original_payer_while_valid_else_the_current
         meeting_id=meeting,
     )
     assert again.authorization_id == auth.id  # without the rule the personal wallet would pay
-    c.db.write(lambda s: c.usage.cancel_recording(s, again.id, k()))
+    c.db.write(lambda s: c.usage.cancel_recording(s, OPERATOR, again.id, k()))
     c.db.write(
         lambda s: c.orgs.revoke_authorization(
             s, actor_user_id=owner, authorization_id=auth.id, idempotency_key=k()
@@ -589,13 +589,13 @@ def test_owner_reprocessing_uses_the_original_payer_while_valid_else_the_current
         meeting_id=meeting,
     )
     assert third.payer_kind == "personal"
-    assert c.db.read(lambda s: c.usage.meeting_attribution(s, meeting)).authorization_id == auth.id
+    assert c.db.read(lambda s: c.usage.meeting_attribution(s, OPERATOR, meeting)).authorization_id == auth.id
 
 
 def test_processing_failure_releases_the_hold_and_charges_nothing(c):
     user = snowflake()
     rec = start(c, context="personal", capture_source="upload", user_id=user, declared_duration_seconds=600)
-    failed = c.db.write(lambda s: c.usage.fail_recording(s, rec.id, k()))
+    failed = c.db.write(lambda s: c.usage.fail_recording(s, OPERATOR, rec.id, k()))
     assert failed.status == "failed" and failed.charged == 0
     assert available(c, rec.payer_account_id) == 120 * MC
     assert c.db.read(lambda s: c.ledger.get_hold(s, rec.hold_id)).status == "released"
@@ -670,6 +670,9 @@ def test_the_org_statement_names_the_member_where_the_member_reads_for_you(c):
     acme = make_org(c, owner, "Acme")
     add_member(c, acme, owner, user)
     auth = authorize(c, acme, owner, user, cap=100)
+    from chronote_billing.people import service as people
+
+    c.db.write(lambda s: people.remember(s, user, "Cy", c.clock.now()))
     rec = start(
         c,
         context="personal",
@@ -682,7 +685,9 @@ def test_the_org_statement_names_the_member_where_the_member_reads_for_you(c):
     finish(c, rec.id, {"desktop": 5 * 60})
     lines = c.db.read(lambda s: c.ledger.statement(s, org_account(c, acme))).data
     (capture,) = [line for line in lines if line.kind == "capture"]
-    assert f"Acme authorization for member {user}" in capture.reason
+    # Named as the organization's admins know the member, computed when charged: no stale
+    # "credits left" figure from when the hold was placed (issue: stale reasons).
+    assert capture.reason == "Desktop recording, 5 min · Acme authorization for Cy"
     assert "for you" not in " ".join(line.reason for line in lines)
 
 

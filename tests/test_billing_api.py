@@ -107,6 +107,18 @@ def test_checkout_subscription_and_cancel_over_http(billing: Billing) -> None:
         f"/v1/accounts/{account_id}/portal-session", headers=headers(writer, manager, guild, "p1")
     )
     assert portal.status_code == 201 and portal.json()["customer"] == session.customer
+    # A retry gets the first session back; another return URL under the same key is our 409,
+    # not the payment provider's error (decision 0033).
+    retry = billing.app.post(
+        f"/v1/accounts/{account_id}/portal-session", headers=headers(writer, manager, guild, "p1")
+    )
+    assert retry.status_code == 201 and retry.json() == portal.json()
+    other = billing.app.post(
+        f"/v1/accounts/{account_id}/portal-session",
+        json={"return_url": "https://chronote.gg/elsewhere"},
+        headers=headers(writer, manager, guild, "p1"),
+    )
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
 
 
 def test_plan_change_without_subscription_is_a_clear_error(billing: Billing) -> None:

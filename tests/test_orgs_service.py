@@ -19,7 +19,7 @@ from chronote_billing.orgs.service import (
 )
 from chronote_billing.usage.schemas import UsageRequest
 from chronote_billing.usage.service import UsageDeclined
-from conftest import snowflake
+from conftest import OPERATOR, snowflake
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ def test_twenty_members_recording_at_once_never_exceed_the_wallet_or_a_cap(c, cl
         assert usage.held + usage.used <= 70_000
     # and when they all finish, what is charged stays within the caps and the wallet
     for rec in placed:
-        c.db.write(lambda s, rec=rec: c.usage.finish_recording(s, rec.id, {"mic": 29 * 60}, k()))
+        c.db.write(lambda s, rec=rec: c.usage.finish_recording(s, OPERATOR, rec.id, {"mic": 29 * 60}, k()))
     assert (
         c.db.read(lambda s: c.ledger.balance(s, org.billing_account_id)).available == 1_000_000 - 33 * 29_000
     )

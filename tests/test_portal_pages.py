@@ -19,7 +19,7 @@ from chronote_billing.core.db import Database
 from chronote_billing.stripe_local.server import TEST_SECRET_KEY
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
-from conftest import snowflake
+from conftest import OPERATOR, snowflake
 from test_portal_auth import FakeDiscord, discord, discord_sign_in, guild, make_client, oauth_settings
 
 __all__ = ["discord"]  # the module-scoped fake Discord fixture, shared with the sign-in tests
@@ -402,7 +402,7 @@ def test_org_usage_by_member_and_day_with_csv_and_no_meeting_content(
             "rec-1",
         )
     )
-    db.write(lambda s: c.usage.finish_recording(s, rec.id, {"desktop": 301}, "fin-1"))
+    db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec.id, {"desktop": 301}, "fin-1"))
     db.write(
         lambda s: c.usage.charge_event(
             s,

@@ -15,7 +15,7 @@ from chronote_billing.cli.main import app
 from chronote_billing.container import Container
 from chronote_billing.usage import reports
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
-from conftest import snowflake
+from conftest import OPERATOR, snowflake
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_org_usage_grouped_every_way_and_exported(c, clock, tmp_path):
             funding_source=auths[user].id,
         )
         rec = c.db.write(lambda s: c.usage.start_recording(s, req, k()))
-        c.db.write(lambda s: c.usage.finish_recording(s, rec.id, {"mic": minutes * 60}, k()))
+        c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec.id, {"mic": minutes * 60}, k()))
 
     record(alice, "desktop", 30)
     clock.advance(timedelta(days=1))

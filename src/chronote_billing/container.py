@@ -7,6 +7,7 @@ from functools import cached_property
 
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.apikeys.service import ApiKeyService
+from chronote_billing.catalog.service import Catalog, load_catalog
 from chronote_billing.config import Settings, get_settings
 from chronote_billing.core.clock import Clock, system_clock
 from chronote_billing.core.db import Database, get_database
@@ -22,6 +23,10 @@ class Container:
     db: Database = field(default_factory=get_database)
     clock: Clock = system_clock
     settings: Settings = field(default_factory=get_settings)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog()
 
     @cached_property
     def ledger(self) -> LedgerService:
@@ -45,7 +50,9 @@ class Container:
 
     @cached_property
     def usage(self) -> UsageService:
-        return UsageService(self.clock, self.ledger, self.accounts, self.orgs, self.notifications)
+        return UsageService(
+            self.clock, self.ledger, self.accounts, self.orgs, self.notifications, self.catalog
+        )
 
     @cached_property
     def notifications(self) -> NotificationService:

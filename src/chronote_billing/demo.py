@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from chronote_billing.access.service import Principal
 from chronote_billing.container import Container
 from chronote_billing.usage.schemas import UsageRequest
 
@@ -195,8 +196,9 @@ def record_one(c: Container, key: str, request: UsageRequest, seconds: int) -> N
     recording_id = c.db.write(start)
 
     def finish(session: Session) -> None:
+        starter = Principal(kind="person", user_id=request.user_id)
         c.usage.finish_recording(
-            session, recording_id, {request.capture_source: seconds}, f"demo-{key}-finish"
+            session, starter, recording_id, {request.capture_source: seconds}, f"demo-{key}-finish"
         )
 
     c.db.write(finish)

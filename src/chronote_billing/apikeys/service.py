@@ -28,6 +28,7 @@ SCOPES: dict[str, str] = {
     "orgs:read": "read organizations, members and authorizations",
     "orgs:write": "manage organizations, members, linked servers and authorizations",
     "grants:write": "issue promotional grants (operator tools)",
+    "recordings:auto": "start and settle a server's auto-recorded meetings without an acting user",
     "operator": "everything, including other payers' accounts",
 }
 

@@ -15,6 +15,9 @@ from typing import Any
 from chronote_billing.core.errors import ValidationFailed
 
 CAPTURE_SOURCES = ("discord_voice", "desktop", "web", "mobile", "quick_capture", "upload")
+# Personal work comes from the apps; server work from a Discord voice channel (D8).
+PERSONAL_SOURCES = ("desktop", "web", "mobile", "quick_capture", "upload")
+SERVER_SOURCES = ("discord_voice",)
 PLAN_SCOPES = ("personal", "server")
 MILLICREDITS_PER_CREDIT = 1000
 

@@ -5,6 +5,10 @@ The record is written in the same transaction as the effect it guards, so there 
 effect without its record. Callers lock the row the effect serializes on (usually the wallet)
 before calling :func:`lookup`, so concurrent duplicates queue behind one another and the
 second one finds the first one's record.
+
+Scopes and keys composed from a client's input are bounded by hashing (decision 0033): the text
+is kept while it fits its column, else replaced by ``h:`` and its SHA-256, so any key a client
+may send works everywhere and two different keys never share a record.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from .db import Base, JSONType, UTCDateTime
 from .errors import IdempotencyConflict, ValidationFailed
 
 MAX_KEY_LENGTH = 255
+MAX_SCOPE_LENGTH = 96
 
 
 class IdempotencyRecord(Base):
     __tablename__ = "idempotency_records"
 
-    scope: Mapped[str] = mapped_column(String(96), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(MAX_SCOPE_LENGTH), primary_key=True)
     key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     response: Mapped[Any] = mapped_column(JSONType)
@@ -37,6 +42,25 @@ class IdempotencyRecord(Base):
 def request_fingerprint(params: dict[str, Any]) -> str:
     canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` while it fits ``limit`` characters, else ``h:`` and its SHA-256 (66 characters).
+    Bounding twice changes nothing, so callers and the functions they call may both apply it."""
+    if len(text) <= limit:
+        return text
+    return "h:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def scope_of(*parts: str) -> str:
+    """A scope composed of parts (an operation and an id), bounded to its column."""
+    return bounded(":".join(parts), MAX_SCOPE_LENGTH)
+
+
+def compose_key(*parts: str) -> str:
+    """A key derived from a client's key and our ids (``usage:<recording>:extend:<key>``),
+    bounded to its column."""
+    return bounded(":".join(parts), MAX_KEY_LENGTH)
 
 
 def check_key(key: str | None) -> str:
@@ -50,21 +74,32 @@ def check_key(key: str | None) -> str:
     return key
 
 
-def lookup(session: Session, scope: str, key: str, params: dict[str, Any]) -> Any | None:
-    """Return the stored response for (scope, key), None if unseen; raise on a parameter mismatch."""
+def find(session: Session, scope: str, key: str) -> tuple[str, Any] | None:
+    """The (request hash, first response) stored for (scope, key), if any."""
     record = session.execute(
         select(IdempotencyRecord.request_hash, IdempotencyRecord.response).where(
-            IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
+            IdempotencyRecord.scope == bounded(scope, MAX_SCOPE_LENGTH),
+            IdempotencyRecord.key == bounded(key, MAX_KEY_LENGTH),
         )
     ).first()
-    if record is None:
+    return None if record is None else (record.request_hash, record.response)
+
+
+def replay(found: tuple[str, Any] | None, scope: str, key: str, params: dict[str, Any]) -> Any | None:
+    """The first response for a stored record of the same request; a conflict for another."""
+    if found is None:
         return None
-    if record.request_hash != request_fingerprint(params):
+    if found[0] != request_fingerprint(params):
         raise IdempotencyConflict(
-            f"Idempotency key '{key}' was already used for a different {scope} request.",
+            f"Idempotency key '{key}' was already used for a different {scope.split(':', 1)[0]} request.",
             idempotency_key=key,
         )
-    return record.response
+    return found[1]
+
+
+def lookup(session: Session, scope: str, key: str, params: dict[str, Any]) -> Any | None:
+    """Return the stored response for (scope, key), None if unseen; raise on a parameter mismatch."""
+    return replay(find(session, scope, key), scope, key, params)
 
 
 def remember(
@@ -78,8 +113,8 @@ def remember(
 ) -> None:
     session.execute(
         insert(IdempotencyRecord).values(
-            scope=scope,
-            key=key,
+            scope=bounded(scope, MAX_SCOPE_LENGTH),
+            key=bounded(key, MAX_KEY_LENGTH),
             request_hash=request_fingerprint(params),
             response=response,
             created_at=now,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -38,6 +38,7 @@ from chronote_billing.core.errors import (
 from chronote_billing.core.ids import new_id
 
 from .models import CapUsage, Debit, Grant, Hold, LedgerAccount, Transfer
+from .rules import approvable
 from .schemas import (
     BalanceView,
     CapUsageView,
@@ -386,8 +387,9 @@ class LedgerService:
         *,
         account_id: str,
         amount: int,
-        expires_at: datetime,
         idempotency_key: str,
+        expires_at: datetime | None = None,
+        ttl_seconds: int | None = None,
         allow_partial: bool = False,
         reason: str = "",
         metadata: dict[str, Any] | None = None,
@@ -399,6 +401,7 @@ class LedgerService:
                 account_id=account_id,
                 amount=amount,
                 expires_at=expires_at,
+                ttl_seconds=ttl_seconds,
                 idempotency_key=idempotency_key,
                 allow_partial=allow_partial,
                 reason=reason,
@@ -412,8 +415,9 @@ class LedgerService:
         *,
         account_id: str,
         amount: int,
-        expires_at: datetime,
         idempotency_key: str,
+        expires_at: datetime | None = None,
+        ttl_seconds: int | None = None,
         allow_partial: bool = False,
         reason: str = "",
         metadata: dict[str, Any] | None = None,
@@ -422,13 +426,15 @@ class LedgerService:
         now = self.clock.now()
         key = idempotency.check_key(idempotency_key)
         _check_amount(amount)
-        expires = as_utc(expires_at)
+        expires, expiry_as_sent = _expiry(now, expires_at, ttl_seconds)
+        if expires is None:
+            raise ValidationFailed("A hold needs expires_at or ttl_seconds.", field="expires_at")
         metadata = dict(metadata or {})
         params = {
             "account_id": account_id,
             "amount": amount,
             "allow_partial": allow_partial,
-            "expires_at": expires.isoformat(),
+            **expiry_as_sent,
             "cap_id": cap.cap_id if cap else None,
             "cap_limit": cap.limit if cap else None,
             "metadata": metadata,
@@ -529,6 +535,7 @@ class LedgerService:
         idempotency_key: str,
         amount: int = 0,
         expires_at: datetime | None = None,
+        ttl_seconds: int | None = None,
         allow_partial: bool = False,
         cap_limit: int | None = None,
     ) -> HoldView:
@@ -536,13 +543,14 @@ class LedgerService:
         now = self.clock.now()
         key = idempotency.check_key(idempotency_key)
         _check_amount(amount, allow_zero=True)
-        new_expiry = as_utc(expires_at) if expires_at else None
+        new_expiry, expiry_as_sent = _expiry(now, expires_at, ttl_seconds)
         if amount == 0 and new_expiry is None:
             raise ValidationFailed("Extend needs an amount, a later expiry, or both.", field="amount")
         params = {
             "hold_id": hold_id,
             "amount": amount,
-            "expires_at": new_expiry.isoformat() if new_expiry else None,
+            "expires_at": None,
+            **expiry_as_sent,
             "allow_partial": allow_partial,
             "cap_limit": cap_limit,
         }
@@ -846,6 +854,15 @@ class LedgerService:
     # ------------------------------------------------------------------ reads
 
     def balance(self, session: Session, account_id: str) -> BalanceView:
+        return self._balance(session, account_id)[0]
+
+    def spendable(self, session: Session, account_id: str) -> tuple[int, bool]:
+        """What the wallet can spend now, and whether an expired hold or grant waits to be
+        settled (decision 0015): the facts a payer decision needs of a wallet."""
+        view, next_due_at = self._balance(session, account_id)
+        return view.available, next_due_at is not None and next_due_at <= view.as_of
+
+    def _balance(self, session: Session, account_id: str) -> tuple[BalanceView, datetime | None]:
         now = self.clock.now()
         # The wallet's counters and its active grants in one statement (one round trip).
         rows = _conn(session).execute(_BALANCE_QUERY, {"account_id": account_id}).all()
@@ -872,7 +889,7 @@ class LedgerService:
                 frozen += g.remaining - view.held
             grants.append(view)
         grants.sort(key=lambda v: burn_order_key(v.expires_at, v.priority, v.created_at, v.id))
-        return BalanceView(
+        balance = BalanceView(
             account_id=account_id,
             available=available,
             held=wallet.debits_pending - sum(stale.values()),
@@ -881,6 +898,7 @@ class LedgerService:
             grants=grants,
             as_of=now,
         )
+        return balance, wallet.next_due_at
 
     def list_grants(self, session: Session, account_id: str, include_closed: bool = True) -> list[GrantView]:
         now = self.clock.now()
@@ -1114,11 +1132,11 @@ class LedgerService:
                 .first()
             )
             room = max(0, cap.limit - ((usage.held + usage.used) if usage else 0))
-        approvable = available if room is None else min(available, room)
-        if amount <= approvable:
+        can = approvable(available, room)
+        if amount <= can:
             return amount
-        if allow_partial and approvable > 0:
-            return approvable
+        if allow_partial and can > 0:
+            return can
         if room is not None and room < min(amount, available):
             raise CapReached(
                 f"The spend cap allows {room} more millicredits this month; {amount} were requested.",
@@ -1598,6 +1616,21 @@ class _LedgerWrite:
     def text_args(self) -> list[str | None]:
         """The arguments in order, as PostgreSQL's text input for their types."""
         return [_as_text(self.args[name], sql_type) for name, sql_type in _FUNCTION_ARGS[self.function]]
+
+
+def _expiry(
+    now: datetime, expires_at: datetime | None, ttl_seconds: int | None
+) -> tuple[datetime | None, dict[str, Any]]:
+    """The absolute expiry, and the expiry as the client sent it for the request's fingerprint:
+    a TTL stays a TTL, so a retry of the same request seconds later is the same request (0033)."""
+    if ttl_seconds is not None:
+        if expires_at is not None:
+            raise ValidationFailed("Give expires_at or ttl_seconds, not both.", field="ttl_seconds")
+        return now + timedelta(seconds=ttl_seconds), {"ttl_seconds": ttl_seconds}
+    if expires_at is None:
+        return None, {}
+    expires = as_utc(expires_at)
+    return expires, {"expires_at": expires.isoformat()}
 
 
 def _as_json(value: Any) -> str:

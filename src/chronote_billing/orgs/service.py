@@ -17,7 +17,12 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import AccountService, check_snowflake
-from chronote_billing.catalog.service import CAPTURE_SOURCES, MILLICREDITS_PER_CREDIT
+from chronote_billing.catalog.service import (
+    CAPTURE_SOURCES,
+    MILLICREDITS_PER_CREDIT,
+    PERSONAL_SOURCES,
+    SERVER_SOURCES,
+)
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import Clock, as_utc, month_key, system_clock
 from chronote_billing.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
@@ -35,8 +40,6 @@ from .schemas import (
     ServerView,
 )
 
-PERSONAL_SOURCES = ("desktop", "web", "mobile", "quick_capture", "upload")
-SERVER_SOURCES = ("discord_voice",)
 ADMIN_ROLES = ("owner", "billing_admin")
 MAX_CAP_CREDITS = 10**9
 

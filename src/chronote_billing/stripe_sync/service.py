@@ -533,20 +533,28 @@ class BillingService:
     def open_customer_portal(
         self, principal: Principal, account_id: str, *, idempotency_key: str, return_url: str | None = None
     ) -> PortalSessionView:
-        """A Stripe customer portal session on THIS account's own customer, nobody else's."""
-        key = idempotency.check_key(idempotency_key)
+        """A Stripe customer portal session on THIS account's own customer, nobody else's.
 
-        def check(session: Session) -> str:
+        Our own idempotency record answers a retry (decision 0033): the same key with another
+        return URL is our conflict, and Stripe is not asked again."""
+        key = idempotency.check_key(idempotency_key)
+        scope = f"billing.portal:{account_id}"
+        request = {"return_url": return_url}
+
+        def check(session: Session) -> tuple[str, Any]:
             account = _get_account(session, account_id)
             require_manage(session, principal, account)
+            prior = idempotency.lookup(session, scope, key, request)
             if not account.stripe_customer_id:
                 raise NoStripeCustomer(
                     f"Account '{account.id}' has no Stripe customer yet: nothing has been bought.",
                     account_id=account.id,
                 )
-            return account.stripe_customer_id
+            return account.stripe_customer_id, prior
 
-        customer = self.db.read(check)
+        customer, prior = self.db.read(check)
+        if prior is not None:
+            return PortalSessionView.model_validate(prior)
         base = self.settings.public_base_url.rstrip("/")
         params: dict[str, Any] = {"customer": customer, "return_url": return_url or f"{base}/portal"}
         configuration = self._portal_configuration()
@@ -559,7 +567,16 @@ class BillingService:
                 options={"idempotency_key": stripe_key("portal", account_id, key)},
             ),
         )
-        return PortalSessionView(account_id=account_id, customer=customer, url=ps.url)
+        view = PortalSessionView(account_id=account_id, customer=customer, url=ps.url)
+
+        def remember(session: Session) -> PortalSessionView:
+            again = idempotency.lookup(session, scope, key, request)
+            if again is not None:  # a concurrent duplicate recorded it first
+                return PortalSessionView.model_validate(again)
+            idempotency.remember(session, scope, key, request, view.model_dump(mode="json"), self.clock.now())
+            return view
+
+        return self.db.write(remember)
 
     def _portal_configuration(self) -> str | None:
         """Our portal configuration (made by `catalog sync`), looked up once per process."""

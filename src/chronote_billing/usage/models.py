@@ -50,7 +50,8 @@ class UsageRecord(Base):
     capture_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
     event_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
     event_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    user_id: Mapped[str] = mapped_column(String(32))
+    # Who started it; None for a server's auto-recorded meeting (decision 0029).
+    user_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     guild_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     meeting_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     reason: Mapped[str] = mapped_column(Text)
@@ -76,7 +77,7 @@ class MeetingAttribution(Base):
     __tablename__ = "meeting_attributions"
 
     meeting_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    owner_user_id: Mapped[str] = mapped_column(String(32))
+    owner_user_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     context: Mapped[str] = mapped_column(String(8))
     guild_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     capture_source: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -48,7 +48,7 @@ def _key(rec: UsageRecord, group_by: str) -> str:
     if group_by == "source":
         return rec.capture_source or rec.event_type or "none"
     if group_by == "member":
-        return rec.user_id
+        return rec.user_id or "auto-record"
     if group_by == "server":
         return rec.guild_id or "personal"
     return rec.context
@@ -143,7 +143,7 @@ def usage_csv(
                 rec.status,
                 rec.context,
                 rec.capture_source or rec.event_type or "",
-                rec.user_id,
+                rec.user_id or "",
                 rec.guild_id or "",
                 rec.meeting_id or "",
                 rec.authorization_id or "",

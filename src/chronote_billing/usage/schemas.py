@@ -15,7 +15,10 @@ class UsageRequest(BaseModel):
 
     context: str = Field(description="personal or server.")
     capture_source: str = Field(description="discord_voice, desktop, web, mobile, quick_capture or upload.")
-    user_id: str = Field(description="The Discord user recording (or starting the server meeting).")
+    user_id: str | None = Field(
+        default=None,
+        description="The Discord user recording (or starting the server meeting); none for a server's auto-record.",
+    )
     guild_id: str | None = Field(default=None, description="The Discord server, for server meetings.")
     meeting_id: str | None = Field(default=None, max_length=128)
     requested_minutes: int | None = Field(
@@ -86,7 +89,7 @@ class RecordingView(BaseModel):
     capture_source: str | None
     event_type: str | None
     event_id: str | None
-    user_id: str
+    user_id: str | None = Field(description="Who started it; none for a server's auto-recorded meeting.")
     guild_id: str | None
     meeting_id: str | None
     requested_minutes: int
@@ -110,7 +113,9 @@ class RecordingView(BaseModel):
 class AttributionView(BaseModel):
     object: str = "meeting_attribution"
     meeting_id: str
-    owner_user_id: str
+    owner_user_id: str | None = Field(
+        description="Who recorded it; none for a server's auto-recorded meeting."
+    )
     context: str
     guild_id: str | None
     capture_source: str | None

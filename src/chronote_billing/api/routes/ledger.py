@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from chronote_billing.access.service import require_view
+from chronote_billing.access.service import require_manage, require_view
 from chronote_billing.accounts.schemas import AccountView
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
-from chronote_billing.core.errors import ValidationFailed
 from chronote_billing.ledger.schemas import BalanceView, GrantView, HoldView, StatementPage
+from chronote_billing.usage.errors import HoldManagedByRecording
 
 
 class Problem(BaseModel):
@@ -35,7 +35,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"description": "permission_denied", "content": _PROBLEM},
     404: {"description": "not_found", "content": _PROBLEM},
     409: {
-        "description": "hold_expired, hold_already_settled, idempotency_conflict or conflict",
+        "description": "hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict",
         "content": _PROBLEM,
     },
     422: {"description": "validation_error or capture_exceeds_hold", "content": _PROBLEM},
@@ -107,19 +107,14 @@ class HoldRelease(StrictModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-def _expiry(container: ContainerDep, expires_at: datetime | None, ttl: int | None) -> datetime | None:
-    if ttl is not None:
-        return container.clock.now() + timedelta(seconds=ttl)
-    return expires_at
-
-
 @router.post("/accounts", response_model=AccountView, summary="Find or create the billing account of a payer")
 def resolve_account(body: AccountLookup, container: ContainerDep, principal: PrincipalDep) -> AccountView:
     principal.require_scope("accounts:read")
 
     def work(session):  # type: ignore[no-untyped-def]
         account = container.accounts.get_or_create(session, body.kind, body.owner_ref, body.display_name)
-        require_view(session, principal, account)
+        # Raises before commit: nobody creates or renames an account they may not manage.
+        require_manage(session, principal, account)
         return container.accounts.view(account)
 
     return container.db.write(work)
@@ -229,16 +224,15 @@ def place_hold(
     key: IdempotencyKeyDep,
 ) -> HoldView:
     principal.require_scope("holds:write")
-    expires = _expiry(container, body.expires_at, body.ttl_seconds)
-    assert expires is not None
 
-    container.db.read(lambda s: require_view(s, principal, container.accounts.get(s, account_id)))
+    container.db.read(lambda s: require_manage(s, principal, container.accounts.get(s, account_id)))
     # The hold is a unit of work of its own: one round trip on PostgreSQL (decision 0023).
     return container.ledger.commit_place_hold(
         container.db,
         account_id=account_id,
         amount=body.amount,
-        expires_at=expires,
+        expires_at=body.expires_at,
+        ttl_seconds=body.ttl_seconds,
         idempotency_key=key,
         allow_partial=body.allow_partial,
         reason=body.reason,
@@ -247,13 +241,17 @@ def place_hold(
 
 
 def _hold_access(container: ContainerDep, principal: PrincipalDep, session, hold_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Settling a raw hold needs the right to manage its account; a recording's hold is settled
+    through its recording, which keeps the recording and its hold in step (decision 0029)."""
     hold = container.ledger.get_hold(session, hold_id)
-    if hold.cap_id is not None and not principal.is_operator:
-        # Holds under an authorization belong to the usage API, which keeps their attribution.
-        raise ValidationFailed(
-            "This hold was placed through the usage API; settle it there.", field="hold_id"
+    require_manage(session, principal, container.accounts.get(session, hold.account_id))
+    recording = hold.metadata.get("usage_record_id")
+    if recording:
+        raise HoldManagedByRecording(
+            f"Hold '{hold_id}' belongs to recording '{recording}'; extend, finish or cancel the recording.",
+            hold_id=hold_id,
+            recording_id=recording,
         )
-    require_view(session, principal, container.accounts.get(session, hold.account_id))
 
 
 @router.get("/holds/{hold_id}", response_model=HoldView, summary="A hold")
@@ -275,7 +273,6 @@ def extend_hold(
     hold_id: str, body: HoldExtend, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> HoldView:
     principal.require_scope("holds:write")
-    expires = _expiry(container, body.expires_at, body.ttl_seconds)
 
     def work(session):  # type: ignore[no-untyped-def]
         _hold_access(container, principal, session, hold_id)
@@ -284,7 +281,8 @@ def extend_hold(
             hold_id=hold_id,
             idempotency_key=key,
             amount=body.amount,
-            expires_at=expires,
+            expires_at=body.expires_at,
+            ttl_seconds=body.ttl_seconds,
             allow_partial=body.allow_partial,
         )
 

@@ -11,8 +11,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from chronote_billing.access.service import require_view
+from chronote_billing.access.service import Principal, may_see_server_credits, require_view
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.core.errors import PermissionDenied
 from chronote_billing.usage import reports
 from chronote_billing.usage.schemas import (
     AttributionView,
@@ -80,15 +81,30 @@ class FundingOrder(StrictModel):
     )
 
 
-def _usage_request(body: RecordingStart, user: str) -> UsageRequest:
-    return UsageRequest(user_id=user, **body.model_dump())
+def _usage_request(body: RecordingStart, principal: Principal) -> UsageRequest:
+    """The request, for the acting user; a server's auto-record names nobody (decision 0029)."""
+    if principal.user_id is None and principal.is_auto_recorder:
+        if body.context != "server":
+            raise PermissionDenied(
+                "Without an acting user only a server's auto-recorded meetings can be started.",
+                missing_permission="an acting user (Chronote-Acting-User)",
+            )
+        return UsageRequest(user_id=None, **body.model_dump())
+    principal.require_scope("holds:write")
+    return UsageRequest(user_id=principal.require_user(), **body.model_dump())
+
+
+def _require_recording_scope(principal: Principal, scope: str) -> None:
+    """Recording routes need their scope, or the auto-record scope without an acting user; who
+    may touch which recording is the usage service's check."""
+    if not (principal.user_id is None and principal.is_auto_recorder):
+        principal.require_scope(scope)
 
 
 @router.post("/usage/quote", response_model=Decision, summary="Who would pay, and why (places nothing)")
 def quote(body: RecordingStart, container: ContainerDep, principal: PrincipalDep) -> Decision:
-    principal.require_scope("holds:write")
-    req = _usage_request(body, principal.require_user())
-    return container.db.write(lambda s: container.usage.quote(s, req))
+    req = _usage_request(body, principal)
+    return container.db.read(lambda s: container.usage.quote(s, req))
 
 
 @router.post(
@@ -100,8 +116,7 @@ def quote(body: RecordingStart, container: ContainerDep, principal: PrincipalDep
 def start_recording(
     body: RecordingStart, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> RecordingView:
-    principal.require_scope("holds:write")
-    req = _usage_request(body, principal.require_user())
+    req = _usage_request(body, principal)
     return write_or_record_decline(
         container.db, container.usage, lambda s: container.usage.start_recording(s, req, key)
     )
@@ -109,8 +124,8 @@ def start_recording(
 
 @router.get("/recordings/{recording_id}", response_model=RecordingView, summary="A recording and its payer")
 def get_recording(recording_id: str, container: ContainerDep, principal: PrincipalDep) -> RecordingView:
-    principal.require_scope("accounts:read")
-    return container.db.read(lambda s: container.usage.get_recording(s, recording_id))
+    _require_recording_scope(principal, "accounts:read")
+    return container.db.read(lambda s: container.usage.get_recording(s, principal, recording_id))
 
 
 @router.post(
@@ -125,12 +140,12 @@ def extend_recording(
     principal: PrincipalDep,
     key: IdempotencyKeyDep,
 ) -> RecordingView:
-    principal.require_scope("holds:write")
+    _require_recording_scope(principal, "holds:write")
     return write_or_record_decline(
         container.db,
         container.usage,
         lambda s: container.usage.extend_recording(
-            s, recording_id, body.additional_minutes, key, body.allow_partial
+            s, principal, recording_id, body.additional_minutes, key, body.allow_partial
         ),
     )
 
@@ -147,9 +162,9 @@ def finish_recording(
     principal: PrincipalDep,
     key: IdempotencyKeyDep,
 ) -> RecordingView:
-    principal.require_scope("holds:write")
+    _require_recording_scope(principal, "holds:write")
     return container.db.write(
-        lambda s: container.usage.finish_recording(s, recording_id, body.seconds_by_source, key)
+        lambda s: container.usage.finish_recording(s, principal, recording_id, body.seconds_by_source, key)
     )
 
 
@@ -159,8 +174,8 @@ def finish_recording(
 def cancel_recording(
     recording_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> RecordingView:
-    principal.require_scope("holds:write")
-    return container.db.write(lambda s: container.usage.cancel_recording(s, recording_id, key))
+    _require_recording_scope(principal, "holds:write")
+    return container.db.write(lambda s: container.usage.cancel_recording(s, principal, recording_id, key))
 
 
 @router.post(
@@ -171,8 +186,8 @@ def cancel_recording(
 def fail_recording(
     recording_id: str, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
 ) -> RecordingView:
-    principal.require_scope("holds:write")
-    return container.db.write(lambda s: container.usage.fail_recording(s, recording_id, key))
+    _require_recording_scope(principal, "holds:write")
+    return container.db.write(lambda s: container.usage.fail_recording(s, principal, recording_id, key))
 
 
 @router.post(
@@ -215,8 +230,8 @@ def share_meeting(
     "/meetings/{meeting_id}/attribution", response_model=AttributionView, summary="Who paid for a meeting"
 )
 def meeting_attribution(meeting_id: str, container: ContainerDep, principal: PrincipalDep) -> AttributionView:
-    principal.require_scope("accounts:read")
-    return container.db.read(lambda s: container.usage.meeting_attribution(s, meeting_id))
+    _require_recording_scope(principal, "accounts:read")
+    return container.db.read(lambda s: container.usage.meeting_attribution(s, principal, meeting_id))
 
 
 @router.get(
@@ -232,7 +247,11 @@ def entitlements(
 ) -> EntitlementsView:
     principal.require_scope("accounts:read")
     user = principal.require_user()
-    return container.db.read(lambda s: container.usage.entitlements(s, user, guild_id, context))
+    view = container.db.read(lambda s: container.usage.entitlements(s, user, guild_id, context))
+    if context == "server" and not may_see_server_credits(principal, view.guild_id):
+        # The plan and its limits gate a meeting for anyone; what is left is the managers' (0029).
+        view.funding_sources = []
+    return view
 
 
 @router.get(
