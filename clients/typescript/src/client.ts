@@ -46,6 +46,7 @@ import type {
 import {
   type ActingCallOptions,
   type CallOptions,
+  type RecordingCallOptions,
   type CallSpec,
   type SendInit,
   type SendResult,
@@ -94,38 +95,38 @@ export interface UsageQuery {
 /** Billing accounts, balances, statements and their alert and auto-recharge settings. */
 export class Accounts extends Group {
   /** Find or create the billing account of a payer (naturally idempotent, no key needed). */
-  async resolve(body: AccountLookup, options?: CallOptions): Promise<AccountView> {
+  async resolve(body: AccountLookup, options: ActingCallOptions): Promise<AccountView> {
     if (body.kind !== "organization") checkSnowflake(body.owner_ref, "owner_ref");
     return this.t.call<AccountView>({ ...options, method: "POST", path: "/v1/accounts", write: false }, (init) =>
       this.t.api.POST("/v1/accounts", { body, ...init }),
     );
   }
 
-  /** The account of a Discord user's personal payer. */
-  async personal(userId: string, options?: CallOptions): Promise<AccountView> {
-    return this.resolve({ kind: "personal", owner_ref: userId }, options);
+  /** The account of a Discord user's personal payer, by default acting for that user. */
+  async personal(userId: string, options?: Partial<ActingCallOptions>): Promise<AccountView> {
+    return this.resolve({ kind: "personal", owner_ref: userId }, { ...options, as: options?.as ?? { userId } });
   }
 
-  /** The account of a Discord server. */
-  async server(guildId: string, options?: CallOptions): Promise<AccountView> {
+  /** The account of a Discord server (acting for a user with Manage Server on it). */
+  async server(guildId: string, options: ActingCallOptions): Promise<AccountView> {
     return this.resolve({ kind: "server", owner_ref: guildId }, options);
   }
 
-  async get(accountId: string, options?: CallOptions): Promise<AccountView> {
+  async get(accountId: string, options: ActingCallOptions): Promise<AccountView> {
     return this.read(`/v1/accounts/${accountId}`, options, (init) =>
       this.t.api.GET("/v1/accounts/{account_id}", { params: { path: { account_id: accountId } }, ...init }),
     );
   }
 
   /** Available, held and per-grant balance, in millicredits. */
-  async balance(accountId: string, options?: CallOptions): Promise<BalanceView> {
+  async balance(accountId: string, options: ActingCallOptions): Promise<BalanceView> {
     return this.read(`/v1/accounts/${accountId}/balance`, options, (init) =>
       this.t.api.GET("/v1/accounts/{account_id}/balance", { params: { path: { account_id: accountId } }, ...init }),
     );
   }
 
   /** Every movement with its reason, newest first, a page at a time. */
-  async statement(accountId: string, query: StatementQuery = {}, options?: CallOptions): Promise<StatementPage> {
+  async statement(accountId: string, query: StatementQuery, options: ActingCallOptions): Promise<StatementPage> {
     return this.read(`/v1/accounts/${accountId}/ledger`, options, (init) =>
       this.t.api.GET("/v1/accounts/{account_id}/ledger", {
         params: {
@@ -137,7 +138,7 @@ export class Accounts extends Group {
     );
   }
 
-  async grants(accountId: string, options?: CallOptions): Promise<GrantView[]> {
+  async grants(accountId: string, options: ActingCallOptions): Promise<GrantView[]> {
     return this.read(`/v1/accounts/${accountId}/grants`, options, (init) =>
       this.t.api.GET("/v1/accounts/{account_id}/grants", { params: { path: { account_id: accountId } }, ...init }),
     );
@@ -183,7 +184,7 @@ export class Accounts extends Group {
 /** Recordings and uploads: a hold placed before capture, extended, then settled once. */
 export class Recordings extends Group {
   /** Who would pay and why, placing nothing. */
-  async quote(body: RecordingStart, options: ActingCallOptions): Promise<Decision> {
+  async quote(body: RecordingStart, options: RecordingCallOptions): Promise<Decision> {
     checkRecordingStart(body);
     return this.t.call<Decision>({ ...options, method: "POST", path: "/v1/usage/quote", write: false }, (init) =>
       this.t.api.POST("/v1/usage/quote", { body, ...init }),
@@ -191,19 +192,19 @@ export class Recordings extends Group {
   }
 
   /** Decide the payer and place the hold (201). Declines throw `UsageDeclinedError`. */
-  async start(body: RecordingStart, options: ActingCallOptions): Promise<RecordingView> {
+  async start(body: RecordingStart, options: RecordingCallOptions): Promise<RecordingView> {
     checkRecordingStart(body);
     return this.write("POST", "/v1/recordings", options, (init) => this.t.api.POST("/v1/recordings", { body, ...init }));
   }
 
-  async get(recordingId: string, options: ActingCallOptions): Promise<RecordingView> {
+  async get(recordingId: string, options: RecordingCallOptions): Promise<RecordingView> {
     return this.read(`/v1/recordings/${recordingId}`, options, (init) =>
       this.t.api.GET("/v1/recordings/{recording_id}", { params: { path: { recording_id: recordingId } }, ...init }),
     );
   }
 
   /** Hold more minutes on the same payer; a decline keeps what is held (`UsageDeclinedError`). */
-  async extend(recordingId: string, body: RecordingExtend, options: ActingCallOptions): Promise<RecordingView> {
+  async extend(recordingId: string, body: RecordingExtend, options: RecordingCallOptions): Promise<RecordingView> {
     checkMinutes(body.additional_minutes, "additional_minutes");
     return this.write("POST", `/v1/recordings/${recordingId}/extend`, options, (init) =>
       this.t.api.POST("/v1/recordings/{recording_id}/extend", {
@@ -215,7 +216,7 @@ export class Recordings extends Group {
   }
 
   /** Charge the wall-clock minutes of the longest source (rounded up once), release the rest. */
-  async finish(recordingId: string, body: RecordingFinish, options: ActingCallOptions): Promise<RecordingView> {
+  async finish(recordingId: string, body: RecordingFinish, options: RecordingCallOptions): Promise<RecordingView> {
     const seconds = checkSecondsBySource(body.seconds_by_source);
     return this.write("POST", `/v1/recordings/${recordingId}/finish`, options, (init) =>
       this.t.api.POST("/v1/recordings/{recording_id}/finish", {
@@ -227,7 +228,7 @@ export class Recordings extends Group {
   }
 
   /** The user stopped before anything was worth charging: released, nothing charged. */
-  async cancel(recordingId: string, options: ActingCallOptions): Promise<RecordingView> {
+  async cancel(recordingId: string, options: RecordingCallOptions): Promise<RecordingView> {
     return this.write("POST", `/v1/recordings/${recordingId}/cancel`, options, (init) =>
       this.t.api.POST("/v1/recordings/{recording_id}/cancel", {
         params: { path: { recording_id: recordingId } },
@@ -237,7 +238,7 @@ export class Recordings extends Group {
   }
 
   /** Processing failed on Chronote's side: released, nothing charged. */
-  async fail(recordingId: string, options: ActingCallOptions): Promise<RecordingView> {
+  async fail(recordingId: string, options: RecordingCallOptions): Promise<RecordingView> {
     return this.write("POST", `/v1/recordings/${recordingId}/fail`, options, (init) =>
       this.t.api.POST("/v1/recordings/{recording_id}/fail", {
         params: { path: { recording_id: recordingId } },
@@ -275,7 +276,7 @@ export class Meetings extends Group {
     );
   }
 
-  async attribution(meetingId: string, options?: CallOptions): Promise<AttributionView> {
+  async attribution(meetingId: string, options: RecordingCallOptions): Promise<AttributionView> {
     return this.read(`/v1/meetings/${meetingId}/attribution`, options, (init) =>
       this.t.api.GET("/v1/meetings/{meeting_id}/attribution", { params: { path: { meeting_id: meetingId } }, ...init }),
     );
@@ -453,7 +454,7 @@ export class Orgs extends Group {
     );
   }
 
-  async audit(orgId: string, query: { limit?: number } = {}, options?: ActingCallOptions): Promise<AuditEntryView[]> {
+  async audit(orgId: string, query: { limit?: number }, options: ActingCallOptions): Promise<AuditEntryView[]> {
     return this.read(`/v1/orgs/${orgId}/audit`, options, (init) =>
       this.t.api.GET("/v1/orgs/{org_id}/audit", {
         params: { path: { org_id: orgId }, query: { limit: query.limit } },
@@ -489,7 +490,7 @@ export class Authorizations extends Group {
 
 /** Usage reports of an account: grouped, or as CSV lines with their reasons. */
 export class Reports extends Group {
-  async usage(accountId: string, query: UsageQuery = {}, options?: CallOptions): Promise<UsageReport> {
+  async usage(accountId: string, query: UsageQuery, options: ActingCallOptions): Promise<UsageReport> {
     return this.read(`/v1/accounts/${accountId}/usage`, options, (init) =>
       this.t.api.GET("/v1/accounts/{account_id}/usage", {
         params: {
@@ -502,7 +503,7 @@ export class Reports extends Group {
   }
 
   /** CSV text: one line per charge with its reason, or grouped when `groupBy` is given. */
-  async usageCsv(accountId: string, query: UsageQuery = {}, options?: CallOptions): Promise<string> {
+  async usageCsv(accountId: string, query: UsageQuery, options: ActingCallOptions): Promise<string> {
     return this.read<string>(`/v1/accounts/${accountId}/usage.csv`, options, async (init) => {
       const result = await this.t.api.GET("/v1/accounts/{account_id}/usage.csv", {
         params: {

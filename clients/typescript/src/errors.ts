@@ -35,7 +35,9 @@ export type KnownProblemCode =
   | "recording_in_progress"
   | "recording_not_open"
   | "recording_already_settled"
+  | "recording_expired"
   | "hold_expired"
+  | "hold_managed_by_recording"
   | "hold_already_settled"
   | "capture_exceeds_hold"
   // organizations
@@ -226,9 +228,10 @@ export function problemError(
 }
 
 /** A client-side refusal with the code and shape the server would have answered. */
-export function refuse(code: ProblemCode, detail: string, field: string, status = 422): ValidationError {
-  return new ValidationError(
-    { type: "https://billing.chronote.gg/problems/" + code, title: "Invalid request", status, detail, code, field },
+export function refuse(code: ProblemCode, detail: string, field: string, status = 422): ChronoteBillingError {
+  const title = status === 422 ? "Invalid request" : "Permission denied";
+  return problemError(
+    { type: "https://billing.chronote.gg/problems/" + code, title, status, detail, code, field },
     status,
     {},
     false,

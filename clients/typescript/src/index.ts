@@ -32,6 +32,7 @@ export {
   type Actor,
   type CallOptions,
   type ActingCallOptions,
+  type RecordingCallOptions,
   type RetryPolicy,
   DEFAULT_RETRY_POLICY,
   MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -51,7 +52,7 @@ export {
   type Heartbeat,
   type HeartbeatOutcome,
   type FinalReason,
-  type RecordingCallOptions,
+  type LifecycleCallOptions,
 } from "./lifecycle.js";
 export { chargeChatToSpeech, chargeAskQuestion, type MeteredWork } from "./metered.js";
 export {

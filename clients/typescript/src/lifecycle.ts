@@ -13,7 +13,7 @@
 //   recording, charged once; other figures are refused (`recording_already_settled`, or
 //   `idempotency_conflict` for the same key), never charged again.
 import type { ChronoteBillingClient } from "./client.js";
-import { ChronoteBillingError, ServiceUnreachableError, UsageDeclinedError } from "./errors.js";
+import { ChronoteBillingError, ServiceUnreachableError, UsageDeclinedError, refuse } from "./errors.js";
 import type { RecordingView } from "./schema.js";
 import { type Actor, type RetryPolicy, idempotencyKey } from "./transport.js";
 import { type CaptureSource, type UsageContext, checkMinutes, checkSecondsBySource } from "./validate.js";
@@ -86,8 +86,16 @@ export interface LifecycleTuning {
 export interface MeetingStart extends LifecycleTuning {
   context: UsageContext;
   captureSource: Exclude<CaptureSource, "upload">;
-  /** The Discord user starting the recording; later calls act for them unless told otherwise. */
-  userId: string;
+  /**
+   * The Discord user starting the recording; later calls act for them unless told otherwise.
+   * Omitted only with `autoRecord`.
+   */
+  userId?: string;
+  /**
+   * A server's auto-recorded meeting: nobody started it, the key's `recordings:auto` scope
+   * does (decision 0029); its managers can act on it too.
+   */
+  autoRecord?: boolean;
   /** Guilds where that user has Manage Server, as checked with Discord. */
   manageGuilds?: readonly string[];
   /** Server meetings: the guild. */
@@ -105,9 +113,9 @@ export interface MeetingStart extends LifecycleTuning {
   signal?: AbortSignal;
 }
 
-export interface RecordingCallOptions {
+export interface LifecycleCallOptions {
   /** Act for someone else than the starter (server meetings: a user with Manage Server there). */
-  as?: Actor;
+  as?: Actor | null;
   signal?: AbortSignal;
 }
 
@@ -117,7 +125,8 @@ export class MeetingRecording {
   recording: RecordingView;
   /** When the recording started, by the clock of this process (ms since the epoch). */
   readonly startedAt: number;
-  readonly actor: Actor;
+  /** Who the calls are made for; null for an auto-recorded server meeting. */
+  readonly actor: Actor | null;
   /** Set once the budget can grow no more. */
   finalReason: FinalReason | null = null;
   private readonly client: ChronoteBillingClient;
@@ -129,7 +138,7 @@ export class MeetingRecording {
   protected constructor(
     client: ChronoteBillingClient,
     recording: RecordingView,
-    actor: Actor,
+    actor: Actor | null,
     startedAt: number,
     tuning: LifecycleTuning,
   ) {
@@ -155,7 +164,7 @@ export class MeetingRecording {
   static async start(client: ChronoteBillingClient, start: MeetingStart): Promise<MeetingRecording> {
     const clock = start.clock ?? Date.now;
     const startedAt = clock();
-    const actor: Actor = { userId: start.userId, ...(start.manageGuilds ? { manageGuilds: start.manageGuilds } : {}) };
+    const actor = actorOf(start);
     const key = start.idempotencyKey ?? idempotencyKey("meeting", start.meetingId, "start");
     const recording = await client.recordings.start(
       {
@@ -180,7 +189,7 @@ export class MeetingRecording {
   static async resume(
     client: ChronoteBillingClient,
     recordingId: string,
-    actor: Actor,
+    actor: Actor | null,
     tuning: LifecycleTuning & { startedAt?: number } = {},
   ): Promise<MeetingRecording> {
     const recording = await client.recordings.get(recordingId, { as: actor });
@@ -212,7 +221,7 @@ export class MeetingRecording {
    * time left falls under the threshold. Never throws for what the service answers: the result
    * says whether to go on, and when the meeting must stop. Overlapping calls share one beat.
    */
-  heartbeat(options: RecordingCallOptions = {}): Promise<Heartbeat> {
+  heartbeat(options: LifecycleCallOptions = {}): Promise<Heartbeat> {
     if (this.inFlight === null) {
       this.inFlight = this.beat(options).finally(() => {
         this.inFlight = null;
@@ -225,7 +234,7 @@ export class MeetingRecording {
    * Ask for more minutes now, whatever the threshold (e.g. after the payer bought credits, to
    * lift a final budget). Throws what the server answers, like the plain client.
    */
-  async extend(minutes: number = this.tuning.extendBy, options: RecordingCallOptions = {}): Promise<RecordingView> {
+  async extend(minutes: number = this.tuning.extendBy, options: LifecycleCallOptions = {}): Promise<RecordingView> {
     return this.extendWith(checkMinutes(minutes, "additional_minutes"), options);
   }
 
@@ -234,7 +243,7 @@ export class MeetingRecording {
    * hold is released. Safe to repeat with the same figures (one charge); other figures are
    * refused with `recording_already_settled`.
    */
-  async finish(secondsBySource: Record<string, number>, options: RecordingCallOptions = {}): Promise<RecordingView> {
+  async finish(secondsBySource: Record<string, number>, options: LifecycleCallOptions = {}): Promise<RecordingView> {
     const seconds = checkSecondsBySource(secondsBySource);
     const key = idempotencyKey("recording", this.id, "finish");
     const recording = await this.client.recordings.finish(
@@ -248,7 +257,7 @@ export class MeetingRecording {
   }
 
   /** The user stopped before anything worth charging: the hold is released. Safe to repeat. */
-  async cancel(options: RecordingCallOptions = {}): Promise<RecordingView> {
+  async cancel(options: LifecycleCallOptions = {}): Promise<RecordingView> {
     this.recording = await this.client.recordings.cancel(this.id, {
       as: options.as ?? this.actor,
       idempotencyKey: idempotencyKey("recording", this.id, "cancel"),
@@ -258,7 +267,7 @@ export class MeetingRecording {
   }
 
   /** Processing failed on Chronote's side: the hold is released, nothing is charged. Safe to repeat. */
-  async fail(options: RecordingCallOptions = {}): Promise<RecordingView> {
+  async fail(options: LifecycleCallOptions = {}): Promise<RecordingView> {
     this.recording = await this.client.recordings.fail(this.id, {
       as: options.as ?? this.actor,
       idempotencyKey: idempotencyKey("recording", this.id, "fail"),
@@ -267,7 +276,7 @@ export class MeetingRecording {
     return this.recording;
   }
 
-  private async beat(options: RecordingCallOptions): Promise<Heartbeat> {
+  private async beat(options: LifecycleCallOptions): Promise<Heartbeat> {
     if (this.closed || this.recording.status !== "open") return this.report("closed");
     const now = this.tuning.clock();
     if (this.minutesLeft(now) >= this.tuning.extendWhenMinutesLeft) return this.report("enough_held");
@@ -291,7 +300,7 @@ export class MeetingRecording {
 
   private async extendWith(
     minutes: number,
-    options: RecordingCallOptions,
+    options: LifecycleCallOptions,
     retry?: Partial<RetryPolicy>,
   ): Promise<RecordingView> {
     const allowPartial = this.tuning.extendAllowPartial;
@@ -328,7 +337,7 @@ export class MeetingRecording {
       this.finalReason = "declined";
       return this.report("declined", error);
     }
-    if (["recording_not_open", "hold_expired", "hold_already_settled", "not_found"].includes(error.code)) {
+    if (["recording_not_open", "recording_expired", "hold_expired", "hold_already_settled", "not_found"].includes(error.code)) {
       this.closed = true;
       return this.report("closed", error);
     }
@@ -412,7 +421,7 @@ export class UploadRecording {
    * on the same payer; a file longer than the plan allows is refused: status `failed`, nothing
    * charged). Safe to repeat with the same figure.
    */
-  async settle(probedSeconds: number, options: RecordingCallOptions = {}): Promise<RecordingView> {
+  async settle(probedSeconds: number, options: LifecycleCallOptions = {}): Promise<RecordingView> {
     const seconds = checkSecondsBySource({ file: probedSeconds });
     const key = idempotencyKey("recording", this.id, "finish");
     this.recording = await this.client.recordings.finish(
@@ -425,7 +434,7 @@ export class UploadRecording {
   }
 
   /** Processing failed for good on Chronote's side: released, nothing charged. */
-  async fail(options: RecordingCallOptions = {}): Promise<RecordingView> {
+  async fail(options: LifecycleCallOptions = {}): Promise<RecordingView> {
     this.recording = await this.client.recordings.fail(this.id, {
       as: options.as ?? this.actor,
       idempotencyKey: idempotencyKey("recording", this.id, "fail"),
@@ -433,6 +442,23 @@ export class UploadRecording {
     });
     return this.recording;
   }
+}
+
+function actorOf(start: MeetingStart): Actor | null {
+  if (start.autoRecord) {
+    if (start.context !== "server" || start.userId !== undefined) {
+      throw refuse(
+        "validation_error",
+        "Only a server meeting is auto-recorded, and it names no user.",
+        start.context !== "server" ? "context" : "Chronote-Acting-User",
+      );
+    }
+    return null;
+  }
+  if (start.userId === undefined) {
+    throw refuse("permission_denied", "This request must name the acting Discord user.", "Chronote-Acting-User", 403);
+  }
+  return { userId: start.userId, ...(start.manageGuilds ? { manageGuilds: start.manageGuilds } : {}) };
 }
 
 /**
@@ -443,7 +469,7 @@ export class UploadRecording {
 async function currentState(
   client: ChronoteBillingClient,
   started: RecordingView,
-  actor: Actor,
+  actor: Actor | null,
   key: string,
 ): Promise<RecordingView> {
   const read = await client.recordings.get(started.id, { as: actor });

@@ -53,8 +53,11 @@ export const DEFAULT_RETRY_POLICY: Readonly<RetryPolicy> = Object.freeze({
 
 /** Options every call takes. */
 export interface CallOptions {
-  /** The person the call is made for (required where the server acts for a user). */
-  as?: Actor;
+  /**
+   * The person the call is made for. Every /v1 call but the catalog names one; `null` only for
+   * a server's auto-recorded meeting, with a key that has the `recordings:auto` scope.
+   */
+  as?: Actor | null;
   /**
    * Writes only: the key the server deduplicates by. Derive it from your own id (see
    * `idempotencyKey()`) so a retry after a crash is the same request; generated when omitted.
@@ -65,9 +68,18 @@ export interface CallOptions {
   retry?: Partial<RetryPolicy>;
 }
 
-/** Calls that the server makes for a user: `as` is required. */
+/** Calls made for a person: `as` is required. */
 export interface ActingCallOptions extends CallOptions {
   as: Actor;
+}
+
+/**
+ * Calls on a recording: for the user who started it (for a server meeting, any user stating
+ * Manage Server on its guild), or `null` for a server's auto-recorded meeting under a key with
+ * the `recordings:auto` scope.
+ */
+export interface RecordingCallOptions extends CallOptions {
+  as: Actor | null;
 }
 
 export interface TransportOptions {

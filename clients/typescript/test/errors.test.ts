@@ -42,7 +42,7 @@ describe("declines", () => {
     const user = snowflake();
     await touchPersonalAllowance(billing, user);
     const account = await billing.accounts.personal(user);
-    await holdAllBut(server, billing, account.id, 0);
+    await holdAllBut(server, billing, account.id, 0, { userId: user });
     const error = await rejection(
       billing.recordings.start(
         { context: "personal", capture_source: "desktop", requested_minutes: 10 },
@@ -73,7 +73,7 @@ describe("declines", () => {
     );
     await server.grant(`org:${org.id}`, 100);
     await touchPersonalAllowance(billing, member);
-    await holdAllBut(server, billing, (await billing.accounts.personal(member)).id, 0);
+    await holdAllBut(server, billing, (await billing.accounts.personal(member)).id, 0, { userId: member });
 
     const error = await rejection(
       billing.recordings.start(

@@ -58,12 +58,12 @@ describe("a personal desktop recording", () => {
     assert.equal((await meeting.heartbeat()).outcome, "enough_held");
 
     const account = await billing.accounts.personal(user);
-    const before = await billing.accounts.balance(account.id);
+    const before = await billing.accounts.balance(account.id, { as: { userId: user } });
     const done = await meeting.finish({ mic: 24 * 60 + 10, system: 24 * 60 });
     assert.equal(done.status, "finished");
     assert.equal(done.charged, 25_000, "the longest source, 24 min 10 s, rounded up once to 25 minutes");
     assert.deepEqual(done.seconds_by_source, { mic: 1450, system: 1440 });
-    const afterFinish = await billing.accounts.balance(account.id);
+    const afterFinish = await billing.accounts.balance(account.id, { as: { userId: user } });
     assert.equal(before.posted - afterFinish.posted, 25_000);
     assert.equal(afterFinish.held, 0);
 
@@ -71,7 +71,7 @@ describe("a personal desktop recording", () => {
     const again = await meeting.finish({ system: 1440, mic: 1450 });
     assert.equal(again.id, done.id);
     assert.equal(again.charged, 25_000);
-    assert.equal((await billing.accounts.balance(account.id)).posted, afterFinish.posted);
+    assert.equal((await billing.accounts.balance(account.id, { as: { userId: user } })).posted, afterFinish.posted);
 
     // A second process resuming it and finishing with other figures is refused, not charged.
     const resumed = await MeetingRecording.resume(billing, done.id, { userId: user });
@@ -83,7 +83,7 @@ describe("a personal desktop recording", () => {
     });
     // ... and with the same figures it is the same settled record.
     assert.equal((await resumed.finish({ mic: 1450, system: 1440 })).charged, 25_000);
-    assert.equal((await billing.accounts.balance(account.id)).posted, afterFinish.posted);
+    assert.equal((await billing.accounts.balance(account.id, { as: { userId: user } })).posted, afterFinish.posted);
 
     const heartbeatAfter = await meeting.heartbeat();
     assert.equal(heartbeatAfter.outcome, "closed");
@@ -100,11 +100,11 @@ describe("a personal desktop recording", () => {
       meetingId: `web-${user}`,
       initialMinutes: 10,
     });
-    assert.equal((await billing.accounts.balance(account.id)).held, 10_000);
+    assert.equal((await billing.accounts.balance(account.id, { as: { userId: user } })).held, 10_000);
     const cancelled = await meeting.cancel();
     assert.equal(cancelled.status, "cancelled");
     assert.equal((await meeting.cancel()).status, "cancelled");
-    const balance = await billing.accounts.balance(account.id);
+    const balance = await billing.accounts.balance(account.id, { as: { userId: user } });
     assert.equal(balance.held, 0);
 
     const second = await MeetingRecording.start(billing, {
@@ -116,7 +116,7 @@ describe("a personal desktop recording", () => {
     });
     assert.equal((await second.fail()).status, "failed");
     assert.equal((await second.fail()).status, "failed");
-    const afterFail = await billing.accounts.balance(account.id);
+    const afterFail = await billing.accounts.balance(account.id, { as: { userId: user } });
     assert.equal(afterFail.held, 0);
     assert.equal(afterFail.posted, balance.posted, "nothing charged");
   });
@@ -159,8 +159,8 @@ describe("a server meeting", () => {
     await server.grant(`org:${org.id}`, 500);
     // The server's own free allowance is spent elsewhere: hold it all away.
     await touchServerAllowance(billing, guild, starter);
-    const serverAccount = await billing.accounts.server(guild);
-    await holdAllBut(server, billing, serverAccount.id, 0);
+    const serverAccount = await billing.accounts.server(guild, { as: { userId: starter, manageGuilds: [guild] } });
+    await holdAllBut(server, billing, serverAccount.id, 0, { userId: starter, manageGuilds: [guild] });
 
     const clock = new FakeClock();
     const meeting = await MeetingRecording.start(billing, {
@@ -187,11 +187,47 @@ describe("a server meeting", () => {
 
     const done = await meeting.finish({ voice: 40 * 60 });
     assert.equal(done.charged, 40_000);
-    const orgBalance = await billing.accounts.balance(rec.payer_account_id);
+    const orgBalance = await billing.accounts.balance(rec.payer_account_id, { as: { userId: owner } });
     assert.equal(orgBalance.posted, 460_000);
-    const attribution = await billing.meetings.attribution(`voice-${guild}`);
+    const attribution = await billing.meetings.attribution(`voice-${guild}`, { as: { userId: owner } });
     assert.equal(attribution.payer_account_id, rec.payer_account_id);
     assert.equal(attribution.authorization_id, auth.id);
+  });
+});
+
+describe("an auto-recorded server meeting", () => {
+  test("is started, extended and finished with no acting user under the recordings:auto scope", async () => {
+    const guild = snowflake();
+    const bot = clientFor(server, { apiKey: await server.createKey(["recordings:auto"]) });
+    const clock = new FakeClock();
+    const meeting = await MeetingRecording.start(bot, {
+      context: "server",
+      captureSource: "discord_voice",
+      autoRecord: true,
+      guildId: guild,
+      meetingId: `auto-${guild}`,
+      initialMinutes: 20,
+      clock: clock.read,
+    });
+    assert.equal(meeting.actor, null);
+    assert.equal(meeting.recording.user_id, null);
+    assert.equal(meeting.recording.payer_kind, "server");
+    clock.advanceMinutes(16);
+    assert.equal((await meeting.heartbeat()).outcome, "extended");
+    // Any manager of the server may act on it as well.
+    const manager = { userId: snowflake(), manageGuilds: [guild] };
+    const seen = await MeetingRecording.resume(billing, meeting.id, manager);
+    assert.equal(seen.recording.approved_minutes, 35);
+    assert.equal((await meeting.finish({ voice: 30 * 60 })).charged, 30_000);
+    await assert.rejects(
+      MeetingRecording.start(bot, {
+        context: "personal",
+        captureSource: "desktop",
+        autoRecord: true,
+        meetingId: `auto-personal-${guild}`,
+      }),
+      (e: unknown) => e instanceof ChronoteBillingError && e.sent === false && e.code === "validation_error",
+    );
   });
 });
 
@@ -200,7 +236,7 @@ describe("a partial approval", () => {
     const user = snowflake();
     await touchPersonalAllowance(billing, user);
     const account = await billing.accounts.personal(user);
-    await holdAllBut(server, billing, account.id, 12_000);
+    await holdAllBut(server, billing, account.id, 12_000, { userId: user });
 
     const clock = new FakeClock();
     const meeting = await MeetingRecording.start(billing, {
@@ -236,7 +272,7 @@ describe("a partial approval", () => {
     const user = snowflake();
     await touchPersonalAllowance(billing, user);
     const account = await billing.accounts.personal(user);
-    await holdAllBut(server, billing, account.id, 27_000);
+    await holdAllBut(server, billing, account.id, 27_000, { userId: user });
     const clock = new FakeClock();
     const meeting = await MeetingRecording.start(billing, {
       context: "personal",
@@ -261,7 +297,7 @@ describe("a decline on extend", () => {
     const user = snowflake();
     await touchPersonalAllowance(billing, user);
     const account = await billing.accounts.personal(user);
-    await holdAllBut(server, billing, account.id, 25_000);
+    await holdAllBut(server, billing, account.id, 25_000, { userId: user });
     const clock = new FakeClock();
     const meeting = await MeetingRecording.start(billing, {
       context: "personal",
@@ -356,7 +392,7 @@ describe("the service unreachable during a heartbeat", () => {
       assert.equal(beat.recording.approved_minutes, 35, "extended once, not once per attempt");
       assert.equal(beat.action, "continue");
       const account = await billing.accounts.personal(user);
-      assert.equal((await billing.accounts.balance(account.id)).held, 35_000);
+      assert.equal((await billing.accounts.balance(account.id, { as: { userId: user } })).held, 35_000);
       await meeting.cancel();
     } finally {
       await proxy.stop();
@@ -389,12 +425,12 @@ describe("an upload", () => {
     const upload = await UploadRecording.start(billing, { userId: user, uploadId: `up-${user}`, declaredDurationSeconds: 1500 });
     assert.equal(upload.recording.kind, "upload");
     assert.equal(upload.recording.approved_minutes, 25);
-    const before = await billing.accounts.balance(account.id);
+    const before = await billing.accounts.balance(account.id, { as: { userId: user } });
     // Processing retries (three workers, say) settle with the same probed figure: charged once.
     const worker = await UploadRecording.resume(billing, upload.id, { userId: user });
     const settled = await Promise.all([upload.settle(1441), worker.settle(1441), upload.settle(1441)]);
     for (const s of settled) assert.equal(s.charged, 25_000);
-    const afterSettle = await billing.accounts.balance(account.id);
+    const afterSettle = await billing.accounts.balance(account.id, { as: { userId: user } });
     assert.equal(before.posted - afterSettle.posted, 25_000);
     assert.equal(afterSettle.held, 0);
   });
@@ -406,7 +442,7 @@ describe("an upload", () => {
     assert.equal(upload.recording.approved_minutes, 50, "12 MB at 32 kbit/s: 50 minutes");
     const failed = await upload.fail();
     assert.equal(failed.status, "failed");
-    const balance = await billing.accounts.balance(account.id);
+    const balance = await billing.accounts.balance(account.id, { as: { userId: user } });
     assert.equal(balance.held, 0);
     assert.equal(balance.posted, 120_000, "the free allowance, untouched");
   });

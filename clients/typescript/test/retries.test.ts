@@ -48,7 +48,7 @@ describe("a lost answer", () => {
     assert.equal(sent[0]?.headers["idempotency-key"], sent[1]?.headers["idempotency-key"]);
     assert.match(sent[0]?.headers["idempotency-key"] ?? "", /^cbc_[0-9a-f-]{36}$/, "generated once per call");
     const account = await direct.accounts.personal(user);
-    const balance = await direct.accounts.balance(account.id);
+    const balance = await direct.accounts.balance(account.id, { as: { userId: user } });
     assert.equal(balance.held, 30_000, "one hold, not two");
     assert.equal(rec.approved_minutes, 30);
   });
@@ -68,9 +68,9 @@ describe("a lost answer", () => {
     );
     assert.equal(done.charged, 10_000);
     assert.equal(proxy.requests("POST", /\/finish$/).length, 3);
-    const balance = await direct.accounts.balance(account.id);
+    const balance = await direct.accounts.balance(account.id, { as: { userId: user } });
     assert.equal(balance.posted, 110_000, "120 free credits less one 10-minute charge");
-    const captures = (await direct.accounts.statement(account.id, { limit: 100 })).data.filter((l) => l.phase === "post" && l.amount < 0);
+    const captures = (await direct.accounts.statement(account.id, { limit: 100 }, { as: { userId: user } })).data.filter((l) => l.phase === "post" && l.amount < 0);
     assert.equal(captures.length, 1);
   });
 
@@ -82,8 +82,9 @@ describe("a lost answer", () => {
     const first = await chargeChatToSpeech(viaProxy, { userId: user, context: "server", guildId: guild, messageId });
     const again = await chargeChatToSpeech(direct, { userId: user, context: "server", guildId: guild, messageId });
     assert.equal(again.id, first.id);
-    const serverAccount = await direct.accounts.server(guild);
-    const lines = (await direct.accounts.statement(serverAccount.id, { limit: 100 })).data.filter((l) => l.amount < 0);
+    const manager = { userId: snowflake(), manageGuilds: [guild] };
+    const serverAccount = await direct.accounts.server(guild, { as: manager });
+    const lines = (await direct.accounts.statement(serverAccount.id, { limit: 100 }, { as: manager })).data.filter((l) => l.amount < 0);
     assert.equal(lines.length, 1);
     assert.equal(lines[0]?.amount, -50);
 
@@ -165,7 +166,7 @@ describe("transient answers", () => {
       { as: { userId: user }, idempotencyKey: error.idempotencyKey },
     );
     assert.equal(done.charged, 5_000);
-    assert.equal((await direct.accounts.balance(account.id)).posted, 115_000);
+    assert.equal((await direct.accounts.balance(account.id, { as: { userId: user } })).posted, 115_000);
   });
 
   test("a refused connection is retried; a caller's abort is not", async () => {

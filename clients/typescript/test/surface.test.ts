@@ -37,7 +37,7 @@ describe("checkout and subscriptions", () => {
     const manager = snowflake();
     const guild = snowflake();
     const as = { userId: manager, manageGuilds: [guild] };
-    const account = await billing.accounts.server(guild);
+    const account = await billing.accounts.server(guild, { as });
     assert.equal(account.kind, "server");
     const catalog = await billing.billing.catalog();
     assert.ok(catalog.plans.find((p) => p.id === "server_basic")?.prices.some((p) => p.lookup_key === "chronote_basic_monthly"));
@@ -145,8 +145,11 @@ describe("organizations", () => {
     );
     const ordered = await billing.fundingSources.setOrder([memberAuth.id], { as: { userId: member } });
     assert.equal(ordered[1]?.position, 1);
-    const ent = await billing.entitlements.get({ context: "server", guildId: guild }, { as: { userId: member } });
-    assert.equal(ent.plan, "server_free");
+    // Any acting user sees the server's plan and limits; what is left, only its managers.
+    const seen = await billing.entitlements.get({ context: "server", guildId: guild }, { as: { userId: member } });
+    assert.equal(seen.plan, "server_free");
+    assert.equal(seen.max_recording_minutes, 90);
+    const ent = await billing.entitlements.get({ context: "server", guildId: guild }, { as: { userId: owner, manageGuilds: [guild] } });
     assert.equal(ent.funding_sources[1]?.id, serverAuth.id);
     const personalEnt = await billing.entitlements.get({ context: "personal" }, { as: { userId: member } });
     assert.equal(personalEnt.max_recording_minutes, 60);
@@ -177,7 +180,7 @@ describe("meetings and reports", () => {
     const shared = await billing.meetings.share(meetingId, guild, { as: { userId: owner } });
     assert.deepEqual(shared.shared_with_guilds, [guild]);
     assert.equal(shared.payer_kind, "personal");
-    const attribution = await billing.meetings.attribution(meetingId);
+    const attribution = await billing.meetings.attribution(meetingId, { as: { userId: owner } });
     assert.equal(attribution.payer_account_id, meeting.recording.payer_account_id);
 
     const account = meeting.recording.payer_account_id;

@@ -75,7 +75,7 @@ describe("notifications the server sent", () => {
     const broke = snowflake();
     await touchPersonalAllowance(billing, broke);
     const brokeAccount = await billing.accounts.personal(broke);
-    await holdAllBut(server, billing, brokeAccount.id, 0);
+    await holdAllBut(server, billing, brokeAccount.id, 0, { userId: broke });
     await assert.rejects(
       billing.recordings.start(
         { context: "personal", capture_source: "desktop", requested_minutes: 15, meeting_id: `broke-${broke}` },

@@ -869,8 +869,11 @@ export interface components {
             object?: string;
             /** Meeting Id */
             meeting_id: string;
-            /** Owner User Id */
-            owner_user_id: string;
+            /**
+             * Owner User Id
+             * @description Who recorded it; none for a server's auto-recorded meeting.
+             */
+            owner_user_id: string | null;
             /** Context */
             context: string;
             /** Guild Id */
@@ -1940,8 +1943,11 @@ export interface components {
             event_type: string | null;
             /** Event Id */
             event_id: string | null;
-            /** User Id */
-            user_id: string;
+            /**
+             * User Id
+             * @description Who started it; none for a server's auto-recorded meeting.
+             */
+            user_id: string | null;
             /** Guild Id */
             guild_id: string | null;
             /** Meeting Id */
@@ -2338,7 +2344,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2527,7 +2533,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2716,7 +2722,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2909,7 +2915,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3098,7 +3104,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3293,7 +3299,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3488,7 +3494,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3677,7 +3683,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3872,7 +3878,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4067,7 +4073,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4262,7 +4268,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description hold_expired, hold_already_settled, idempotency_conflict or conflict */
+            /** @description hold_expired, hold_already_settled, hold_managed_by_recording, idempotency_conflict or conflict */
             409: {
                 headers: {
                     [name: string]: unknown;

@@ -1,5 +1,5 @@
 // Shared set-up steps of the integration tests, all through the real server.
-import { ChronoteBillingClient, type ClientOptions, idempotencyKey } from "../../src/index.js";
+import { type Actor, ChronoteBillingClient, type ClientOptions, idempotencyKey } from "../../src/index.js";
 import type { BillingServer } from "./server.js";
 
 export function clientFor(server: BillingServer, options: Partial<ClientOptions> = {}): ChronoteBillingClient {
@@ -37,15 +37,16 @@ export async function touchServerAllowance(client: ChronoteBillingClient, guildI
 
 /**
  * Leave only `leave` millicredits available on an account by placing a raw ledger hold on the
- * rest (a trusted service key acting for nobody may hold on any account).
+ * rest, acting for someone who may manage that account.
  */
 export async function holdAllBut(
   server: BillingServer,
   client: ChronoteBillingClient,
   accountId: string,
   leave: number,
+  manager: Actor,
 ): Promise<void> {
-  const { available } = await client.accounts.balance(accountId);
+  const { available } = await client.accounts.balance(accountId, { as: manager });
   if (available <= leave) return;
   const response = await fetch(`${server.baseUrl}/v1/accounts/${accountId}/holds`, {
     method: "POST",
@@ -53,6 +54,8 @@ export async function holdAllBut(
       Authorization: `Bearer ${server.apiKey}`,
       "Content-Type": "application/json",
       "Idempotency-Key": idempotencyKey("drain", accountId, available, leave),
+      "Chronote-Acting-User": manager.userId,
+      ...(manager.manageGuilds ? { "Chronote-Manage-Guilds": manager.manageGuilds.join(",") } : {}),
     },
     body: JSON.stringify({ amount: available - leave, ttl_seconds: 3600, reason: "test: hold the rest away" }),
   });
