@@ -127,6 +127,7 @@ export async function startServer(options: ServerOptions = {}): Promise<BillingS
     ...(options.webhookSecret ? { CHRONOTE_WEBHOOK_SECRET: options.webhookSecret } : {}),
   };
   const processes: ChildProcess[] = [];
+  const outputs: (() => string)[] = [];
   let grants = 0;
   const cli = async (...args: string[]): Promise<string> => {
     try {
@@ -145,6 +146,11 @@ export async function startServer(options: ServerOptions = {}): Promise<BillingS
   };
   const stop = async (): Promise<void> => {
     await Promise.all(processes.map(stopProcess));
+    // A 500 in a test is a defect of the server: show its traceback with the failure.
+    for (const output of outputs) {
+      const text = output();
+      if (/Traceback|unhandled_error/.test(text)) process.stderr.write(`\n--- server output ---\n${text}\n`);
+    }
     rmSync(dir, { recursive: true, force: true });
   };
   try {
@@ -167,11 +173,13 @@ export async function startServer(options: ServerOptions = {}): Promise<BillingS
         env,
       );
       processes.push(stand.child);
+      outputs.push(stand.output);
       await waitFor(`${stripeUrl}/`, stand.child, stand.output);
     }
     await migrated;
     const server = startProcess(["serve", "--host", "127.0.0.1", "--port", String(port)], env);
     processes.push(server.child);
+    outputs.push(server.output);
     const [apiKey] = await Promise.all([
       createKey(options.scopes ?? ALL_SCOPES),
       options.stripe ? cli("catalog", "sync") : Promise.resolve(""),
