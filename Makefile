@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck pytest bench screenshots clean distclean
+.PHONY: install run test lint typecheck pytest bench screenshots client-test client-types clean distclean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found %s)" % sys.version.split()[0])'
@@ -30,6 +30,20 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The TypeScript client (clients/typescript, needs Node 20+ and npm): its generated types must
+# match the server's OpenAPI document, and its tests run against a real server they start.
+CLIENT := clients/typescript
+CLIENT_ENV := CHRONOTE_BILLING_CLI=$(CURDIR)/$(BIN)/chronote-billing
+
+$(CLIENT)/node_modules/.package-lock.json: $(CLIENT)/package-lock.json
+	cd $(CLIENT) && npm ci --no-audit --no-fund
+
+client-types: $(STAMP) $(CLIENT)/node_modules/.package-lock.json
+	cd $(CLIENT) && $(CLIENT_ENV) npm run --silent check:types
+
+client-test: client-types
+	cd $(CLIENT) && $(CLIENT_ENV) npm test
+
 bench: $(STAMP)
 	$(BIN)/python bench/ledger.py --seconds 10
 
@@ -41,4 +55,4 @@ clean:
 	rm -f var/*.db var/*.db-wal var/*.db-shm
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(CLIENT)/node_modules $(CLIENT)/build $(CLIENT)/dist

@@ -9,6 +9,7 @@ from chronote_billing.cli import (
     billing_extras,
     ledger,
     notifications,
+    openapi,
     orgs,
     promotions,
     server,
@@ -33,6 +34,7 @@ for module in (
     stripe_local,
     promotions,
     billing_extras,
+    openapi,
 ):
     module.register(app)
 
