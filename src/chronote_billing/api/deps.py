@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import Principal
 from chronote_billing.accounts.service import check_snowflake
@@ -48,8 +47,8 @@ def get_principal(
 ) -> Principal:
     if credentials is None:
         raise Unauthenticated("Send an API key as 'Authorization: Bearer cbk_...'.")
-    key = container.db.read(lambda s: _authenticate(container, s, credentials.credentials))
-    setattr(request.state, API_KEY_ID, key[0])  # for the request's log line: the id, never the secret
+    key = container.api_keys.known(credentials.credentials, container.db.read)
+    setattr(request.state, API_KEY_ID, key.id)  # for the request's log line: the id, never the secret
     user = check_snowflake(acting_user, "Chronote-Acting-User") if acting_user else None
     guilds = frozenset(
         check_snowflake(g, "Chronote-Manage-Guilds") for g in (manage_guilds or "").split(",") if g.strip()
@@ -59,13 +58,8 @@ def get_principal(
             "Chronote-Manage-Guilds needs Chronote-Acting-User.", field="Chronote-Manage-Guilds"
         )
     return Principal(
-        kind="service", scopes=frozenset(key[1]), user_id=user, managed_guilds=guilds, key_id=key[0]
+        kind="service", scopes=frozenset(key.scopes), user_id=user, managed_guilds=guilds, key_id=key.id
     )
-
-
-def _authenticate(container: Container, session: Session, raw: str) -> tuple[str, list[str]]:
-    key = container.api_keys.authenticate(session, raw)
-    return key.id, list(key.scopes)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -45,9 +48,24 @@ def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+# How long a key found in the database is trusted without reading it again (decision 0031): a
+# key revoked by another process stops working within this time.
+CACHE_SECONDS = 10.0
+CACHE_ENTRIES = 10_000
+
+
+@dataclass(frozen=True)
+class KnownKey:
+    id: str
+    scopes: tuple[str, ...]
+
+
 class ApiKeyService:
     def __init__(self, clock: Clock = system_clock) -> None:
         self.clock = clock
+        # secret hash -> (monotonic deadline, key); unknown and revoked keys are never kept.
+        self._cache: dict[str, tuple[float, KnownKey]] = {}
+        self._lock = threading.Lock()
 
     def create(self, session: Session, name: str, scopes: list[str]) -> CreatedKey:
         name = name.strip()
@@ -80,12 +98,40 @@ class ApiKeyService:
             raise Unauthenticated("The API key is unknown or revoked.")
         return key
 
+    def known(self, raw: str, read: Callable[[Callable[[Session], KnownKey]], KnownKey]) -> KnownKey:
+        """The key a request presents, from this process's cache while fresh, else read with
+        ``read`` (a database read) and kept for ``CACHE_SECONDS``; raises when unknown or revoked."""
+        digest = hash_key(raw.strip())
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+
+        def lookup(session: Session) -> KnownKey:
+            key = self.authenticate(session, raw)
+            return KnownKey(key.id, tuple(key.scopes))
+
+        found = read(lookup)
+        with self._lock:
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()  # rare: a fresh start costs one read per key in use
+            self._cache[digest] = (now + CACHE_SECONDS, found)
+        return found
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from this process's cache (it was revoked here)."""
+        with self._lock:
+            for digest in [d for d, (_, k) in self._cache.items() if k.id == key_id]:
+                del self._cache[digest]
+
     def revoke(self, session: Session, key_id: str) -> ApiKey:
         key = session.get(ApiKey, key_id)
         if key is None:
             raise NotFound(f"No API key '{key_id}'.", key_id=key_id)
         if key.revoked_at is None:
             key.revoked_at = self.clock.now()
+        self.forget(key_id)
         return key
 
     def list(self, session: Session) -> list[ApiKey]:
