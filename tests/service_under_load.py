@@ -39,8 +39,9 @@ GRANT = 50_000_000  # millicredits per payer: no operation of the load is ever d
 class ServiceProcess:
     """`chronote-billing serve` on a free port, logging to a file; kill -9 and start again."""
 
-    def __init__(self, database_url: str, log_path: Path) -> None:
+    def __init__(self, database_url: str, log_path: Path, workers: int = 1) -> None:
         self.database_url = database_url
+        self.workers = workers
         self.port = free_port()
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -56,7 +57,10 @@ class ServiceProcess:
         env = {**os.environ, "CHRONOTE_DATABASE_URL": self.database_url}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(CLI), "serve", "--port", str(self.port)], env=env, stdout=log, stderr=subprocess.STDOUT
+                [str(CLI), "serve", "--workers", str(self.workers), "--port", str(self.port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.starts += 1
         while time.monotonic() - began < timeout:

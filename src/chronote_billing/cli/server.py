@@ -40,33 +40,52 @@ def register(app: typer.Typer) -> None:
     def serve(
         host: Annotated[str, typer.Option()] = "127.0.0.1",
         port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+        workers: Annotated[
+            int,
+            typer.Option(min=1, max=64, help="Worker processes (default: the number of cores)."),
+        ] = 0,
+        access_log: Annotated[
+            bool, typer.Option(help="Log every request in uvicorn's access log too.")
+        ] = False,
     ) -> None:
-        """Serve the API and the portal, and deliver notifications in the background."""
+        """Serve the API and the portal, and deliver notifications in the background.
+
+        Several workers each run the whole application with their own pools, write combiner and
+        key cache; locks and idempotency live in the database, so nothing depends on them being
+        shared (decision 0031). Notifications are delivered from this supervising process.
+        """
         import uvicorn
 
         from chronote_billing.api import metrics
         from chronote_billing.api.app import create_app
 
         configure_logging()
+        processes = workers or os.cpu_count() or 1
         # Several workers share their metrics through this directory (decision 0036); it is
-        # emptied before they start. Pass the number of workers when serving several.
-        metrics.prepare_multiprocess_directory(workers=1)
+        # emptied before they start.
+        directory = metrics.prepare_multiprocess_directory(workers=processes)
         public = use_public_url_of(host, port)
         c = container()
         stop = threading.Event()
         start_delivery_thread(c, stop)
-        console.print(f"public URL (Checkout and sign-in return here): {public}")
+        console.print(f"public URL (Checkout and sign-in return here): {public}; {processes} worker(s)")
+        options = dict(
+            host=host, port=port, log_level="info", log_config=UVICORN_LOG_CONFIG, access_log=access_log
+        )
         try:
-            uvicorn.run(
-                create_app(c),
-                host=host,
-                port=port,
-                log_level="info",
-                log_config=UVICORN_LOG_CONFIG,
-                access_log=False,
-            )
+            if processes == 1:
+                uvicorn.run(create_app(c), **options)  # type: ignore[arg-type]
+            else:
+                # Each worker builds its application from the environment this process set up.
+                uvicorn.run(
+                    "chronote_billing.api.app:create_app",
+                    factory=True,
+                    workers=processes,
+                    **options,  # type: ignore[arg-type]
+                )
         finally:
             stop.set()
+            metrics.remove_directory(directory)
 
     @app.command()
     @handle_errors

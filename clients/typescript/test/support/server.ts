@@ -177,7 +177,7 @@ export async function startServer(options: ServerOptions = {}): Promise<BillingS
       await waitFor(`${stripeUrl}/`, stand.child, stand.output);
     }
     await migrated;
-    const server = startProcess(["serve", "--host", "127.0.0.1", "--port", String(port)], env);
+    const server = startProcess(["serve", "--workers", "1", "--host", "127.0.0.1", "--port", String(port)], env);
     processes.push(server.child);
     outputs.push(server.output);
     const [apiKey] = await Promise.all([
