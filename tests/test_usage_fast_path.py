@@ -332,7 +332,10 @@ def test_the_facts_twin_reads_what_the_orm_reads(db: Database) -> None:
     wheres = [
         facts.Where("personal", world.user, None, f"{world.user}-m1", None, "usage.start", "s1"),
         facts.Where("personal", world.user, None, f"{world.user}-m3"),
-        facts.Where("server", world.user, world.guild, None, "chat_to_speech_message", "usage.event", "e4"),
+        facts.Where(
+            "server", world.user, world.guild, None, "chat_to_speech_message", "usage.event", "e4", 50
+        ),
+        facts.Where("server", world.user, world.guild, None, "chat_to_speech_message", None, None, 1),
         facts.Where("server", world.user, snowflake()),  # a server nobody has used yet
         facts.Where("personal", snowflake(), None),  # a person nobody has seen yet
     ]

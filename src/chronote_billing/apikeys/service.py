@@ -98,15 +98,20 @@ class ApiKeyService:
             raise Unauthenticated("The API key is unknown or revoked.")
         return key
 
+    def cached(self, raw: str) -> KnownKey | None:
+        """The key from this process's cache while fresh; None when it must be read."""
+        with self._lock:
+            hit = self._cache.get(hash_key(raw.strip()))
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     def known(self, raw: str, read: Callable[[Callable[[Session], KnownKey]], KnownKey]) -> KnownKey:
         """The key a request presents, from this process's cache while fresh, else read with
         ``read`` (a database read) and kept for ``CACHE_SECONDS``; raises when unknown or revoked."""
+        hit = self.cached(raw)
+        if hit is not None:
+            return hit
         digest = hash_key(raw.strip())
         now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
 
         def lookup(session: Session) -> KnownKey:
             key = self.authenticate(session, raw)

@@ -23,6 +23,21 @@ from .requests import check_event, event_ask
 from .schemas import EventRequest, RecordingView
 
 
+def event_where(req: EventRequest, scope_prefix: str | None = None) -> facts.Where:
+    """Whose facts an event needs; its monthly count only where some plan limits it."""
+    cap = facts.quota_cap(req.event_type)
+    return facts.Where(
+        req.context,
+        req.user_id,
+        req.guild_id,
+        req.meeting_id,
+        req.event_type if cap else None,
+        scope_prefix,
+        req.event_id if scope_prefix else None,
+        cap,
+    )
+
+
 class EventService:
     def __init__(self, recordings: RecordingService) -> None:
         # Events share the recordings' collaborators and their decline and cap notices.
@@ -96,7 +111,7 @@ class EventService:
     ) -> tuple[Approval, DebitView]:
         r = self.recordings
         now = r.clock.now()
-        where = facts.Where(req.context, req.user_id, req.guild_id, req.meeting_id, event_type=req.event_type)
+        where = event_where(req)
         refusal: InsufficientCredits | CapReached | None = None
         for _ in range(DECIDE_ATTEMPTS):
             gathered = facts.gather(session, self.ledger, where, now)

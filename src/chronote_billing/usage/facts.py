@@ -28,6 +28,7 @@ from chronote_billing.stripe_sync.entitlements import best_complimentary, due_al
 from chronote_billing.stripe_sync.models import ComplimentaryPlan, PlanSubscription
 
 from .attribution import (
+    MONTHLY_QUOTAS,
     AccountFacts,
     AuthorizationFacts,
     OrganizationLimits,
@@ -49,10 +50,13 @@ class Where:
     user_id: str | None
     guild_id: str | None
     meeting_id: str | None = None
-    event_type: str | None = None  # a metered event: its monthly count is a fact
+    # A metered event limited per month by some plan: its count this month is a fact, up to
+    # ``quota_cap`` (the highest such limit: enough to compare with any plan's).
+    event_type: str | None = None
     # An idempotent write: its earlier result under this scope prefix + requester id and key.
     scope_prefix: str | None = None
     key: str | None = None
+    quota_cap: int = 0
 
     @property
     def requester_kind(self) -> str:
@@ -187,27 +191,28 @@ def _raw_account(
     ).scalars()
     available, due = ledger.spendable(session, account.id, now)
     allowances = session.execute(
+        # By wallet: its index finds the account's few grants, where a cause lookup would read
+        # every account's allowances of the kind.
         select(Grant.cause_type, Grant.cause_id).where(
-            Grant.billing_account_id == account.id,
+            Grant.wallet_account_id == account.wallet_account_id,
             Grant.cause_type.in_(ALLOWANCE_CAUSES),
             Grant.expires_at > now,
         )
     ).all()
     quota_used = 0
     if where.event_type:
-        quota_used = int(
-            session.execute(
-                select(func.count())
-                .select_from(UsageRecord)
-                .where(
-                    UsageRecord.payer_account_id == account.id,
-                    UsageRecord.event_type == where.event_type,
-                    UsageRecord.status == "charged",
-                    UsageRecord.created_at >= month_bounds(now)[0],
-                )
-            ).scalar()
-            or 0
+        charged = (
+            select(UsageRecord.id)
+            .where(
+                UsageRecord.payer_account_id == account.id,
+                UsageRecord.event_type == where.event_type,
+                UsageRecord.status == "charged",
+                UsageRecord.created_at >= month_bounds(now)[0],
+            )
+            .limit(where.quota_cap)
+            .subquery()
         )
+        quota_used = int(session.execute(select(func.count()).select_from(charged)).scalar() or 0)
     return {
         "id": account.id,
         "kind": account.kind,
@@ -380,6 +385,13 @@ def _account_facts(raw: dict[str, Any], now: datetime) -> AccountFacts:
         WalletFacts(int(raw["available"]), allowance, bool(raw["due"])),
         int(raw["quota_used"]),
     )
+
+
+def quota_cap(event_type: str) -> int:
+    """The highest monthly limit any plan sets on ``event_type``; 0 when none limits it."""
+    feature = MONTHLY_QUOTAS.get(event_type)
+    limits = [p.features.get(feature) for p in load_catalog().plans.values()] if feature else []
+    return max([n for n in limits if isinstance(n, int)], default=0)
 
 
 def gather(session: Session, ledger: LedgerService, where: Where, now: datetime) -> Gathered:

@@ -23,7 +23,7 @@ from chronote_billing.core.ids import new_id
 from . import facts, records
 from .attribution import MONTHLY_QUOTAS, Decline, Snapshot, decide, payer_chain
 from .errors import RecordingInProgress, UsageDeclined, payer_attempts
-from .events import EventService
+from .events import EventService, event_where
 from .recordings import RecordingService, write_or_record_decline
 from .requests import check_event, check_minutes, check_request, check_seconds, event_ask, recording_ask
 from .schemas import EventRequest, RecordingView, UsageRequest
@@ -36,6 +36,7 @@ _ARGS: dict[str, tuple[tuple[str, str], ...]] = {
         ("guild", "text"),
         ("meeting", "text"),
         ("event_type", "text"),
+        ("quota_cap", "bigint"),
         ("now", "timestamptz"),
         ("period", "text"),
         ("month_start", "timestamptz"),
@@ -158,6 +159,7 @@ def gather(db: Database, where: facts.Where, now: Any) -> facts.Gathered:
             "guild": where.guild_id,
             "meeting": where.meeting_id,
             "event_type": where.event_type,
+            "quota_cap": where.quota_cap,
             "now": now,
             "period": month_key(now),
             "month_start": month_bounds(now)[0],
@@ -287,15 +289,7 @@ class CommittedWrites:
         rate = r.catalog.rate_card
         req = check_event(request, rate)
         params = req.model_dump()
-        where = facts.Where(
-            req.context,
-            req.user_id,
-            req.guild_id,
-            req.meeting_id,
-            req.event_type,
-            "usage.event",
-            req.event_id,
-        )
+        where = event_where(req, "usage.event")
         gathered = gather(self.db, where, now)
         if gathered.requester_id is None or _settling_elsewhere(gathered.snapshot):
             return None

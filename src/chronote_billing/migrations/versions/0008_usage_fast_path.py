@@ -156,7 +156,7 @@ def _wallet_facts(wallet: str) -> str:
 
 USAGE_FACTS = f"""
 CREATE OR REPLACE FUNCTION usage_facts(
-    p_context text, p_user text, p_guild text, p_meeting text, p_event_type text,
+    p_context text, p_user text, p_guild text, p_meeting text, p_event_type text, p_quota_cap bigint,
     p_now timestamptz, p_period text, p_month_start timestamptz, p_scope_prefix text, p_key text
 ) RETURNS jsonb LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
@@ -199,13 +199,15 @@ BEGIN
                 SELECT jsonb_agg(jsonb_build_array(g.cause_type, g.cause_id)
                                  ORDER BY g.cause_type COLLATE "C", g.cause_id COLLATE "C")
                 FROM ledger_grants g
-                WHERE g.billing_account_id = acct.id
+                WHERE g.wallet_account_id = acct.wallet_account_id
                   AND g.cause_type IN ('free_plan', 'complimentary_plan', 'subscription')
                   AND g.expires_at > p_now), '[]'::jsonb),
+            -- Counted up to the highest monthly quota of any plan: enough to compare with any.
             'quota_used', CASE WHEN p_event_type IS NULL THEN 0 ELSE (
-                SELECT count(*) FROM usage_records u
-                WHERE u.payer_account_id = acct.id AND u.event_type = p_event_type
-                  AND u.status = 'charged' AND u.created_at >= p_month_start) END);
+                SELECT count(*) FROM (SELECT 1 FROM usage_records u
+                    WHERE u.payer_account_id = acct.id AND u.event_type = p_event_type
+                      AND u.status = 'charged' AND u.created_at >= p_month_start
+                    LIMIT p_quota_cap) AS counted) END);
         IF p_scope_prefix IS NOT NULL THEN
             SELECT jsonb_build_object('request_hash', r.request_hash, 'response', r.response) INTO prior
                 FROM idempotency_records r WHERE r.scope = p_scope_prefix || ':' || acct.id AND r.key = p_key;
@@ -365,8 +367,9 @@ BEGIN
     IF NOT FOUND THEN RETURN NULL; END IF;
     {_REPLAY}
     IF p_quota_limit IS NOT NULL AND (
-        SELECT count(*) FROM usage_records u WHERE u.payer_account_id = p_payer
+        SELECT count(*) FROM (SELECT 1 FROM usage_records u WHERE u.payer_account_id = p_payer
             AND u.event_type = p_quota_event_type AND u.status = 'charged' AND u.created_at >= p_month_start
+            LIMIT p_quota_limit) AS counted
     ) >= p_quota_limit THEN
         RETURN NULL;
     END IF;
@@ -405,7 +408,8 @@ BEGIN
     -- A plan's allowance issued on first need may be due on a personal or server payer (a
     -- recording across a month's end): the Python path issues it first.
     IF r.payer_kind <> 'organization' AND NOT EXISTS (
-        SELECT 1 FROM ledger_grants g WHERE g.billing_account_id = r.payer_account_id
+        SELECT 1 FROM billing_accounts b JOIN ledger_grants g ON g.wallet_account_id = b.wallet_account_id
+            WHERE b.id = r.payer_account_id
             AND g.cause_type IN ('free_plan', 'complimentary_plan', 'subscription')
             AND g.effective_at <= p_now AND g.expires_at > p_now
     ) THEN
@@ -504,7 +508,7 @@ DROPPED = (
     "usage_try_start(text, text, text, text, text, timestamptz, text, bigint, timestamptz, text, bigint, text, "
     "text, text, text, jsonb, text, text, jsonb, text, jsonb, jsonb, jsonb)",
     "usage_view(usage_records, timestamptz, boolean)",
-    "usage_facts(text, text, text, text, text, timestamptz, text, timestamptz, text, text)",
+    "usage_facts(text, text, text, text, text, bigint, timestamptz, text, timestamptz, text, text)",
     "ledger_try_extend_hold(text, bigint, timestamptz, boolean, bigint, timestamptz, text, text, text)",
     "chronote_fingerprint(text)",
 )
