@@ -7,10 +7,13 @@ PYTEST_ARGS ?=
 
 .PHONY: install run test lint typecheck pytest bench screenshots client-test client-types clean distclean
 
-$(STAMP): pyproject.toml
+# The service, then its development tools (the local Stripe stand-in and the demo: a distribution
+# of their own, which the service's wheel does not contain).
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found %s)" % sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e devtools
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -19,8 +22,8 @@ run: $(STAMP)
 	$(BIN)/chronote-billing demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench tools
-	$(BIN)/ruff format --check src tests bench tools
+	$(BIN)/ruff check src devtools tests bench tools
+	$(BIN)/ruff format --check src devtools tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -125,7 +125,7 @@ def make_account(db: Database, accounts: AccountService):  # type: ignore[no-unt
 @pytest.fixture(scope="session")
 def _stripe_local_server() -> Iterator[object]:
     """One local Stripe stand-in per test process; `stripe_local` resets it for each test."""
-    from chronote_billing.stripe_local.server import start_in_thread
+    from chronote_stripe_local.server import start_in_thread
 
     stand_in = start_in_thread(
         port=0, webhook_secret="whsec_test_stripe_local", backoff=0.05, max_backoff=0.5
@@ -150,7 +150,7 @@ def stripe_local(_stripe_local_server):  # type: ignore[no-untyped-def]
       content=body, headers=headers).status_code)``. ``stripe_local.events(type)`` lists every
       event the stand-in created.
     - People and time: ``pay_checkout(session, card=...)`` pays on the hosted page (cards in
-      ``chronote_billing.stripe_local.testing``: ``CARD_OK``, ``CARD_DECLINES_RENEWALS``,
+      ``chronote_stripe_local.testing``: ``CARD_OK``, ``CARD_DECLINES_RENEWALS``,
       ``CARD_DECLINED``); ``portal(portal_session, action, subscription, price=...)`` uses the
       billing portal page; ``advance_clock(clock_id, seconds=...)`` advances a Stripe test clock
       (create the customer with ``test_clock``); ``advance_time(seconds)`` moves time for objects
@@ -158,7 +158,7 @@ def stripe_local(_stripe_local_server):  # type: ignore[no-untyped-def]
 
     State is per test: the stand-in is shared by the tests of a process and emptied before each.
     """
-    from chronote_billing.stripe_local.testing import StripeLocalHarness
+    from chronote_stripe_local.testing import StripeLocalHarness
 
     harness = StripeLocalHarness(_stripe_local_server)
     yield harness

@@ -19,8 +19,8 @@ from chronote_billing.notifications.auto_recharge import InvalidAutoRechargeLimi
 from chronote_billing.notifications.delivery import DeliveryWorker
 from chronote_billing.notifications.models import AutoRechargePurchase, NotificationSettings, OutboxEntry
 from chronote_billing.notifications.service import JOB_AUTO_RECHARGE, NotificationService
-from chronote_billing.stripe_local.testing import CARD_DECLINES_RENEWALS
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
+from chronote_stripe_local.testing import CARD_DECLINES_RENEWALS
 from conftest import snowflake
 from test_billing_api import headers, key
 from test_billing_e2e import Billing

@@ -22,13 +22,13 @@ from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.errors import PermissionDenied
 from chronote_billing.notifications.models import OutboxEntry
-from chronote_billing.stripe_local.server import TEST_SECRET_KEY
-from chronote_billing.stripe_local.testing import CARD_DECLINES_RENEWALS, StripeLocalHarness
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.client import to_dict
 from chronote_billing.stripe_sync.entitlements import current_plan, ensure_free_allowance
 from chronote_billing.stripe_sync.models import PlanSubscription, StripeSubscription
 from chronote_billing.stripe_sync.service import NoStripeCustomer, SubscriptionExists
+from chronote_stripe_local.server import TEST_SECRET_KEY
+from chronote_stripe_local.testing import CARD_DECLINES_RENEWALS, StripeLocalHarness
 
 DAY = 86400
 

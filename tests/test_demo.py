@@ -4,10 +4,10 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from chronote_billing import demo
 from chronote_billing.container import Container
 from chronote_billing.ledger.models import Transfer
 from chronote_billing.ledger.verify import verify
+from chronote_demo import seed as demo
 
 
 def test_demo_data_loads_once_and_keeps_the_ledger_consistent(scratch_db, clock):

@@ -31,11 +31,11 @@ from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.db import Database
 from chronote_billing.core.ids import new_id
-from chronote_billing.demo import DEMO_SERVERS, DEMO_USERS
 from chronote_billing.models import metadata
-from chronote_billing.stripe_local.server import TEST_SECRET_KEY
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import UsageRequest
+from chronote_demo.seed import DEMO_SERVERS, DEMO_USERS
+from chronote_stripe_local.server import TEST_SECRET_KEY
 from conftest import snowflake
 
 # ---------------------------------------------------------------------------- bad values

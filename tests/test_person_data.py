@@ -24,9 +24,9 @@ from chronote_billing.ledger.verify import verify
 from chronote_billing.models import metadata
 from chronote_billing.people import service as people
 from chronote_billing.people.models import Person, PersonErasure
-from chronote_billing.stripe_local.server import TEST_SECRET_KEY
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
+from chronote_stripe_local.server import TEST_SECRET_KEY
 from conftest import OPERATOR, create_database, snowflake
 from test_billing_api import headers, key
 from test_billing_e2e import Billing

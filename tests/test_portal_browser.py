@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from chronote_billing import demo
 from chronote_billing.access.service import Principal
 from chronote_billing.api.app import create_app
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.ledger.verify import verify
-from chronote_billing.stripe_local.server import TEST_SECRET_KEY, start_in_thread
-from chronote_billing.stripe_local.testing import StripeLocalHarness
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import UsageRequest
+from chronote_demo import seed as demo
+from chronote_stripe_local.server import TEST_SECRET_KEY, start_in_thread
+from chronote_stripe_local.testing import StripeLocalHarness
 from conftest import fresh_database
 
 CHROMIUM = "/usr/bin/chromium"

@@ -16,9 +16,9 @@ from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
 from chronote_billing.core.clock import ManualClock
 from chronote_billing.core.db import Database
-from chronote_billing.stripe_local.server import TEST_SECRET_KEY
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
+from chronote_stripe_local.server import TEST_SECRET_KEY
 from conftest import OPERATOR, snowflake
 from test_portal_auth import FakeDiscord, discord, discord_sign_in, guild, make_client, oauth_settings
 

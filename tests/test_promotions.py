@@ -19,7 +19,6 @@ from chronote_billing.cli import output
 from chronote_billing.cli.main import app as cli
 from chronote_billing.container import Container
 from chronote_billing.core.idempotency import IdempotencyRecord
-from chronote_billing.stripe_local.server import TEST_SECRET_KEY
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.models import StripeCheckoutSession
 from chronote_billing.stripe_sync.promotions import (
@@ -28,6 +27,7 @@ from chronote_billing.stripe_sync.promotions import (
     create_promotion_code,
     products_by_group,
 )
+from chronote_stripe_local.server import TEST_SECRET_KEY
 from conftest import snowflake
 from test_billing_api import headers, key
 from test_billing_e2e import Billing

@@ -15,9 +15,9 @@ import pytest
 import stripe
 from typer.testing import CliRunner
 
-from chronote_billing.stripe_local.params import parse_pairs
-from chronote_billing.stripe_local.testing import StripeLocalHarness
-from chronote_billing.stripe_local.webhooks import sign
+from chronote_stripe_local.params import parse_pairs
+from chronote_stripe_local.testing import StripeLocalHarness
+from chronote_stripe_local.webhooks import sign
 
 
 def test_form_decoding_matches_stripes_bracket_notation() -> None:
@@ -279,8 +279,8 @@ def test_unknown_parameters_are_refused_like_stripe(stripe_local: StripeLocalHar
 
 
 def test_every_route_names_a_real_sdk_parameter_type() -> None:
-    from chronote_billing.stripe_local.api import PARAMS, ROUTES
-    from chronote_billing.stripe_local.validation import params_class
+    from chronote_stripe_local.api import PARAMS, ROUTES
+    from chronote_stripe_local.validation import params_class
 
     for method, path, _handler in ROUTES:
         if "/test_helpers/charges/" in path or path.endswith("/advance_time"):
@@ -290,7 +290,7 @@ def test_every_route_names_a_real_sdk_parameter_type() -> None:
 
 
 def test_malformed_requests_get_stripe_errors_not_500s(stripe_local: StripeLocalHarness) -> None:
-    from chronote_billing.stripe_local.server import TEST_SECRET_KEY
+    from chronote_stripe_local.server import TEST_SECRET_KEY
 
     auth = {"Authorization": f"Bearer {TEST_SECRET_KEY}"}
     # A numeric or empty top-level key is an unknown parameter, not a crash.

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import stripe
 
-from chronote_billing.stripe_local.testing import CARD_OK, StripeLocalHarness
+from chronote_stripe_local.testing import CARD_OK, StripeLocalHarness
 
 DAY = 86400
 START = 1_800_000_000

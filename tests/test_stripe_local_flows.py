@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import stripe
 
-from chronote_billing.stripe_local.testing import (
+from chronote_stripe_local.testing import (
     CARD_DECLINED,
     CARD_DECLINES_RENEWALS,
     CARD_OK,

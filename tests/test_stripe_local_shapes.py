@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from stripe._object_classes import get_object_class
 
-from chronote_billing.stripe_local.testing import CARD_DECLINES_RENEWALS, CARD_OK, StripeLocalHarness
+from chronote_stripe_local.testing import CARD_DECLINES_RENEWALS, CARD_OK, StripeLocalHarness
 
 FIXTURES: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "stripe_fixtures.json").read_text())[
     "resources"

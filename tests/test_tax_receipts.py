@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
-from chronote_billing.stripe_local.server import TEST_SECRET_KEY
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
+from chronote_stripe_local.server import TEST_SECRET_KEY
 from conftest import snowflake
 from test_billing_api import headers, key
 from test_billing_e2e import Billing

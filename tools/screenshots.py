@@ -18,12 +18,12 @@ from pathlib import Path
 import uvicorn
 from playwright.sync_api import Page, sync_playwright
 
-from chronote_billing import demo
 from chronote_billing.api.app import create_app
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core import migrate
 from chronote_billing.core.db import Database
+from chronote_demo import seed as demo
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -1,4 +1,5 @@
-"""Commands that run the service: migrate, serve, and the demo that `make run` starts."""
+"""Commands that run the service: migrate and serve. (`demo`, what `make run` starts, comes with
+the development tools: decision 0054.)"""
 
 from __future__ import annotations
 
@@ -96,40 +97,3 @@ def register(app: typer.Typer) -> None:
         finally:
             stop.set()
             metrics.remove_directory(directory)
-
-    @app.command()
-    @handle_errors
-    def demo(
-        host: Annotated[str, typer.Option()] = "127.0.0.1",
-        port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-        stripe_port: Annotated[int, typer.Option(min=1, max=65535)] = 12111,
-    ) -> None:
-        """Migrate, load demo data, start the local Stripe stand-in and serve (what `make run` does)."""
-        import uvicorn
-
-        from chronote_billing import demo as demo_data
-        from chronote_billing.api.app import create_app
-
-        os.environ.setdefault("CHRONOTE_DEMO_MODE", "1")
-        os.environ.setdefault("CHRONOTE_STRIPE_API_BASE", f"http://{host}:{stripe_port}")
-        use_public_url_of(host, port)  # also reads the settings again with the demo environment
-        c = container()
-        migrations.upgrade(c.db.engine)
-        summary = demo_data.load(c)
-        console.print(summary)
-        demo_data.start_side_services(c, host=host, port=port, stripe_port=stripe_port)
-        stop = threading.Event()
-        start_delivery_thread(c, stop)
-        console.print(f"portal: http://{host}:{port}/portal   API docs: http://{host}:{port}/docs")
-        configure_logging()
-        try:
-            uvicorn.run(
-                create_app(c),
-                host=host,
-                port=port,
-                log_level="info",
-                log_config=UVICORN_LOG_CONFIG,
-                access_log=False,
-            )
-        finally:
-            stop.set()

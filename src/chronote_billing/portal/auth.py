@@ -30,8 +30,9 @@ from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.errors import PermissionDenied
 from chronote_billing.core.validation import text_problem
-from chronote_billing.demo import DEMO_SERVERS, DEMO_USERS
 from chronote_billing.people import service as people
+
+from .demo_people import demo_identities
 
 with warnings.catch_warnings():
     # Authlib 1.9 announces a future move of its httpx integration on import; it works as is.
@@ -44,9 +45,6 @@ MANAGE_GUILD = 0x20
 ADMINISTRATOR = 0x8
 GUILDS_MAX_AGE_SECONDS = 300  # 0011: refreshed before a server billing write when older
 SCOPES = "identify guilds"
-
-# Demo identities: who manages which demo server (as Discord would report it).
-DEMO_MANAGES = {"ada": ["study"], "ben": ["guild"], "cy": []}
 
 router = APIRouter(prefix="/portal")
 
@@ -264,8 +262,13 @@ async def refresh_guilds_if_stale(request: Request) -> None:
 # ---------------------------------------------------------------------------- demo and logout
 
 
+def demo_keys() -> list[str]:
+    """The demo people, in the order the sign-in page offers them."""
+    return [person.key for person in demo_identities().people]
+
+
 def demo_identity(key: str) -> tuple[str, str, list[tuple[str, str]]] | None:
-    if key not in DEMO_USERS:
+    person = demo_identities().person(key)
+    if person is None:
         return None
-    user_id, name = DEMO_USERS[key]
-    return user_id, name, [DEMO_SERVERS[s] for s in DEMO_MANAGES.get(key, [])]
+    return person.discord_user_id, person.name, [(s.guild_id, s.name) for s in person.manages]

@@ -343,7 +343,7 @@ def login_page(request: Request) -> Response:
         "demo": demo_available(settings),
         "demo_users": [
             (key, identity[1], [name for _, name in identity[2]])
-            for key in ("ada", "ben", "cy")
+            for key in auth.demo_keys()
             if (identity := auth.demo_identity(key))
         ]
         if demo_available(settings)

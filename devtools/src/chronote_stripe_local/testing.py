@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import stripe
 
-from chronote_billing.stripe_local.server import TEST_SECRET_KEY, StripeLocal, start_in_thread
-from chronote_billing.stripe_local.webhooks import WebhookTarget
+from chronote_stripe_local.server import TEST_SECRET_KEY, StripeLocal, start_in_thread
+from chronote_stripe_local.webhooks import WebhookTarget
 
 CARD_OK = "4242424242424242"
 CARD_DECLINES_RENEWALS = "4000000000000341"

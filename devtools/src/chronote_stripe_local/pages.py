@@ -7,11 +7,11 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from chronote_billing.stripe_local import checkout_details, objects
-from chronote_billing.stripe_local.billing import fmt_date, interval_label
-from chronote_billing.stripe_local.engine import Engine
-from chronote_billing.stripe_local.objects import money
-from chronote_billing.stripe_local.tax import TAX_ID_TYPES
+from chronote_stripe_local import checkout_details, objects
+from chronote_stripe_local.billing import fmt_date, interval_label
+from chronote_stripe_local.engine import Engine
+from chronote_stripe_local.objects import money
+from chronote_stripe_local.tax import TAX_ID_TYPES
 
 STYLE = """
 *{box-sizing:border-box}body{margin:0;font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;color:#1a1f36;background:#f6f9fc}

@@ -26,21 +26,21 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from chronote_billing.stripe_local import documents, objects, pages, validation
-from chronote_billing.stripe_local.checkout import PaymentFailed
-from chronote_billing.stripe_local.engine import Engine
-from chronote_billing.stripe_local.errors import (
+from chronote_stripe_local import documents, objects, pages, validation
+from chronote_stripe_local.checkout import PaymentFailed
+from chronote_stripe_local.engine import Engine
+from chronote_stripe_local.errors import (
     StripeError,
     idempotency_in_flight,
     idempotency_mismatch,
     unauthorized,
 )
-from chronote_billing.stripe_local.params import Params, parse_pairs
-from chronote_billing.stripe_local.payments import CardDeclined
-from chronote_billing.stripe_local.state import IdempotencyKeys, IdempotentResult
-from chronote_billing.stripe_local.webhooks import WebhookDispatcher
+from chronote_stripe_local.params import Params, parse_pairs
+from chronote_stripe_local.payments import CardDeclined
+from chronote_stripe_local.state import IdempotencyKeys, IdempotentResult
+from chronote_stripe_local.webhooks import WebhookDispatcher
 
-log = logging.getLogger("chronote_billing.stripe_local")
+log = logging.getLogger("chronote_stripe_local")
 
 Handler = Callable[..., dict[str, Any]]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chronote_billing.stripe_local.tax import Tax
+from chronote_stripe_local.tax import Tax
 
 if TYPE_CHECKING:
-    from chronote_billing.stripe_local.engine import Engine
+    from chronote_stripe_local.engine import Engine
 
 
 def _product(line: dict[str, Any]) -> str:

@@ -1,5 +1,8 @@
 """Demo data for `make run`: a few users, servers and one organization with grants and history.
 
+The people and servers are the portal's demo sign-in identities (`chronote_billing.portal`'s
+`demo_people.json`), so whoever signs in as Ada finds Ada's history.
+
 The demo seeds once and then reuses what it seeded: `make run` again on the same database finds
 the organization and loads nothing new (the grants' expiries are relative to the first run, so
 asking for them again would be a different request). Every write still uses a fixed idempotency
@@ -14,14 +17,12 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import Principal
 from chronote_billing.container import Container
+from chronote_billing.portal.demo_people import demo_identities
 from chronote_billing.usage.schemas import UsageRequest
 
-DEMO_USERS = {
-    "ada": ("100000000000000001", "Ada"),
-    "ben": ("100000000000000002", "Ben"),
-    "cy": ("100000000000000003", "Cy"),
-}
-DEMO_SERVERS = {"study": ("200000000000000001", "Study Hall"), "guild": ("200000000000000002", "Acme Guild")}
+# By key: (Discord id, name).
+DEMO_USERS = {p.key: (p.discord_user_id, p.name) for p in demo_identities().people}
+DEMO_SERVERS = {s.key: (s.guild_id, s.name) for s in demo_identities().servers}
 
 
 def load(c: Container) -> str:
@@ -215,22 +216,3 @@ def record_one(c: Container, key: str, request: UsageRequest, seconds: int) -> N
         )
 
     c.db.write(finish)
-
-
-def start_side_services(c: Container, host: str, port: int, stripe_port: int) -> None:
-    """Start what the demo needs beside the API (the local Stripe stand-in)."""
-    from chronote_billing.stripe_local.server import start_in_thread
-
-    stand_in = start_in_thread(
-        host=host,
-        port=stripe_port,
-        webhook_url=f"http://{host}:{port}/webhooks/stripe",
-        webhook_secret=c.settings.stripe_webhook_secret,
-    )
-    print(f"local Stripe: {stand_in.url} (webhooks to http://{host}:{port}/webhooks/stripe)")
-    # The stand-in starts empty: give it the catalog's products and prices, as an operator
-    # would with `chronote-billing catalog sync` against a new Stripe account.
-    from chronote_billing.stripe_sync.catalog_sync import sync_catalog
-
-    report = sync_catalog(c.billing.client)
-    print(f"catalog synced to the local Stripe: {report.count('create')} created")

@@ -19,12 +19,12 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from chronote_billing.stripe_local import objects
-from chronote_billing.stripe_local.errors import StripeError, invalid_param, missing_param, resource_missing
-from chronote_billing.stripe_local.params import Params, apply_metadata
+from chronote_stripe_local import objects
+from chronote_stripe_local.errors import StripeError, invalid_param, missing_param, resource_missing
+from chronote_stripe_local.params import Params, apply_metadata
 
 if TYPE_CHECKING:
-    from chronote_billing.stripe_local.engine import Engine
+    from chronote_stripe_local.engine import Engine
 
 DURATIONS = ("once", "repeating", "forever")
 
@@ -471,7 +471,7 @@ class Coupons:
         """A subscription's discount, ending as the coupon's duration says."""
         end = None
         if coupon["duration"] == "repeating":
-            from chronote_billing.stripe_local.billing import add_intervals
+            from chronote_stripe_local.billing import add_intervals
 
             end = add_intervals(start, "month", 1, int(coupon["duration_in_months"]))
         discount = discount_object(

@@ -12,10 +12,10 @@ from typing import Any
 import stripe
 import uvicorn
 
-from chronote_billing.stripe_local.api import StripeLocalApp
-from chronote_billing.stripe_local.engine import Engine
-from chronote_billing.stripe_local.params import Params
-from chronote_billing.stripe_local.webhooks import WebhookDispatcher, WebhookTarget
+from chronote_stripe_local.api import StripeLocalApp
+from chronote_stripe_local.engine import Engine
+from chronote_stripe_local.params import Params
+from chronote_stripe_local.webhooks import WebhookDispatcher, WebhookTarget
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12111

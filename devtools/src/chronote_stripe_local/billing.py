@@ -25,13 +25,13 @@ import calendar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from chronote_billing.stripe_local import amounts, documents, objects
-from chronote_billing.stripe_local.errors import StripeError, invalid_param, missing_param
-from chronote_billing.stripe_local.params import Params, apply_metadata
-from chronote_billing.stripe_local.payments import CardDeclined
+from chronote_stripe_local import amounts, documents, objects
+from chronote_stripe_local.errors import StripeError, invalid_param, missing_param
+from chronote_stripe_local.params import Params, apply_metadata
+from chronote_stripe_local.payments import CardDeclined
 
 if TYPE_CHECKING:
-    from chronote_billing.stripe_local.engine import Engine
+    from chronote_stripe_local.engine import Engine
 
 RETRY_DAYS = (3, 2, 2)  # after the 1st, 2nd and 3rd failure: retries on days 3, 5 and 7
 INCOMPLETE_EXPIRES = 23 * 3600

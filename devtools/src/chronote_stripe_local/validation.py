@@ -17,7 +17,7 @@ from typing import Any
 from stripe._request_options import RequestOptions
 from typing_extensions import is_typeddict
 
-from chronote_billing.stripe_local.errors import StripeError
+from chronote_stripe_local.errors import StripeError
 
 _REQUEST_OPTIONS = frozenset(RequestOptions.__annotations__)
 _CLASS_NAME = re.compile(r"\b([A-Z]\w*Params\w*)\b")

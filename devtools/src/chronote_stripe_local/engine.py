@@ -14,10 +14,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from chronote_billing.stripe_local import objects
-from chronote_billing.stripe_local.errors import StripeError, invalid_param, missing_param, resource_missing
-from chronote_billing.stripe_local.params import Params, apply_metadata
-from chronote_billing.stripe_local.state import Store, diff_previous
+from chronote_stripe_local import objects
+from chronote_stripe_local.errors import StripeError, invalid_param, missing_param, resource_missing
+from chronote_stripe_local.params import Params, apply_metadata
+from chronote_stripe_local.state import Store, diff_previous
 
 # How an id's prefix names the kind of object, for `expand`.
 EXPANDABLE_PREFIXES = (
@@ -54,11 +54,11 @@ class RequestContext(threading.local):
 
 class Engine:
     def __init__(self, base_url: str = "http://127.0.0.1:12111") -> None:
-        from chronote_billing.stripe_local.billing import Billing
-        from chronote_billing.stripe_local.checkout import Checkout
-        from chronote_billing.stripe_local.coupons import Coupons
-        from chronote_billing.stripe_local.payments import Payments
-        from chronote_billing.stripe_local.tax import Tax
+        from chronote_stripe_local.billing import Billing
+        from chronote_stripe_local.checkout import Checkout
+        from chronote_stripe_local.coupons import Coupons
+        from chronote_stripe_local.payments import Payments
+        from chronote_stripe_local.tax import Tax
 
         self.store = Store()
         self.request = RequestContext()

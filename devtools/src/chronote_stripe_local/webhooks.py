@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-log = logging.getLogger("chronote_billing.stripe_local.webhooks")
+log = logging.getLogger("chronote_stripe_local.webhooks")
 
 WebhookCallable = Callable[[bytes, dict[str, str]], "int | None"]
 WebhookTarget = str | WebhookCallable | None

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chronote_billing.stripe_local import objects
-from chronote_billing.stripe_local.coupons import percent_of
-from chronote_billing.stripe_local.errors import StripeError, invalid_param
-from chronote_billing.stripe_local.params import Params
+from chronote_stripe_local import objects
+from chronote_stripe_local.coupons import percent_of
+from chronote_stripe_local.errors import StripeError, invalid_param
+from chronote_stripe_local.params import Params
 
 if TYPE_CHECKING:
-    from chronote_billing.stripe_local.engine import Engine
+    from chronote_stripe_local.engine import Engine
 
 # country: (percentage, tax type, display name, description)
 RATES: dict[str, tuple[str, str, str, str]] = {

@@ -10,10 +10,10 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from chronote_billing.stripe_local import objects
+from chronote_stripe_local import objects
 
 if TYPE_CHECKING:
-    from chronote_billing.stripe_local.engine import Engine
+    from chronote_stripe_local.engine import Engine
 
 
 def publish_invoice(engine: Engine, inv: dict[str, Any]) -> None:
@@ -29,7 +29,7 @@ def invoice_for(engine: Engine, token: str) -> dict[str, Any] | None:
 
 
 def _date(ts: int | None) -> str:
-    from chronote_billing.stripe_local.billing import fmt_date
+    from chronote_stripe_local.billing import fmt_date
 
     return fmt_date(ts) if ts else "—"
 
@@ -68,7 +68,7 @@ def invoice_lines(engine: Engine, inv: dict[str, Any]) -> list[str]:
 
 
 def invoice_page(engine: Engine, inv: dict[str, Any]) -> str:
-    from chronote_billing.stripe_local.pages import _page
+    from chronote_stripe_local.pages import _page
 
     lines = invoice_lines(engine, inv)
     rows = "".join(f"<tr><td>{escape(text)}</td></tr>" for text in lines[1:])
@@ -80,7 +80,7 @@ def invoice_page(engine: Engine, inv: dict[str, Any]) -> str:
 
 
 def receipt_page(engine: Engine, charge: dict[str, Any]) -> str:
-    from chronote_billing.stripe_local.pages import _page
+    from chronote_stripe_local.pages import _page
 
     card = charge["payment_method_details"]["card"]
     rows = [

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chronote_billing.stripe_local import amounts, objects
-from chronote_billing.stripe_local.coupons import discount_object
-from chronote_billing.stripe_local.errors import StripeError
-from chronote_billing.stripe_local.params import Params
-from chronote_billing.stripe_local.tax import TAX_ID_TYPES
+from chronote_stripe_local import amounts, objects
+from chronote_stripe_local.coupons import discount_object
+from chronote_stripe_local.errors import StripeError
+from chronote_stripe_local.params import Params
+from chronote_stripe_local.tax import TAX_ID_TYPES
 
 if TYPE_CHECKING:
-    from chronote_billing.stripe_local.engine import Engine
+    from chronote_stripe_local.engine import Engine
 
 ADDRESS_FIELDS = ("line1", "postal_code", "city", "country")
 

@@ -11,7 +11,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from chronote_billing.stripe_local.errors import StripeError, invalid_param, missing_param
+from chronote_stripe_local.errors import StripeError, invalid_param, missing_param
 
 _SEGMENT = re.compile(r"\[([^\]]*)\]")
 # Keys of free-form hashes: their children are never turned into lists.

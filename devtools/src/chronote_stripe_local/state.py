@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from chronote_billing.stripe_local.errors import resource_missing
+from chronote_stripe_local.errors import resource_missing
 
 # Names Stripe uses in "No such ..." messages.
 KIND_NAMES = {

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chronote_billing.stripe_local import amounts, checkout_details, objects
-from chronote_billing.stripe_local.errors import StripeError, invalid_param, missing_param
-from chronote_billing.stripe_local.params import Params, apply_metadata
+from chronote_stripe_local import amounts, checkout_details, objects
+from chronote_stripe_local.errors import StripeError, invalid_param, missing_param
+from chronote_stripe_local.params import Params, apply_metadata
 
 if TYPE_CHECKING:
-    from chronote_billing.stripe_local.engine import Engine
+    from chronote_stripe_local.engine import Engine
 
 
 class PaymentFailed(Exception):
