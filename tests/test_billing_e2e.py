@@ -21,12 +21,12 @@ from chronote_billing.catalog.service import PlanScopeMismatch, UnknownPlan, loa
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.errors import PermissionDenied
+from chronote_billing.integrations.stripe.client import to_dict
 from chronote_billing.notifications.models import OutboxEntry
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
-from chronote_billing.stripe_sync.client import to_dict
 from chronote_billing.stripe_sync.entitlements import current_plan, ensure_free_allowance
+from chronote_billing.stripe_sync.errors import NoStripeCustomer, SubscriptionExists
 from chronote_billing.stripe_sync.models import PlanSubscription, StripeSubscription
-from chronote_billing.stripe_sync.service import NoStripeCustomer, SubscriptionExists
 from chronote_stripe_local.server import TEST_SECRET_KEY
 from chronote_stripe_local.testing import CARD_DECLINES_RENEWALS, StripeLocalHarness
 
@@ -80,7 +80,7 @@ class Billing:
             {"frozen_time": int(self.clock.now().timestamp())}
         )
         account = self.db.read(lambda s: s.get(BillingAccount, account_id))
-        from chronote_billing.stripe_sync.service import account_metadata
+        from chronote_billing.stripe_sync.metadata import account_metadata
 
         customer = self.harness.client.v1.customers.create(
             {"name": account.display_name, "metadata": account_metadata(account), "test_clock": clock.id}

@@ -43,21 +43,35 @@ def test_the_service_wheel_holds_no_stand_in_and_no_demo(tmp_path: Path) -> None
     assert "chronote_demo" not in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+def imports_of(path: Path) -> list[str]:
+    """The modules a file imports (absolute names; relative imports stay within the service)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module or "")
+    return names
+
+
 def test_no_service_module_imports_the_development_tools() -> None:
-    offenders = []
-    for path in SERVICE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = (
-                [alias.name for alias in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            offenders += [
-                f"{path.relative_to(ROOT)}: {name}" for name in names if name.startswith(DEVELOPMENT_PACKAGES)
-            ]
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in SERVICE.rglob("*.py")
+        for name in imports_of(path)
+        if name.startswith(DEVELOPMENT_PACKAGES)
+    ]
     assert offenders == []
+
+
+def test_one_module_of_the_service_imports_stripes_sdk() -> None:
+    """Stripe is an integration (decision 0055): everything else goes through its client module."""
+    importers = sorted(
+        str(path.relative_to(SERVICE))
+        for path in SERVICE.rglob("*.py")
+        if any(name == "stripe" or name.startswith("stripe.") for name in imports_of(path))
+    )
+    assert importers == ["integrations/stripe/client.py"]
 
 
 def test_the_operator_cli_works_without_the_development_tools() -> None:

@@ -420,7 +420,7 @@ def test_a_purchase_recorded_twice_at_once_grants_once(db, clock, ledger, make_a
     from chronote_billing.catalog.service import load_catalog
     from chronote_billing.stripe_sync.models import StripePurchase
     from chronote_billing.stripe_sync.periods import from_ts
-    from chronote_billing.stripe_sync.webhooks import grant_pack
+    from chronote_billing.stripe_sync.purchases import grant_pack
 
     account_id = make_account("organization")
     pack = load_catalog().credit_packs["credits_1000"]

@@ -44,7 +44,9 @@ class Container:
 
     @cached_property
     def billing(self) -> BillingService:
-        return BillingService(self.db, self.clock, self.ledger, self.settings)
+        return BillingService(
+            self.db, self.clock, self.ledger, self.settings, self.catalog, self.notifications
+        )
 
     @cached_property
     def orgs(self) -> OrgService:

@@ -11,7 +11,7 @@ from rich.table import Table
 from chronote_billing.catalog.service import Coupon, PromotionCode, load_catalog
 from chronote_billing.cli.output import console, container, handle_errors
 from chronote_billing.core.errors import NotFound, ValidationFailed
-from chronote_billing.stripe_sync.client import call, to_dict
+from chronote_billing.integrations.stripe.client import call, to_dict
 from chronote_billing.stripe_sync.promotions import (
     APPLIES_TO_KEY,
     InvalidCoupon,

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 import structlog
@@ -31,15 +31,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from chronote_billing import __version__
-from chronote_billing.core.db import classify_database_failure
+from chronote_billing.config import Settings
+from chronote_billing.core.clock import Clock
+from chronote_billing.core.db import Database, classify_database_failure
 from chronote_billing.core.errors import BillingError, ExternalServiceError
 
 from .models import OutboxEntry
 from .service import JOB_AUTO_RECHARGE, NotificationService
 from .signing import SIGNATURE_HEADER, sign
-
-if TYPE_CHECKING:
-    from chronote_billing.container import Container
 
 log = structlog.get_logger(__name__)
 
@@ -98,10 +97,29 @@ def event_body(entry: Claimed) -> bytes:
     return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
 
 
+class PackBuyer(Protocol):
+    def buy_pack_off_session(self, account_id: str, pack_id: str, idempotency_key: str) -> Any: ...
+
+
+class DeliveryServices(Protocol):
+    """What the worker uses of the container (the container itself, in the service)."""
+
+    @property
+    def db(self) -> Database: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def notifications(self) -> NotificationService: ...
+    @property
+    def billing(self) -> PackBuyer: ...
+
+
 class DeliveryWorker:
     def __init__(
         self,
-        container: Container,
+        container: DeliveryServices,
         *,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         base_delay: timedelta = DEFAULT_BASE_DELAY,
@@ -302,12 +320,10 @@ class DeliveryWorker:
                 follow_ups=[("auto_recharge.failed", {**base, "reason": "auto_recharge_disabled"})],
             )
         failed_later = [("auto_recharge.failed", {**base, "reason": "payment_provider_unavailable"})]
-        billing = getattr(self.container, "billing", None)
-        buy = getattr(billing, "buy_pack_off_session", None)
-        if buy is None:
-            return Outcome(ok=False, error="the billing service cannot buy packs yet", on_dead=failed_later)
         try:
-            result = buy(account_id, pack_id, idempotency_key=f"auto_recharge:{entry.id}")
+            result = self.container.billing.buy_pack_off_session(
+                account_id, pack_id, idempotency_key=f"auto_recharge:{entry.id}"
+            )
         except ExternalServiceError as exc:
             if exc.details.get("stripe_code") is None:  # an outage, not a refusal: try again
                 return Outcome(ok=False, error=exc.message, on_dead=failed_later)
@@ -374,7 +390,7 @@ def _clip(text: str | None) -> str | None:
 
 
 def start_delivery_thread(
-    container: Container,
+    container: DeliveryServices,
     stop_event: threading.Event,
     poll_interval: float = 1.0,
     **worker_options: Any,

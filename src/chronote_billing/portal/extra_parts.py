@@ -14,8 +14,8 @@ from chronote_billing.catalog.service import load_catalog
 from chronote_billing.container import Container
 from chronote_billing.core.errors import ValidationFailed
 from chronote_billing.stripe_sync.entitlements import plan_subscription
+from chronote_billing.stripe_sync.plan_subscriptions import ENDED_STATUSES
 from chronote_billing.stripe_sync.trials import trial_offer, trial_view
-from chronote_billing.stripe_sync.webhooks import ENDED_STATUSES
 
 from .forms import Form
 from .presenters import bar_chart

@@ -33,8 +33,8 @@ from chronote_billing.container import Container
 from chronote_billing.core.errors import BillingError, NotFound, PermissionDenied, ValidationFailed
 from chronote_billing.core.validation import AuthorizationId, CheckoutSessionId, DiscordId, OrgId, printable
 from chronote_billing.orgs.models import ROLES
+from chronote_billing.stripe_sync.errors import PlanChangeNotSupported
 from chronote_billing.stripe_sync.schemas import CheckoutStatusView, PlanChangePreview
-from chronote_billing.stripe_sync.service import PlanChangeNotSupported
 
 from . import auth, forms, presenters, views
 from .auth import SignedIn, check_csrf, container_of, csrf_token, current_user, demo_available

@@ -26,7 +26,7 @@ from chronote_billing.orgs.models import ROLES
 from chronote_billing.orgs.service import ADMIN_ROLES, PERSONAL_SOURCES, SERVER_SOURCES
 from chronote_billing.people import service as people
 from chronote_billing.stripe_sync.entitlements import ensure_free_allowance
-from chronote_billing.stripe_sync.webhooks import ENDED_STATUSES
+from chronote_billing.stripe_sync.plan_subscriptions import ENDED_STATUSES
 from chronote_billing.usage.reports import usage_csv, usage_report
 
 from .auth import SignedIn

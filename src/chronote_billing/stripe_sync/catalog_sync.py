@@ -8,26 +8,14 @@ are never deleted, so past invoices keep their price).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import stripe
-
 from chronote_billing.catalog.service import Catalog, load_catalog
+from chronote_billing.integrations.stripe.client import StripeClient, call, stripe_key, to_dict
 
-from .client import call, stripe_key, to_dict
-
-
-@dataclass(frozen=True)
-class DesiredPrice:
-    lookup_key: str
-    product: str  # catalog product key: personal, server, credits
-    unit_amount: int
-    currency: str
-    interval: str | None  # None: one-time
-    metadata: dict[str, str]
-    nickname: str
+from .prices import DesiredPrice, desired_prices, fetch_prices, product_id_of
+from .promotions import coupon_params, create_coupon, find_code, get_coupon, promotion_code_params
 
 
 @dataclass
@@ -45,63 +33,6 @@ class SyncReport:
         return sum(1 for a, _, _ in self.actions if a == action)
 
 
-def desired_prices(catalog: Catalog) -> list[DesiredPrice]:
-    out: list[DesiredPrice] = []
-    for plan in catalog.plans.values():
-        for price in plan.prices:
-            out.append(
-                DesiredPrice(
-                    lookup_key=price.lookup_key,
-                    product=plan.scope,
-                    unit_amount=price.unit_amount,
-                    currency=price.currency,
-                    interval=price.interval,
-                    metadata={"scope": plan.scope, "plan": plan.id, "interval": price.interval},
-                    nickname=f"{plan.name} ({'monthly' if price.interval == 'month' else 'yearly'})",
-                )
-            )
-    for pack in catalog.credit_packs.values():
-        out.append(
-            DesiredPrice(
-                lookup_key=pack.lookup_key,
-                product="credits",
-                unit_amount=pack.unit_amount,
-                currency=pack.currency,
-                interval=None,
-                metadata={"scope": "any", "pack": pack.id, "credits": str(pack.credits)},
-                nickname=pack.name,
-            )
-        )
-    return out
-
-
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _product_id(price: Any) -> str:
-    product = price["product"]
-    return product if isinstance(product, str) else product["id"]
-
-
-def fetch_prices(client: stripe.StripeClient, lookup_keys: list[str]) -> dict[str, Any]:
-    """Active prices by lookup key (Stripe accepts at most 10 keys per list call)."""
-    found: dict[str, Any] = {}
-    for chunk in _chunks(lookup_keys, 10):
-        page = call(
-            "list prices",
-            lambda chunk=chunk: client.v1.prices.list(  # type: ignore[misc]
-                params={"lookup_keys": chunk, "active": True, "limit": 100}
-            ),
-        )
-        for raw in page.data:
-            price = to_dict(raw)
-            if price.get("lookup_key"):
-                found[price["lookup_key"]] = price
-    return found
-
-
 def _price_matches(existing: Any, want: DesiredPrice, product_id: str) -> bool:
     recurring = existing.get("recurring")
     interval = recurring["interval"] if recurring else None
@@ -111,13 +42,11 @@ def _price_matches(existing: Any, want: DesiredPrice, product_id: str) -> bool:
         and existing.get("currency") == want.currency
         and interval == want.interval
         and (want.interval is None or count == 1)
-        and _product_id(existing) == product_id
+        and product_id_of(existing) == product_id
     )
 
 
-def sync_catalog(
-    client: stripe.StripeClient, catalog: Catalog | None = None, dry_run: bool = False
-) -> SyncReport:
+def sync_catalog(client: StripeClient, catalog: Catalog | None = None, dry_run: bool = False) -> SyncReport:
     catalog = catalog or load_catalog()
     report = SyncReport()
     wanted = desired_prices(catalog)
@@ -128,7 +57,7 @@ def sync_catalog(
     products: dict[str, str] = {}
     for want in wanted:
         if want.product not in products and want.lookup_key in existing:
-            products[want.product] = _product_id(existing[want.lookup_key])
+            products[want.product] = product_id_of(existing[want.lookup_key])
     listed = None
     for key, spec in catalog.products.items():
         desired_meta = {"chronote_product": key}
@@ -273,12 +202,10 @@ _COUPON_TERMS = (
 
 
 def sync_promotions(
-    client: stripe.StripeClient, catalog: Catalog, products: dict[str, str], report: SyncReport, dry_run: bool
+    client: StripeClient, catalog: Catalog, products: dict[str, str], report: SyncReport, dry_run: bool
 ) -> None:
     """Catalog coupons by id, promotion codes by code. Stripe's coupon terms never change after
     creation: a catalog coupon whose terms differ is reported as a conflict, not replaced."""
-    from .promotions import coupon_params, create_coupon, find_code, get_coupon, promotion_code_params
-
     for coupon in catalog.coupons.values():
         want = coupon_params(coupon, products, catalog, "catalog")
         existing = get_coupon(client, coupon.id)
@@ -373,7 +300,7 @@ def _portal_differences(existing: dict[str, Any]) -> list[str]:
     )
 
 
-def find_portal_configuration(client: stripe.StripeClient) -> dict[str, Any] | None:
+def find_portal_configuration(client: StripeClient) -> dict[str, Any] | None:
     """Our active customer portal configuration, if the catalog was synced to this account."""
     listed = call(
         "list customer portal configurations",
@@ -386,7 +313,7 @@ def find_portal_configuration(client: stripe.StripeClient) -> dict[str, Any] | N
 
 
 def sync_portal_configuration(
-    client: stripe.StripeClient, catalog: Catalog, report: SyncReport, dry_run: bool
+    client: StripeClient, catalog: Catalog, report: SyncReport, dry_run: bool
 ) -> None:
     existing = find_portal_configuration(client)
     params: dict[str, Any] = {

@@ -30,7 +30,7 @@ from chronote_billing.ledger.service import LedgerService
 
 from .models import ChronoteImport, ComplimentaryPlan, StripeSubscription
 from .periods import allowance_slice, to_ts
-from .webhooks import ENDED_STATUSES, plan_for_lookup_key, refresh_plan_subscription
+from .plan_subscriptions import ENDED_STATUSES, plan_for_lookup_key, refresh_plan_subscription
 
 log = structlog.get_logger(__name__)
 
@@ -150,7 +150,7 @@ class ChronoteImporter:
                 continue
             plan = catalog.plans[TIER_PLANS[sub.tier]]
             interval = "month"
-            priced = plan_for_lookup_key(sub.price_lookup_key)
+            priced = plan_for_lookup_key(catalog, sub.price_lookup_key)
             if sub.price_lookup_key and priced is None:
                 # Not a plan price (a credit pack's, or unknown): the tier decides, monthly.
                 report.warnings.append(

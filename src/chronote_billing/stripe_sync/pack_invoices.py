@@ -9,14 +9,19 @@ makes one invoice and pays it once. No database transaction is open here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import stripe
-from stripe._request_options import RequestOptions
+from typing import Any
 
 from chronote_billing.catalog.service import CreditPack
 from chronote_billing.core.errors import BillingError, ExternalServiceError
-
-from .client import expandable_id, stripe_key, to_dict
+from chronote_billing.integrations.stripe.client import (
+    StripeClient,
+    StripeFailure,
+    expandable_id,
+    idempotent,
+    request,
+    stripe_key,
+    to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class PaidPack:
 
 
 def pay_pack_invoice(
-    client: stripe.StripeClient,
+    client: StripeClient,
     *,
     account_id: str,
     customer: str,
@@ -39,43 +44,13 @@ def pay_pack_invoice(
     key: str,
     declined: type[BillingError],
 ) -> PaidPack:
-    def opts(step: str) -> RequestOptions:
-        return {"idempotency_key": stripe_key("pack-invoice", account_id, key, step)}
+    def opts(step: str) -> Any:
+        return idempotent(stripe_key("pack-invoice", account_id, key, step))
 
     try:
-        invoice = to_dict(
-            client.v1.invoices.create(
-                params={
-                    "customer": customer,
-                    "auto_advance": False,
-                    "automatic_tax": {"enabled": True},
-                    "default_payment_method": method,
-                    "description": f"Chronote {pack.name} (auto-recharge)",
-                    "metadata": metadata,
-                },
-                options=opts("create"),
-            )
-        )
-        client.v1.invoice_items.create(
-            params={"customer": customer, "invoice": invoice["id"], "pricing": {"price": price_id}},
-            options=opts("item"),
-        )
-        client.v1.invoices.finalize_invoice(
-            invoice["id"], params={"auto_advance": False}, options=opts("finalize")
-        )
-        paid = to_dict(
-            client.v1.invoices.pay(
-                invoice["id"],
-                params={"off_session": True, "payment_method": method, "expand": ["payments"]},
-                options=opts("pay"),
-            )
-        )
-    except stripe.CardError as exc:
-        raise declined(
-            f"The saved card was declined: {exc.user_message or exc}", account_id=account_id, pack=pack.id
-        ) from exc
-    except stripe.StripeError as exc:
-        raise ExternalServiceError(f"Stripe refused or failed to invoice the pack: {exc}") from exc
+        paid = request(lambda: _invoice_and_pay(client, customer, pack, price_id, method, metadata, opts))
+    except StripeFailure as exc:
+        raise payment_refused(exc, "invoice the pack", account_id, pack, declined) from exc
     payments = ((paid.get("payments") or {}).get("data")) or []
     intent = expandable_id(((payments[0] if payments else {}).get("payment") or {}).get("payment_intent"))
     transitions = paid.get("status_transitions") or {}
@@ -84,4 +59,54 @@ def pay_pack_invoice(
         payment_intent=intent,
         status="succeeded" if paid.get("status") == "paid" else str(paid.get("status")),
         created=int(transitions.get("paid_at") or paid.get("created") or 0),
+    )
+
+
+def payment_refused(
+    exc: StripeFailure, doing: str, account_id: str, pack: CreditPack, declined: type[BillingError]
+) -> BillingError:
+    """A declined card is the purchase's own refusal (`declined`); anything else is Stripe's."""
+    if exc.kind == "card_declined":
+        return declined(
+            f"The saved card was declined: {exc.user_message or exc}", account_id=account_id, pack=pack.id
+        )
+    return ExternalServiceError(f"Stripe refused or failed to {doing}: {exc}")
+
+
+def _invoice_and_pay(
+    client: StripeClient,
+    customer: str,
+    pack: CreditPack,
+    price_id: str,
+    method: str,
+    metadata: dict[str, str],
+    opts: Any,
+) -> dict[str, Any]:
+    """The four requests, each with its own idempotency key: a retry makes one invoice, paid once."""
+    invoice = to_dict(
+        client.v1.invoices.create(
+            params={
+                "customer": customer,
+                "auto_advance": False,
+                "automatic_tax": {"enabled": True},
+                "default_payment_method": method,
+                "description": f"Chronote {pack.name} (auto-recharge)",
+                "metadata": metadata,
+            },
+            options=opts("create"),
+        )
+    )
+    client.v1.invoice_items.create(
+        params={"customer": customer, "invoice": invoice["id"], "pricing": {"price": price_id}},
+        options=opts("item"),
+    )
+    client.v1.invoices.finalize_invoice(
+        invoice["id"], params={"auto_advance": False}, options=opts("finalize")
+    )
+    return to_dict(
+        client.v1.invoices.pay(
+            invoice["id"],
+            params={"off_session": True, "payment_method": method, "expand": ["payments"]},
+            options=opts("pay"),
+        )
     )

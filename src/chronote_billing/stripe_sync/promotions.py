@@ -14,13 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import stripe
-
 from chronote_billing.catalog.service import COUPON_DURATIONS, Catalog, Coupon, PromotionCode
 from chronote_billing.core.errors import ExternalServiceError, ValidationFailed
+from chronote_billing.integrations.stripe.client import (
+    StripeClient,
+    StripeFailure,
+    call,
+    request,
+    stripe_key,
+    to_dict,
+)
 
-from .client import call, stripe_key, to_dict
 from .periods import from_ts, to_ts
+from .prices import desired_prices, fetch_prices
 
 APPLIES_TO_KEY = "chronote_applies_to"
 MANAGED_KEY = "chronote_managed"
@@ -78,7 +84,7 @@ class CodeCheck:
 
 
 def resolve_code(
-    client: stripe.StripeClient,
+    client: StripeClient,
     catalog: Catalog,
     code: str,
     *,
@@ -129,7 +135,7 @@ def resolve_code(
     return CodeCheck(promotion_code=str(promo["id"]), code=str(promo["code"]), coupon=str(coupon.get("id")))
 
 
-def page_codes_allowed(client: stripe.StripeClient, catalog: Catalog, item_id: str) -> bool:
+def page_codes_allowed(client: StripeClient, catalog: Catalog, item_id: str) -> bool:
     """Whether Stripe's own page may take codes for buying `item_id`: not while a redeemable
     coupon is limited to some but not all of that product's plans or packs, which only we can
     check."""
@@ -200,7 +206,7 @@ def check_coupon(coupon: Coupon, catalog: Catalog, now: datetime) -> None:
 
 
 def create_coupon(
-    client: stripe.StripeClient, catalog: Catalog, coupon: Coupon, products: dict[str, str], managed: str
+    client: StripeClient, catalog: Catalog, coupon: Coupon, products: dict[str, str], managed: str
 ) -> dict[str, Any]:
     params = coupon_params(coupon, products, catalog, managed)
     return to_dict(
@@ -230,7 +236,7 @@ def promotion_code_params(code: PromotionCode, managed: str) -> dict[str, Any]:
 
 
 def create_promotion_code(
-    client: stripe.StripeClient, code: PromotionCode, managed: str, key: str
+    client: StripeClient, code: PromotionCode, managed: str, key: str
 ) -> dict[str, Any]:
     params = promotion_code_params(code, managed)
     return to_dict(
@@ -244,19 +250,21 @@ def create_promotion_code(
     )
 
 
-def get_coupon(client: stripe.StripeClient, coupon_id: str) -> dict[str, Any] | None:
+def get_coupon(client: StripeClient, coupon_id: str) -> dict[str, Any] | None:
     """A coupon with its `applies_to`, or None when Stripe has none by that id."""
     try:
-        return to_dict(client.v1.coupons.retrieve(coupon_id, params={"expand": ["applies_to"]}))
-    except stripe.InvalidRequestError as exc:
-        if getattr(exc, "code", None) == "resource_missing":
+        return to_dict(
+            request(lambda: client.v1.coupons.retrieve(coupon_id, params={"expand": ["applies_to"]}))
+        )
+    except StripeFailure as exc:
+        if exc.missing:
             return None
         raise ExternalServiceError(
             f"Stripe refused or failed to read the coupon: {exc.user_message or exc}"
         ) from exc
 
 
-def find_code(client: stripe.StripeClient, code: str) -> dict[str, Any] | None:
+def find_code(client: StripeClient, code: str) -> dict[str, Any] | None:
     """The active promotion code `code`, else its most recent inactive one."""
     listing = call(
         "look up the promotion code",
@@ -269,10 +277,8 @@ def find_code(client: stripe.StripeClient, code: str) -> dict[str, Any] | None:
     return max(promos, key=lambda p: int(p.get("created") or 0)) if promos else None
 
 
-def products_by_group(client: stripe.StripeClient, catalog: Catalog) -> dict[str, str]:
+def products_by_group(client: StripeClient, catalog: Catalog) -> dict[str, str]:
     """Stripe product ids of the catalog's product groups, read from their prices."""
-    from .catalog_sync import desired_prices, fetch_prices
-
     wanted = desired_prices(catalog)
     prices = fetch_prices(client, [w.lookup_key for w in wanted])
     out: dict[str, str] = {}

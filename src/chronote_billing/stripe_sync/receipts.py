@@ -10,10 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-import stripe
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
-from .client import call, expandable_id, to_dict
+from chronote_billing.access.service import Principal, require_view
+from chronote_billing.integrations.stripe.client import StripeClient, call, expandable_id, to_dict
+
+from .dependencies import BillingDependencies, get_account
 from .periods import from_ts
 
 MAX_DOCUMENTS = 24
@@ -41,9 +44,20 @@ class BillingDocumentList(BaseModel):
     data: list[BillingDocument]
 
 
-def list_documents(
-    client: stripe.StripeClient, customer: str, limit: int = MAX_DOCUMENTS
-) -> list[BillingDocument]:
+def documents(billing: BillingDependencies, principal: Principal, account_id: str) -> BillingDocumentList:
+    """The account's invoices and receipts, newest first, read from its own Stripe customer."""
+
+    def check(session: Session) -> str | None:
+        account = get_account(session, account_id)
+        require_view(session, principal, account)
+        return account.stripe_customer_id
+
+    customer = billing.db.read(check)
+    data = list_documents(billing.client, customer) if customer else []
+    return BillingDocumentList(account_id=account_id, data=data)
+
+
+def list_documents(client: StripeClient, customer: str, limit: int = MAX_DOCUMENTS) -> list[BillingDocument]:
     invoices = call(
         "list invoices",
         lambda: client.v1.invoices.list(

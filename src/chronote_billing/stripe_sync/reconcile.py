@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import stripe
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,12 +18,23 @@ from sqlalchemy.orm import Session
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.core.clock import Clock
 from chronote_billing.core.db import Database
+from chronote_billing.integrations.stripe.client import (
+    StripeClient,
+    StripeFailure,
+    call,
+    failed_to,
+    request,
+    to_dict,
+)
+from chronote_billing.integrations.stripe.objects import Subscription
 
-from .client import call, to_dict
+from .metadata import metadata_for
 from .models import StripeSubscription
 from .periods import to_ts
-from .service import metadata_for
-from .webhooks import ENDED_STATUSES, LIVE_STATUSES, WebhookProcessor, _Outcome, plan_for_lookup_key
+from .plan_subscriptions import ENDED_STATUSES, LIVE_STATUSES, plan_for_lookup_key
+from .webhooks.context import Applying, EventRef, Hints, Outcome
+from .webhooks.inbox import WebhookInbox
+from .webhooks.subscriptions import DELETED, on_subscription
 
 log = structlog.get_logger(__name__)
 
@@ -59,19 +68,12 @@ class _Local:
     ]  # id -> (status, plan, start, end, deleted, cancel)
 
 
-def _item(sub: dict[str, Any]) -> dict[str, Any]:
-    items = (sub.get("items") or {}).get("data") or []
-    return items[0] if items else {}
-
-
 class Reconciler:
-    def __init__(
-        self, db: Database, clock: Clock, client: stripe.StripeClient, processor: WebhookProcessor
-    ) -> None:
+    def __init__(self, db: Database, clock: Clock, client: StripeClient, inbox: WebhookInbox) -> None:
         self.db = db
         self.clock = clock
         self.client = client
-        self.processor = processor
+        self.inbox = inbox
 
     def accounts(self) -> list[_Local]:
         def work(session: Session) -> list[_Local]:
@@ -123,16 +125,13 @@ class Reconciler:
         return report
 
     def _check(self, local: _Local, fix: bool, report: ReconcileReport) -> None:
-        def retrieve() -> dict[str, Any]:
-            try:
-                return to_dict(self.client.v1.customers.retrieve(local.customer))
-            except stripe.InvalidRequestError as exc:
-                if exc.code == "resource_missing":
-                    return {"deleted": True}
-                raise
-
-        # Any other refusal or an outage is the domain's one-line error, not a traceback.
-        customer = call(f"read customer {local.customer}", retrieve)
+        try:
+            customer = to_dict(request(lambda: self.client.v1.customers.retrieve(local.customer)))
+        except StripeFailure as exc:
+            if not exc.missing:
+                # Any other refusal or an outage is the domain's one-line error, not a traceback.
+                raise failed_to(f"read customer {local.customer}", exc) from exc
+            customer = {"deleted": True}
         if customer.get("deleted"):
             report.drift.append(
                 Drift(local.account_id, "customer_missing", f"Stripe has no customer {local.customer}")
@@ -158,46 +157,42 @@ class Reconciler:
                 params={"customer": local.customer, "status": "all", "limit": 100}
             ),
         )
-        remote = [to_dict(s) for s in page.data]
-        live = [s for s in remote if s.get("status") in LIVE_STATUSES]
+        remote = [Subscription.model_validate(to_dict(s)) for s in page.data]
+        live = [s for s in remote if s.status in LIVE_STATUSES]
         if len(live) > 1:
             report.drift.append(
                 Drift(
                     local.account_id,
                     "second_subscription",
-                    f"{len(live)} live subscriptions in Stripe: {', '.join(s['id'] for s in live)}",
+                    f"{len(live)} live subscriptions in Stripe: {', '.join(s.id for s in live)}",
                 )
             )
         seen = set()
         for sub in remote:
-            seen.add(sub["id"])
-            item = _item(sub)
-            found = plan_for_lookup_key((item.get("price") or {}).get("lookup_key"))
+            seen.add(sub.id)
+            found = plan_for_lookup_key(self.inbox.services.catalog, sub.lookup_key)
             if found is None:
                 continue
-            start = item.get("current_period_start") or sub.get("current_period_start")
-            end = item.get("current_period_end") or sub.get("current_period_end")
-            mine = local.subs.get(sub["id"])
+            # The item's period (the subscription's own in older API versions).
+            start = sub.item.current_period_start or sub.current_period_start
+            end = sub.item.current_period_end or sub.current_period_end
+            mine = local.subs.get(sub.id)
             kind = None
             if mine is None:
-                kind, detail = (
-                    "subscription_missing_locally",
-                    f"{sub['id']} ({sub.get('status')}) is not mirrored",
-                )
+                kind, detail = "subscription_missing_locally", f"{sub.id} ({sub.status}) is not mirrored"
             else:
                 status, plan, l_start, l_end, deleted, cancel = mine
                 differences = []
-                if status != sub.get("status") and not (deleted and sub.get("status") == "canceled"):
-                    differences.append(f"status {status} != {sub.get('status')}")
+                if status != sub.status and not (deleted and sub.status == "canceled"):
+                    differences.append(f"status {status} != {sub.status}")
                 if (l_start, l_end) != (start, end):
                     differences.append("period")
-                remote_cancel = bool(sub.get("cancel_at_period_end")) or bool(sub.get("cancel_at"))
-                if cancel != remote_cancel and not deleted:
-                    differences.append(f"cancel_at_period_end {cancel} != {remote_cancel}")
-                if plan != found[0].id and not (sub.get("metadata") or {}).get("chronote_downgrade_from"):
+                if cancel != sub.cancels and not deleted:
+                    differences.append(f"cancel_at_period_end {cancel} != {sub.cancels}")
+                if plan != found[0].id and not sub.metadata.get("chronote_downgrade_from"):
                     differences.append(f"plan {plan} != {found[0].id}")
                 if differences:
-                    kind, detail = "subscription_differs", f"{sub['id']}: " + ", ".join(differences)
+                    kind, detail = "subscription_differs", f"{sub.id}: " + ", ".join(differences)
             if kind is None:
                 continue
             drift = Drift(local.account_id, kind, detail)
@@ -213,25 +208,23 @@ class Reconciler:
                     )
                 )
 
-    def _apply_snapshot(self, sub: dict[str, Any]) -> None:
+    def _apply_snapshot(self, sub: Subscription) -> None:
         """Stripe's current state is at least as new as any event we applied before reading it."""
-        ended = sub.get("status") in ENDED_STATUSES
+        ended = sub.status in ENDED_STATUSES
 
         def work(session: Session) -> None:
-            row = session.get(StripeSubscription, sub["id"])
+            row = session.get(StripeSubscription, sub.id)
             created = max(to_ts(self.clock.now()), row.last_event_created if row else 0)
-            event = {
-                "id": f"reconcile_{sub['id']}_{created}",
-                "type": "customer.subscription.deleted" if ended else "customer.subscription.updated",
-                "created": created,
-            }
-            outcome = _Outcome()
-            self.processor.on_subscription(session, event, sub, {}, outcome)
+            event = EventRef(
+                f"reconcile_{sub.id}_{created}",
+                DELETED if ended else "customer.subscription.updated",
+                created,
+            )
+            outcome = Outcome()
+            # Through the webhook handler, with the container's services the inbox holds.
+            on_subscription(Applying(self.inbox.services, session, event, Hints(), outcome), sub)
             log.info(
-                "reconcile_fix",
-                subscription=sub["id"],
-                outcome=outcome.outcome,
-                note="; ".join(outcome.notes),
+                "reconcile_fix", subscription=sub.id, outcome=outcome.outcome, note="; ".join(outcome.notes)
             )
 
         self.db.write(work)

@@ -16,9 +16,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import AccountKind, BillingAccount
-from chronote_billing.catalog.service import Plan, load_catalog
+from chronote_billing.catalog.service import Catalog, Plan, load_catalog
 from chronote_billing.core.clock import as_utc
 from chronote_billing.core.errors import Conflict, ValidationFailed
+from chronote_billing.integrations.stripe.objects import Invoice, InvoiceLine, Subscription
 
 from .models import PlanTrial
 from .periods import from_ts
@@ -117,11 +118,10 @@ def release_offer(session: Session, checkout_session_id: str) -> bool:
 
 
 def observe_subscription(
-    session: Session, account: BillingAccount, sub: dict[str, Any], status: str, now: datetime
+    session: Session, account: BillingAccount, sub: Subscription, status: str, now: datetime
 ) -> str | None:
     """Follow a trial subscription's state; returns a note when something changed."""
-    meta = {str(k): str(v) for k, v in (sub.get("metadata") or {}).items()}
-    plan_id = meta.get(TRIAL_META)
+    plan_id = sub.metadata.get(TRIAL_META)
     if not plan_id or account.kind not in (AccountKind.PERSONAL, AccountKind.SERVER):
         return None
     row = existing(session, account, lock=True)
@@ -141,14 +141,14 @@ def observe_subscription(
         )
         row = existing(session, account, lock=True)
         assert row is not None
-    if row.subscription_id not in (None, sub["id"]):
+    if row.subscription_id not in (None, sub.id):
         return f"trial of {row.subject_kind} already taken by subscription {row.subscription_id}"
-    row.subscription_id = str(sub["id"])
-    if sub.get("trial_start"):
-        row.trial_start = from_ts(sub["trial_start"])
-    if sub.get("trial_end"):
-        row.trial_end = from_ts(sub["trial_end"])
-    row.card_on_file = bool(sub.get("default_payment_method"))
+    row.subscription_id = sub.id
+    if sub.trial_start:
+        row.trial_start = from_ts(sub.trial_start)
+    if sub.trial_end:
+        row.trial_end = from_ts(sub.trial_end)
+    row.card_on_file = bool(sub.default_payment_method)
     new = {"trialing": "active", "active": "converted", "past_due": "converted", "canceled": "ended"}.get(
         status
     )
@@ -161,15 +161,15 @@ def observe_subscription(
     return None
 
 
-def trial_invoice_plan(inv: dict[str, Any], line: dict[str, Any] | None, meta: dict[str, str]) -> Plan | None:
+def trial_invoice_plan(catalog: Catalog, inv: Invoice, line: InvoiceLine | None) -> Plan | None:
     """The plan whose trial this invoice starts: a subscription's first invoice, for nothing, of
     a subscription made by a trial checkout."""
-    plan_id = meta.get(TRIAL_META)
-    if not plan_id or inv.get("billing_reason") != "subscription_create":
+    plan_id = inv.subscription_metadata.get(TRIAL_META)
+    if not plan_id or inv.billing_reason != "subscription_create":
         return None
-    if line is None or int(line.get("amount") or 0) != 0:
+    if line is None or line.amount != 0:
         return None
-    plan = load_catalog().plans.get(plan_id)
+    plan = catalog.plans.get(plan_id)
     return plan if plan is not None and plan.trial is not None else None
 
 

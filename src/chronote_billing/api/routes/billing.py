@@ -9,6 +9,13 @@ from chronote_billing.api.responses import PAYMENT_PROVIDER_ERROR, problems
 from chronote_billing.catalog.service import PlanScopeMismatch, UnknownPlan, load_catalog
 from chronote_billing.core.errors import NotFound
 from chronote_billing.core.validation import AccountId
+from chronote_billing.stripe_sync.errors import (
+    NoStripeCustomer,
+    NoSubscription,
+    PaymentFailed,
+    PlanChangeNotSupported,
+    SubscriptionExists,
+)
 from chronote_billing.stripe_sync.schemas import (
     CancelView,
     CatalogView,
@@ -19,13 +26,6 @@ from chronote_billing.stripe_sync.schemas import (
     PortalRequest,
     PortalSessionView,
     SubscriptionView,
-)
-from chronote_billing.stripe_sync.service import (
-    NoStripeCustomer,
-    NoSubscription,
-    PaymentFailed,
-    PlanChangeNotSupported,
-    SubscriptionExists,
 )
 
 router = APIRouter(prefix="/v1", tags=["billing"])

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from chronote_billing.api.deps import ContainerDep
 from chronote_billing.api.responses import PAYMENT_PROVIDER_ERROR, problems
 from chronote_billing.core.validation import SignatureHeader
-from chronote_billing.stripe_sync.webhooks import WebhookSignatureInvalid
+from chronote_billing.integrations.stripe.client import WebhookSignatureInvalid
 
 router = APIRouter(tags=["webhooks"])
 
@@ -27,8 +27,11 @@ async def stripe_webhook(
     stripe_signature: Annotated[SignatureHeader | None, Header(alias="Stripe-Signature")] = None,
 ) -> dict[str, Any]:
     payload = await request.body()
+    inbox = container.billing.webhooks
+    # Verified and stored (its own transaction), then applied once by its handler (decision 0056).
     # The database work is synchronous: keep it off the event loop.
-    result = await run_in_threadpool(container.billing.webhooks.handle, payload, stripe_signature)
+    event = await run_in_threadpool(inbox.receive, payload, stripe_signature)
+    result = await run_in_threadpool(inbox.apply, event)
     return result.as_dict()
 
 

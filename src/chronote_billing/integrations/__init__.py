@@ -1,0 +1,1 @@
+"""Integrations with outside services, each behind one module that speaks its SDK."""
