@@ -189,6 +189,33 @@ def test_the_outbox_and_stripe_webhooks_as_the_database_sees_them(scratch_db: Da
     assert value(samples, "chronote_stripe_events_unapplied") == 1
 
 
+def test_a_stripe_event_stored_and_not_applied_for_five_minutes_is_unapplied(scratch_db: Database) -> None:
+    """Decision 0056: an event whose application failed stays `received` until Stripe delivers
+    it again; one still waiting five minutes on counts among the unapplied."""
+    clock = ManualClock()
+    client, _ = app_for(scratch_db, clock)
+    now = clock.now()
+
+    def received(age: timedelta) -> dict[str, Any]:
+        return {
+            "id": "evt_" + new_id("s"),
+            "type": "invoice.paid",
+            "created": int((now - age).timestamp()),
+            "livemode": False,
+            "object_id": None,
+            "account_id": None,
+            "outcome": "received",
+            "note": "",
+            "payload": {},
+            "received_at": now - age,
+        }
+
+    scratch_db.write(lambda s: s.execute(insert(StripeEvent), [received(timedelta(seconds=30))]))
+    assert value(scrape(client), "chronote_stripe_events_unapplied") == 0  # being applied, maybe
+    scratch_db.write(lambda s: s.execute(insert(StripeEvent), [received(timedelta(minutes=6))]))
+    assert value(scrape(client), "chronote_stripe_events_unapplied") == 1
+
+
 @pytest.mark.postgres
 def test_combined_commits_are_the_combiners_own_counters(scratch_db: Database) -> None:
     from test_write_combiner import TXID, behind_a_slow_write

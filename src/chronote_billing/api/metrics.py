@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
 from chronote_billing.container import Container
 from chronote_billing.core.db import Database
@@ -39,6 +39,8 @@ from chronote_billing.stripe_sync.models import StripeEvent
 log = structlog.get_logger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A Stripe event stored this long ago and still not applied failed its application.
+UNAPPLIED_AFTER = timedelta(minutes=5)
 
 
 def multiprocess_mode() -> bool:
@@ -256,9 +258,14 @@ class DatabaseCollector(Collector):
             .limit(1000)
         ).all()
         lag = max((max(0.0, received.timestamp() - created) for created, received in recent), default=0.0)
+        # No account known for them, or stored and still not applied five minutes on (decision 0056).
         unapplied = session.execute(
             select(func.count()).where(
-                StripeEvent.received_at >= now - timedelta(hours=24), StripeEvent.outcome == "unknown_account"
+                StripeEvent.received_at >= now - timedelta(hours=24),
+                or_(
+                    StripeEvent.outcome == "unknown_account",
+                    and_(StripeEvent.outcome == "received", StripeEvent.received_at <= now - UNAPPLIED_AFTER),
+                ),
             )
         ).scalar_one()
         oldest_age = 0.0
@@ -280,7 +287,8 @@ class DatabaseCollector(Collector):
             ),
             (
                 "chronote_stripe_events_unapplied",
-                "Stripe events stored in the last 24 hours but not applied (no account known for them).",
+                "Stripe events stored in the last 24 hours but not applied (no account known for them, or "
+                "their application failed and Stripe has not delivered them again).",
                 unapplied,
             ),
         ]
