@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from chronote_billing.catalog.service import Coupon, PromotionCode, load_catalog
+from chronote_billing.catalog.service import Coupon, PromotionCode
 from chronote_billing.cli.output import console, container, handle_errors
 from chronote_billing.core.errors import NotFound, ValidationFailed
 from chronote_billing.integrations.stripe.client import call, to_dict
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create a coupon, limited to some plans or packs if you say so."""
         c = container()
-        catalog = load_catalog()
+        catalog = c.catalog
         coupon = Coupon(
             id=coupon_id,
             name=name or coupon_id,

@@ -9,7 +9,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chronote_billing.catalog.service import load_catalog
 from chronote_billing.cli.ledger import resolve_account
 from chronote_billing.cli.output import console, container, handle_errors
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
@@ -31,7 +30,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def catalog_show() -> None:
         """Show the plans and credit packs in force."""
-        catalog = load_catalog()
+        catalog = container().catalog
         console.print(f"[bold]Catalog {catalog.version}[/bold] ({catalog.currency.upper()})")
         plans = Table("plan", "scope", "credits / period", "longest recording", "prices (lookup key)")
         for plan in catalog.plans.values():

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
 from chronote_billing.api.responses import PAYMENT_PROVIDER_ERROR, problems
-from chronote_billing.catalog.service import PlanScopeMismatch, UnknownPlan, load_catalog
+from chronote_billing.catalog.service import PlanScopeMismatch, UnknownPlan
 from chronote_billing.core.errors import NotFound
 from chronote_billing.core.validation import AccountId
 from chronote_billing.stripe_sync.errors import (
@@ -32,8 +32,8 @@ router = APIRouter(prefix="/v1", tags=["billing"])
 
 
 @router.get("/catalog", response_model=CatalogView, summary="Plans, credit packs and the rate card in force")
-def get_catalog() -> CatalogView:
-    return CatalogView.of(load_catalog())
+def get_catalog(container: ContainerDep) -> CatalogView:
+    return CatalogView.of(container.catalog)
 
 
 @router.get(
