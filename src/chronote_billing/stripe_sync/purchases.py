@@ -164,25 +164,20 @@ def apply_charge_effects(
         target = refund_target(purchase.credits, charge.amount, charge.amount_refunded)
         delta = target - purchase.refund_target
         if delta > 0:
-            view = ledger.reverse_grant(
-                session,
-                grant_id=purchase.grant_id,
-                amount=delta,
-                idempotency_key=f"charge:{charge.id}:refund:{charge.amount_refunded}:{purchase.id}",
-                reason=f"Refund of {refunded_share(charge.amount_refunded, charge.amount)} of the "
-                f"{product} payment (charge {charge.id})",
-                kind="refund",
+            reason = (
+                f"Refund of {refunded_share(charge.amount_refunded, charge.amount)} of the {product} payment"
             )
+            step = f"refund:{charge.amount_refunded}"
+            reversed_ = _take_back(ledger, session, charge, purchase, delta, step, reason, "refund")
             purchase.refund_target = target
-            purchase.reversed += view.reversed
-            notes.append(f"refund took back {view.reversed} of {delta} millicredits from {purchase.grant_id}")
-            if view.reversed < delta:
+            notes.append(f"refund took back {reversed_} of {delta} millicredits from {purchase.grant_id}")
+            if reversed_ < delta:
                 log.warning(
                     "refund_exceeds_unspent",
                     charge=charge.id,
                     grant=purchase.grant_id,
                     asked=delta,
-                    reversed=view.reversed,
+                    reversed=reversed_,
                 )
                 notes.append("the rest was already spent, held or expired: nothing is overdrawn")
         if charge.dispute_status == "open" and not purchase.frozen:
@@ -208,18 +203,37 @@ def apply_charge_effects(
         elif charge.dispute_status == "lost":
             left = ledger.get_grant(session, purchase.grant_id).remaining
             if left > 0:
-                view = ledger.reverse_grant(
-                    session,
-                    grant_id=purchase.grant_id,
-                    amount=left,
-                    idempotency_key=f"charge:{charge.id}:dispute:lost:{purchase.id}",
-                    reason=f"Taken back: the dispute on the {product} payment was lost (charge {charge.id})",
-                    kind="dispute_lost",
+                reason = f"Taken back: the dispute on the {product} payment was lost"
+                reversed_ = _take_back(
+                    ledger, session, charge, purchase, left, "dispute:lost", reason, "dispute_lost"
                 )
-                purchase.reversed += view.reversed
-                notes.append(f"dispute lost: took back {view.reversed} millicredits")
+                notes.append(f"dispute lost: took back {reversed_} millicredits")
     session.flush()
     return True
+
+
+def _take_back(
+    ledger: LedgerService,
+    session: Session,
+    charge: StripeCharge,
+    purchase: StripePurchase,
+    amount: int,
+    step: str,
+    reason: str,
+    kind: str,
+) -> int:
+    """Reverse up to `amount` of a purchase's grant (never what is spent or held); returns how
+    much was taken back."""
+    view = ledger.reverse_grant(
+        session,
+        grant_id=purchase.grant_id,
+        amount=amount,
+        idempotency_key=f"charge:{charge.id}:{step}:{purchase.id}",
+        reason=f"{reason} (charge {charge.id})",
+        kind=kind,
+    )
+    purchase.reversed += view.reversed
+    return view.reversed
 
 
 def _freeze(
