@@ -316,7 +316,8 @@ def test_the_portal_fits_a_390_pixel_screen_with_the_accounts_in_a_menu(
     expect(switcher).to_be_hidden()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     for tab in ("Members", "Authorizations", "Usage"):
-        page.get_by_role("link", name=tab, exact=True).click()
+        with page.expect_navigation():  # measured on the new page, not during the navigation
+            page.get_by_role("link", name=tab, exact=True).click()
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, tab
     page.screenshot(path=str(SCREENSHOTS / "phone-390.png"), full_page=True)
     page.close()
