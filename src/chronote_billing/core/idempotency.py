@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import String, Text, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .db import Base, JSONType, UTCDateTime
 from .errors import IdempotencyConflict, ValidationFailed
+
+V = TypeVar("V", bound=BaseModel)
 
 MAX_KEY_LENGTH = 255
 MAX_SCOPE_LENGTH = 96
@@ -121,3 +125,46 @@ def remember(
             resource_id=resource_id,
         )
     )
+
+
+class Once(Generic[V]):
+    """One idempotent operation: look the key up, run the work once, remember its answer.
+
+    Every write of the service goes through this sequence, after the caller has validated the
+    request and locked the row its duplicates serialize on::
+
+        once = Once(HoldView, scope_of("ledger.hold", account_id), key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
+        view = ...  # the effect
+        return once.remember(session, view, resource_id=view.id)
+
+    or, when the work is one callable, ``once.run(session, work)``. The answer is stored as the
+    view's JSON, so a retry returns exactly what the first request returned.
+    """
+
+    def __init__(self, view: type[V], scope: str, key: str, params: dict[str, Any], now: datetime) -> None:
+        self.view = view
+        self.scope = scope
+        self.key = key
+        self.params = params
+        self.now = now
+
+    def prior(self, session: Session) -> V | None:
+        stored = lookup(session, self.scope, self.key, self.params)
+        return None if stored is None else self.view.model_validate(stored)
+
+    def remember(self, session: Session, answer: V, resource_id: str | None = None) -> V:
+        remember(
+            session, self.scope, self.key, self.params, answer.model_dump(mode="json"), self.now, resource_id
+        )
+        return answer
+
+    def run(
+        self, session: Session, work: Callable[[], V], resource_id: Callable[[V], str | None] | None = None
+    ) -> V:
+        prior = self.prior(session)
+        if prior is not None:
+            return prior
+        answer = work()
+        return self.remember(session, answer, resource_id(answer) if resource_id else None)

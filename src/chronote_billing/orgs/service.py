@@ -195,9 +195,9 @@ class OrgService:
         # The creator's personal account row serializes their concurrent duplicates.
         personal = self.accounts.get_or_create(session, AccountKind.PERSONAL, actor)
         session.execute(select(BillingAccount.id).where(BillingAccount.id == personal.id).with_for_update())
-        prior = idempotency.lookup(session, f"orgs.create:{actor}", key, params)
-        if prior is not None:
-            return OrgView.model_validate(prior)
+        once = idempotency.Once(OrgView, idempotency.scope_of("orgs.create", actor), key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         org_id = new_id("org")
         account = self.accounts.get_or_create(session, AccountKind.ORGANIZATION, org_id, name)
         session.execute(
@@ -212,11 +212,7 @@ class OrgService:
         )
         self._audit(session, org_id, actor, "org.created", org_id, None, {"name": name, "owner": actor})
         self._audit(session, org_id, actor, "member.added", actor, None, {"role": "owner"})
-        view = self._org_view(self.get_org(session, org_id))
-        idempotency.remember(
-            session, f"orgs.create:{actor}", key, params, view.model_dump(mode="json"), now, org_id
-        )
-        return view
+        return once.remember(session, self._org_view(self.get_org(session, org_id)), org_id)
 
     def get_org(self, session: Session, org_id: str) -> Organization:
         org = session.get(Organization, org_id)
