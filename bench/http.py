@@ -54,8 +54,8 @@ from chronote_billing.container import Container
 from chronote_billing.core import migrate
 from chronote_billing.core.db import Database, recreate_postgres_database
 from chronote_billing.core.ids import new_id
-from chronote_billing.stripe_sync.entitlements import ensure_free_allowance
-from chronote_billing.stripe_sync.models import ComplimentaryPlan
+from chronote_billing.plans.models import ComplimentaryPlan
+from chronote_billing.plans.service import ensure_free_allowance
 from chronote_billing.usage.models import UsageRecord
 
 BENCH_DB = "chronote_bench_http"
@@ -103,7 +103,7 @@ def seed(db: Database) -> tuple[str, list[str], list[str]]:
                 idempotency_key="bench",
                 cause_type="bench",
             )
-            ensure_free_allowance(s, c.ledger, account, c.clock.now())
+            ensure_free_allowance(s, c.ledger, account, c.clock.now(), c.catalog)
 
         db.write(work)
 

@@ -23,10 +23,11 @@ from chronote_billing.container import Container
 from chronote_billing.core.errors import PermissionDenied
 from chronote_billing.integrations.stripe.client import to_dict
 from chronote_billing.notifications.models import OutboxEntry
+from chronote_billing.plans.models import PlanSubscription
+from chronote_billing.plans.service import current_plan, ensure_free_allowance
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
-from chronote_billing.stripe_sync.entitlements import current_plan, ensure_free_allowance
 from chronote_billing.stripe_sync.errors import NoStripeCustomer, SubscriptionExists
-from chronote_billing.stripe_sync.models import PlanSubscription, StripeSubscription
+from chronote_billing.stripe_sync.models import StripeSubscription
 from chronote_stripe_local.server import TEST_SECRET_KEY
 from chronote_stripe_local.testing import CARD_DECLINES_RENEWALS, StripeLocalHarness
 
@@ -109,7 +110,9 @@ class Billing:
 
     def plan(self, account_id: str) -> str | None:
         def work(session):  # type: ignore[no-untyped-def]
-            plan = current_plan(session, session.get(BillingAccount, account_id), self.clock.now())
+            plan = current_plan(
+                session, session.get(BillingAccount, account_id), self.clock.now(), self.container.catalog
+            )
             return plan.id if plan else None
 
         return self.db.read(work)
@@ -294,7 +297,11 @@ def test_failed_renewal_goes_through_grace_to_free(billing: Billing) -> None:
     assert billing.plan(account_id) == "personal_free"
     assert billing.db.write(
         lambda s: ensure_free_allowance(
-            s, billing.container.ledger, s.get(BillingAccount, account_id), billing.clock.now()
+            s,
+            billing.container.ledger,
+            s.get(BillingAccount, account_id),
+            billing.clock.now(),
+            billing.container.catalog,
         )
     )
     assert billing.balance(account_id).available == 120_000

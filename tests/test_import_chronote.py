@@ -63,10 +63,13 @@ def test_import_creates_server_accounts_and_a_second_run_imports_nothing(
     assert shared.stripe_customer_id is None  # a customer shared by two guilds is not linked
     assert any("not linked" in detail for _, _, detail in report.actions)
 
-    from chronote_billing.stripe_sync.entitlements import current_plan
+    from chronote_billing.catalog.service import load_catalog
+    from chronote_billing.plans.service import current_plan
 
     def plan(guild: str) -> str:
-        return db.read(lambda s: current_plan(s, _account(db, guild), importer.clock.now()).id)
+        return db.read(
+            lambda s: current_plan(s, _account(db, guild), importer.clock.now(), load_catalog()).id
+        )
 
     assert plan(ids["300000000000000001"]) == "server_pro"
     assert plan(ids["300000000000000002"]) == "server_basic"
@@ -112,7 +115,7 @@ def test_cli_dry_run_prints_the_plan(db, clock, tmp_path) -> None:  # type: igno
 
 
 def test_a_subscription_priced_by_a_pack_imports_as_its_tier_with_a_warning(db, importer, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from chronote_billing.stripe_sync.models import PlanSubscription
+    from chronote_billing.plans.models import PlanSubscription
 
     path, ids = fresh_export(tmp_path)
     data = json.loads(path.read_text())

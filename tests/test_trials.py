@@ -13,9 +13,10 @@ from chronote_billing.access.service import Principal
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
+from chronote_billing.plans.models import PlanTrial
+from chronote_billing.plans.trials import NoTrial, TrialAlreadyUsed
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
-from chronote_billing.stripe_sync.models import PlanTrial, StripeCheckoutSession
-from chronote_billing.stripe_sync.trials import NoTrial, TrialAlreadyUsed
+from chronote_billing.stripe_sync.models import StripeCheckoutSession
 from chronote_stripe_local.server import TEST_SECRET_KEY
 from conftest import snowflake
 from test_billing_api import headers, key

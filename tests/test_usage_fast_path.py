@@ -342,8 +342,8 @@ def test_the_facts_twin_reads_what_the_orm_reads(db: Database) -> None:
     assert first["payer_kind"] == "organization"
     for where in wheres:
         for moment in (clock.now(), clock.now() + timedelta(days=40)):  # later: allowances due, holds lapsed
-            orm = db.read(lambda s, w=where, m=moment: facts.gather(s, c.ledger, w, m))
-            one = fast_path.gather(db, where, moment)
+            orm = db.read(lambda s, w=where, m=moment: facts.gather(s, c.ledger, w, m, c.catalog))
+            one = fast_path.gather(db, where, moment, c.catalog)
             assert one == orm, where
 
 

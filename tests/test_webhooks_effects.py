@@ -15,8 +15,9 @@ from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.api.app import create_app
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
-from chronote_billing.stripe_sync.entitlements import current_plan, ensure_free_allowance
-from chronote_billing.stripe_sync.models import PlanSubscription, StripeEvent
+from chronote_billing.plans.models import PlanSubscription
+from chronote_billing.plans.service import current_plan, ensure_free_allowance
+from chronote_billing.stripe_sync.models import StripeEvent
 
 SECRET = "whsec_test_effects"
 DAY = 86400
@@ -64,7 +65,9 @@ class Env:
 
     def plan(self, account_id: str) -> str | None:
         def work(session):  # type: ignore[no-untyped-def]
-            plan = current_plan(session, session.get(BillingAccount, account_id), self.clock.now())
+            plan = current_plan(
+                session, session.get(BillingAccount, account_id), self.clock.now(), self.container.catalog
+            )
             return plan.id if plan else None
 
         return self.db.read(work)
@@ -173,7 +176,11 @@ def test_subscription_and_first_invoice_grant_the_period_allowance_once(env: Env
     assert (
         env.db.write(
             lambda s: ensure_free_allowance(
-                s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now()
+                s,
+                env.container.ledger,
+                s.get(BillingAccount, account_id),
+                env.clock.now(),
+                env.container.catalog,
             )
         )
         is False
@@ -230,7 +237,7 @@ def test_failed_renewal_keeps_the_plan_for_seven_days_then_free_allowance(env: E
     assert env.plan(account_id) == "server_free"
     granted = env.db.write(
         lambda s: ensure_free_allowance(
-            s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now()
+            s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now(), env.container.catalog
         )
     )
     assert granted is True
@@ -264,7 +271,7 @@ def test_yearly_price_issues_monthly_allowances_on_first_need(env: Env) -> None:
 
     def ensure(s):  # type: ignore[no-untyped-def]
         return ensure_free_allowance(
-            s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now()
+            s, env.container.ledger, s.get(BillingAccount, account_id), env.clock.now(), env.container.catalog
         )
 
     assert env.db.write(ensure) is True
@@ -419,8 +426,8 @@ def test_a_purchase_recorded_twice_at_once_grants_once(db, clock, ledger, make_a
 
     from chronote_billing.catalog.service import load_catalog
     from chronote_billing.stripe_sync.models import StripePurchase
-    from chronote_billing.stripe_sync.periods import from_ts
     from chronote_billing.stripe_sync.purchases import grant_pack
+    from chronote_billing.stripe_sync.timestamps import from_ts
 
     account_id = make_account("organization")
     pack = load_catalog().credit_packs["credits_1000"]

@@ -24,9 +24,9 @@ from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.clock import ManualClock
+from chronote_billing.plans.models import PlanSubscription
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.metadata import account_metadata
-from chronote_billing.stripe_sync.models import PlanSubscription
 from chronote_stripe_local.server import TEST_SECRET_KEY
 from chronote_stripe_local.testing import StripeLocalHarness
 

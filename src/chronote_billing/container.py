@@ -69,4 +69,4 @@ class Container:
 
     @cached_property
     def runway(self) -> RunwayService:
-        return RunwayService(self.clock, self.ledger)
+        return RunwayService(self.clock, self.ledger, self.catalog)

@@ -10,6 +10,7 @@ from chronote_billing.ledger import models as _ledger  # noqa: F401
 from chronote_billing.notifications import models as _notifications  # noqa: F401
 from chronote_billing.orgs import models as _orgs  # noqa: F401
 from chronote_billing.people import models as _people  # noqa: F401
+from chronote_billing.plans import models as _plans  # noqa: F401
 from chronote_billing.stripe_sync import models as _stripe_sync  # noqa: F401
 from chronote_billing.usage import models as _usage  # noqa: F401
 

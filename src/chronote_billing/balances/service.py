@@ -16,42 +16,46 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.catalog.service import Catalog
 from chronote_billing.core.clock import as_utc
 from chronote_billing.credits_text import whole
 from chronote_billing.ledger.schemas import BalanceView, EconomicStatementPage
 from chronote_billing.ledger.service import LedgerService
-from chronote_billing.stripe_sync.entitlements import allowance_not_issued
+from chronote_billing.plans.service import allowance_not_issued
 
 
-def allowance_due(session: Session, account: BillingAccount, now: datetime) -> int:
+def allowance_due(session: Session, account: BillingAccount, now: datetime, catalog: Catalog) -> int:
     """Millicredits of allowance in force now that the ledger has not issued yet."""
-    due = allowance_not_issued(session, account, now)
+    due = allowance_not_issued(session, account, now, catalog)
     return due.amount if due is not None else 0
 
 
-def available_balance(session: Session, ledger: LedgerService, account: BillingAccount) -> BalanceView:
+def available_balance(
+    session: Session, ledger: LedgerService, account: BillingAccount, catalog: Catalog
+) -> BalanceView:
     """The ledger's balance, with the allowance due counted in ``available``."""
     balance = ledger.balance(session, account.id)
-    due = allowance_due(session, account, ledger.clock.now())
+    due = allowance_due(session, account, ledger.clock.now(), catalog)
     if not due:
         return balance
     return balance.model_copy(update={"available": balance.available + due, "allowance_due": due})
 
 
-def available(session: Session, ledger: LedgerService, account: BillingAccount) -> int:
-    return available_balance(session, ledger, account).available
+def available(session: Session, ledger: LedgerService, account: BillingAccount, catalog: Catalog) -> int:
+    return available_balance(session, ledger, account, catalog).available
 
 
 def statement(
     session: Session,
     ledger: LedgerService,
     account: BillingAccount,
+    catalog: Catalog,
     limit: int = 50,
     starting_after: str | None = None,
 ) -> EconomicStatementPage:
     """The economic statement (decision 0038) with the same available figure as the balance."""
     page = ledger.economic_statement(session, account.id, limit, starting_after)
-    due = allowance_due(session, account, ledger.clock.now())
+    due = allowance_due(session, account, ledger.clock.now(), catalog)
     return page.model_copy(update={"available": page.available + due}) if due else page
 
 

@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
         def work(session):  # type: ignore[no-untyped-def]
             acct = resolve_account(session, account)
-            return acct, balances.available_balance(session, c.ledger, acct)
+            return acct, balances.available_balance(session, c.ledger, acct, c.catalog)
 
         acct, bal = c.db.read(work)
         console.print(f"[bold]{acct.display_name}[/bold] ({acct.kind}, {acct.id})")
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
 
         def work(session):  # type: ignore[no-untyped-def]
             acct = resolve_account(session, account)
-            page = balances.statement(session, c.ledger, acct, limit, starting_after)
+            page = balances.statement(session, c.ledger, acct, c.catalog, limit, starting_after)
             text = balances.statement_csv(session, c.ledger, acct) if csv_file else None
             return acct, page, text
 

@@ -58,7 +58,8 @@ def collect(session: Session, clock: Clock, ledger: LedgerService, user_id: str)
     """The export document; `UnknownPerson` when nothing at all is kept about `user_id`."""
     from chronote_billing.notifications.models import AutoRechargePurchase, NotificationSettings, OutboxEntry
     from chronote_billing.orgs.models import Organization, OrgAuditEntry, OrgMember, SpendAuthorization
-    from chronote_billing.stripe_sync.models import PlanSubscription, PlanTrial, StripeCheckoutSession
+    from chronote_billing.plans.models import PlanSubscription, PlanTrial
+    from chronote_billing.stripe_sync.models import StripeCheckoutSession
     from chronote_billing.usage.models import FundingPreference, MeetingAttribution, MeetingShare, UsageRecord
 
     person = session.get(Person, user_id)

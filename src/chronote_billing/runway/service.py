@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import AccountKind, BillingAccount
+from chronote_billing.catalog.service import Catalog, load_catalog
 from chronote_billing.core.clock import Clock, as_utc, month_bounds
 from chronote_billing.ledger.models import Transfer
 from chronote_billing.ledger.service import LedgerService, burn_order_key
@@ -27,9 +28,11 @@ SPENT_PHASES = ("posted", "post")
 
 
 class RunwayService:
-    def __init__(self, clock: Clock, ledger: LedgerService) -> None:
+    def __init__(self, clock: Clock, ledger: LedgerService, catalog: Catalog | None = None) -> None:
         self.clock = clock
         self.ledger = ledger
+        # The container passes its catalog; the low-balance alert builds a runway without one.
+        self.catalog = catalog if catalog is not None else load_catalog()
 
     def runway(self, session: Session, account: BillingAccount) -> RunwayView:
         now = self.clock.now()
@@ -100,23 +103,12 @@ class RunwayService:
         ).scalar()
         return as_utc(first) if first is not None else None
 
-    @staticmethod
-    def _renews_at(session: Session, account: BillingAccount, now: datetime) -> datetime | None:
+    def _renews_at(self, session: Session, account: BillingAccount, now: datetime) -> datetime | None:
         """The next allowance: the next calendar month on a free plan, the next monthly slice of
         a paid plan."""
-        if account.kind == AccountKind.ORGANIZATION:
-            return None
-        from chronote_billing.stripe_sync.entitlements import current_plan, plan_subscription
-        from chronote_billing.stripe_sync.periods import allowance_slice
+        from chronote_billing.plans.service import next_allowance
 
-        plan = current_plan(session, account, now)
-        if plan is None:
-            return None
-        sub = plan_subscription(session, account.id)
-        if plan.is_free or sub is None or now >= as_utc(sub.current_period_end):
-            return month_bounds(now)[1]
-        _, _, end = allowance_slice(sub.current_period_start, sub.current_period_end, now)
-        return end
+        return next_allowance(session, account, now, self.catalog)
 
     def _authorizations(
         self, session: Session, account: BillingAccount, now: datetime

@@ -22,10 +22,13 @@ from chronote_billing.integrations.stripe.client import (
     request,
     stripe_key,
 )
+from chronote_billing.plans.service import plan_subscription
+from chronote_billing.plans.trials import NoTrial, TrialAlreadyUsed, plan_trial, refuse_if_used
+from chronote_billing.plans.trials import existing as existing_trial
+from chronote_billing.plans.trials import reserve as reserve_trial
 
 from .customers import ensure_customer
 from .dependencies import AccountSnapshot, BillingDependencies, get_account
-from .entitlements import plan_subscription
 from .errors import SubscriptionExists, organization_plan_refused
 from .metadata import PACK_CHECKOUT, account_metadata
 from .models import StripeCheckoutSession
@@ -39,9 +42,7 @@ from .promotions import (
     resolve_code,
 )
 from .schemas import CheckoutView
-from .trials import TRIAL_META, NoTrial, TrialAlreadyUsed, plan_trial, refuse_if_used
-from .trials import existing as existing_trial
-from .trials import reserve as reserve_trial
+from .trials import TRIAL_META
 
 log = structlog.get_logger(__name__)
 

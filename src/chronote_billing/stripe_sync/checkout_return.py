@@ -10,9 +10,9 @@ from chronote_billing.core.errors import NotFound
 from chronote_billing.integrations.stripe.client import call, to_dict
 from chronote_billing.integrations.stripe.objects import CheckoutSession
 from chronote_billing.ledger.models import Grant
+from chronote_billing.plans.service import current_plan
 
 from .dependencies import AccountSnapshot, BillingDependencies, get_account
-from .entitlements import current_plan
 from .models import StripeCheckoutSession
 from .schemas import CheckoutStatusView
 
@@ -84,7 +84,9 @@ def checkout_status(
                 is not None
             )
         elif plan is not None:
-            in_force = current_plan(session, get_account(session, acct.id), billing.clock.now())
+            in_force = current_plan(
+                session, get_account(session, acct.id), billing.clock.now(), billing.catalog
+            )
             done = in_force is not None and in_force.id == plan.id
         state = "complete" if done else "pending"
     if state == "complete":

@@ -14,8 +14,8 @@ from datetime import datetime
 
 from chronote_billing.catalog.service import CreditPack, Plan
 from chronote_billing.core.clock import as_utc
-
-from .periods import add_months, allowance_slice
+from chronote_billing.plans.periods import add_months, allowance_slice
+from chronote_billing.plans.proration import upgrade_credits
 
 ALLOWANCE_PRIORITY = 10
 PACK_PRIORITY = 50
@@ -124,16 +124,6 @@ def trial_grant(
     )
 
 
-def prorated_credits(
-    difference: int, slice_start: datetime, slice_end: datetime, changed_at: datetime
-) -> int:
-    """The share of `difference` millicredits for what is left of an allowance slice after
-    `changed_at`, in whole seconds, rounded down (0018)."""
-    total = int((slice_end - slice_start).total_seconds())
-    left = max(0, int((slice_end - max(changed_at, slice_start)).total_seconds()))
-    return difference * left // total if total > 0 else 0
-
-
 def upgrade_grant(
     old: Plan,
     new: Plan,
@@ -145,9 +135,8 @@ def upgrade_grant(
 ) -> PurchaseGrant | None:
     """An upgrade's prorated difference of included credits for the rest of the current monthly
     allowance slice (0018), expiring with it; None when nothing is left to add."""
-    _, slice_start, slice_end = allowance_slice(period_start, period_end, changed_at)
-    amount = prorated_credits(
-        new.included_millicredits - old.included_millicredits, slice_start, slice_end, changed_at
+    amount, slice_end = upgrade_credits(
+        old, new, changed_at=changed_at, period_start=period_start, period_end=period_end
     )
     if amount <= 0:
         return None

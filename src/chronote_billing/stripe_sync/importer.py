@@ -27,10 +27,12 @@ from chronote_billing.core.db import Database
 from chronote_billing.core.errors import ValidationFailed
 from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.service import LedgerService
+from chronote_billing.plans.models import ComplimentaryPlan
+from chronote_billing.plans.periods import allowance_slice
 
-from .models import ChronoteImport, ComplimentaryPlan, StripeSubscription
-from .periods import allowance_slice, to_ts
+from .models import ChronoteImport, StripeSubscription
 from .plan_subscriptions import ENDED_STATUSES, plan_for_lookup_key, refresh_plan_subscription
+from .timestamps import to_ts
 
 log = structlog.get_logger(__name__)
 

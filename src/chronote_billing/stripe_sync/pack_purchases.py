@@ -24,9 +24,9 @@ from .errors import NoStripeCustomer, PaymentFailed
 from .metadata import PACK_OFF_SESSION, account_metadata
 from .operation import StripeWrite
 from .pack_invoices import pay_pack_invoice, payment_refused
-from .periods import from_ts, to_ts
 from .purchases import grant_pack
 from .schemas import PackPurchaseView
+from .timestamps import from_ts, to_ts
 
 
 def buy_pack_off_session(

@@ -3,7 +3,7 @@
 Webhooks (and reconcile, and the import of today's data) keep `StripeSubscription`, one row per
 Stripe subscription with the newest state applied to it; `refresh_plan_subscription` derives the
 account's `PlanSubscription` from those rows and the invoices' failures, which is what
-entitlements read.
+the plan rules (`plans`) read.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.catalog.service import Catalog, Plan, PlanPrice
 from chronote_billing.core.clock import as_utc
+from chronote_billing.plans.models import PlanSubscription
 
-from .models import PlanSubscription, StripeInvoice, StripeSubscription
-from .periods import from_ts
+from .models import StripeInvoice, StripeSubscription
+from .timestamps import from_ts
 
 LIVE_STATUSES = ("active", "trialing", "past_due", "unpaid", "incomplete", "paused")
 ENDED_STATUSES = ("canceled", "incomplete_expired")

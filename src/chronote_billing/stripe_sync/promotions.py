@@ -25,8 +25,8 @@ from chronote_billing.integrations.stripe.client import (
     to_dict,
 )
 
-from .periods import from_ts, to_ts
 from .prices import desired_prices, fetch_prices
+from .timestamps import from_ts, to_ts
 
 APPLIES_TO_KEY = "chronote_applies_to"
 MANAGED_KEY = "chronote_managed"

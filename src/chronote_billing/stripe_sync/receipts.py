@@ -17,7 +17,7 @@ from chronote_billing.access.service import Principal, require_view
 from chronote_billing.integrations.stripe.client import StripeClient, call, expandable_id, to_dict
 
 from .dependencies import BillingDependencies, get_account
-from .periods import from_ts
+from .timestamps import from_ts
 
 MAX_DOCUMENTS = 24
 

@@ -30,8 +30,8 @@ from chronote_billing.integrations.stripe.objects import Subscription
 
 from .metadata import metadata_for
 from .models import StripeSubscription
-from .periods import to_ts
 from .plan_subscriptions import ENDED_STATUSES, LIVE_STATUSES, plan_for_lookup_key
+from .timestamps import to_ts
 from .webhooks.context import Applying, EventRef, Hints, Outcome
 from .webhooks.inbox import WebhookInbox
 from .webhooks.subscriptions import DELETED, on_subscription

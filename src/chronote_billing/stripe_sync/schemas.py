@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from chronote_billing.catalog.service import Catalog
 from chronote_billing.core.validation import CatalogRef, PromotionCodeText, Url
+from chronote_billing.plans.schemas import TrialView
 
 
 class StrictModel(BaseModel):
@@ -195,16 +196,6 @@ class CheckoutStatusView(BaseModel):
     pack: str | None
     credits: int | None = Field(description="Millicredits the pack adds.")
     message: str
-
-
-class TrialView(BaseModel):
-    object: str = "trial"
-    plan: str
-    plan_name: str
-    ends_at: datetime = Field(description="When the trial ends, and its credits with it.")
-    credits: int = Field(description="Whole credits the trial brought.")
-    card_on_file: bool = Field(description="Whether a card will be charged when the trial ends.")
-    then: str = Field(description="The plan from the trial's end: the trial's plan with a card, else free.")
 
 
 class SubscriptionView(BaseModel):

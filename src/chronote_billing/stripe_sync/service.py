@@ -23,6 +23,9 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import Principal, require_view
 from chronote_billing.accounts.models import BillingAccount
+from chronote_billing.plans.rules import grace_ends_at, plan_source
+from chronote_billing.plans.service import complimentary_plan, current_plan, plan_subscription
+from chronote_billing.plans.trials import trial_view
 
 from . import (
     checkout,
@@ -34,9 +37,7 @@ from . import (
     subscription_changes,
 )
 from .dependencies import BillingDependencies, get_account
-from .entitlements import complimentary_plan, current_plan, grace_ends_at, plan_subscription
 from .schemas import SubscriptionView
-from .trials import trial_view
 
 
 class BillingService(BillingDependencies):
@@ -56,23 +57,15 @@ class BillingService(BillingDependencies):
         """The plan in force and where it comes from (free, paid, complimentary), the
         subscription's state, the payment grace and the trial."""
         now = self.clock.now()
-        plan = current_plan(session, account, now)
+        plan = current_plan(session, account, now, self.catalog)
         sub = plan_subscription(session, account.id)
-        comp = complimentary_plan(session, account, now)
-        source = "none"
-        if plan is not None:
-            if plan.is_free:
-                source = "free"
-            elif comp is not None and comp[1].id == plan.id and (sub is None or sub.plan_id != plan.id):
-                source = "complimentary"
-            else:
-                source = "paid"
+        comp = complimentary_plan(session, account, now, self.catalog)
         grace_ends = grace_ends_at(sub)
         return SubscriptionView(
             account_id=account.id,
             plan=plan.id if plan else None,
             plan_name=plan.name if plan else None,
-            plan_source=source,  # type: ignore[arg-type]
+            plan_source=plan_source(plan, sub, comp),
             status=sub.status if sub else None,
             interval=sub.interval if sub else None,
             subscription_id=sub.stripe_subscription_id if sub else None,
@@ -83,7 +76,7 @@ class BillingService(BillingDependencies):
             in_grace=grace_ends is not None and now < grace_ends,
             grace_ends_at=grace_ends,
             complimentary_until=comp[0].ends_at if comp else None,
-            trial=trial_view(session, account, now),
+            trial=trial_view(session, account, now, self.catalog),
         )
 
     def get_subscription(self, principal: Principal, account_id: str) -> SubscriptionView:

@@ -14,16 +14,16 @@ from chronote_billing.catalog.service import Plan
 from chronote_billing.core.clock import as_utc
 from chronote_billing.integrations.stripe.client import call, expandable_id, idempotent, stripe_key, to_dict
 from chronote_billing.integrations.stripe.objects import Invoice, Subscription
+from chronote_billing.plans.models import PlanSubscription
+from chronote_billing.plans.proration import PlanChangeDecision, change_moment, decide_plan_change
+from chronote_billing.plans.service import plan_subscription
 
 from .dependencies import BillingDependencies, get_account
-from .entitlements import plan_subscription
 from .errors import NoSubscription, PlanChangeNotSupported, organization_plan_refused
-from .models import PlanSubscription
 from .operation import StripeWrite
-from .periods import from_ts, to_ts
-from .plan_change import PlanChangeDecision, decide_plan_change
 from .plan_subscriptions import ENDED_STATUSES
 from .schemas import CancelView, PlanChangePreview, PlanChangeView
+from .timestamps import from_ts, to_ts
 
 
 def change_plan(
@@ -143,7 +143,7 @@ def subscription_update(
     plan paid for, which stays in force until the period ends."""
     period_start, period_end = as_utc(sub.current_period_start), as_utc(sub.current_period_end)
     upgrade = decision.effective == "now"
-    changed_at = decision.effective_at if upgrade else min(max(now, period_start), period_end)
+    changed_at = decision.effective_at if upgrade else change_moment(now, period_start, period_end)
     metadata: dict[str, str] = {"chronote_plan_id": target.id, "chronote_interval": interval}
     body: dict[str, Any] = {"items": [{"id": item_id, "price": price_id}]}
     if upgrade:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from chronote_billing.catalog.service import Catalog
 from chronote_billing.core import idempotency
 from chronote_billing.core.errors import CapReached, InsufficientCredits
 from chronote_billing.core.ids import new_id
@@ -23,9 +24,9 @@ from .requests import check_event, event_ask
 from .schemas import EventRequest, RecordingView
 
 
-def event_where(req: EventRequest, scope_prefix: str | None = None) -> facts.Where:
+def event_where(req: EventRequest, catalog: Catalog, scope_prefix: str | None = None) -> facts.Where:
     """Whose facts an event needs; its monthly count only where some plan limits it."""
-    cap = facts.quota_cap(req.event_type)
+    cap = facts.quota_cap(req.event_type, catalog)
     return facts.Where(
         req.context,
         req.user_id,
@@ -111,10 +112,10 @@ class EventService:
     ) -> tuple[Approval, DebitView]:
         r = self.recordings
         now = r.clock.now()
-        where = event_where(req)
+        where = event_where(req, r.catalog)
         refusal: InsufficientCredits | CapReached | None = None
         for _ in range(DECIDE_ATTEMPTS):
-            gathered = facts.gather(session, self.ledger, where, now)
+            gathered = facts.gather(session, self.ledger, where, now, r.catalog)
             verdict = decide(ask, payer_chain(ask, gathered.snapshot), r.unit)
             if isinstance(verdict, Decline):
                 raise r.declined(verdict, req, dedupe, req.event_type, None)

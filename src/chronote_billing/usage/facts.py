@@ -17,15 +17,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import AccountKind, BillingAccount
-from chronote_billing.catalog.service import load_catalog
+from chronote_billing.catalog.service import Catalog
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import as_utc, month_bounds, month_key
 from chronote_billing.ledger.models import CapUsage, Grant
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.orgs.models import Organization, OrgMember, OrgServer, SpendAuthorization
 from chronote_billing.people.models import Person
-from chronote_billing.stripe_sync.entitlements import best_complimentary, due_allowance, plan_in_force
-from chronote_billing.stripe_sync.models import ComplimentaryPlan, PlanSubscription
+from chronote_billing.plans.models import ComplimentaryPlan, PlanSubscription
+from chronote_billing.plans.rules import (
+    CompRow,
+    SubscriptionRow,
+    best_complimentary,
+    due_allowance,
+    plan_in_force,
+)
 
 from .attribution import (
     MONTHLY_QUOTAS,
@@ -67,29 +73,6 @@ class Where:
         ref = self.guild_id if self.context == "server" else self.user_id
         assert ref is not None
         return ref
-
-
-@dataclass
-class SubscriptionRow:
-    """A plan subscription as the plan rules read it."""
-
-    stripe_subscription_id: str
-    plan_id: str
-    interval: str
-    status: str
-    current_period_start: datetime
-    current_period_end: datetime
-    payment_failed_at: datetime | None
-    updated_at: datetime
-    pending_plan_id: str | None
-
-
-@dataclass
-class CompRow:
-    id: str
-    plan_id: str
-    starts_at: datetime
-    ends_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -292,10 +275,9 @@ def _when(value: Any) -> datetime:
     return moment
 
 
-def gathered_of(raw: dict[str, Any], where: Where, now: datetime) -> Gathered:
+def gathered_of(raw: dict[str, Any], where: Where, now: datetime, catalog: Catalog) -> Gathered:
     """The snapshot and the write's own facts (its key's earlier use, the meeting's open
     recording) from a raw facts document of either twin."""
-    catalog = load_catalog()
     requester = raw["requester"]
     if requester is None:
         # First use: the account is created with the request; its plan is the free one.
@@ -309,7 +291,7 @@ def gathered_of(raw: dict[str, Any], where: Where, now: datetime) -> Gathered:
             None, str(kind), where.requester_ref, default, plan, WalletFacts(0, allowance, False)
         )
     else:
-        account = _account_facts(requester, now)
+        account = _account_facts(requester, now, catalog)
     auths = tuple(
         AuthorizationFacts(
             id=a["id"],
@@ -353,7 +335,7 @@ def gathered_of(raw: dict[str, Any], where: Where, now: datetime) -> Gathered:
     )
 
 
-def _account_facts(raw: dict[str, Any], now: datetime) -> AccountFacts:
+def _account_facts(raw: dict[str, Any], now: datetime, catalog: Catalog) -> AccountFacts:
     s = raw["subscription"]
     sub = (
         None
@@ -371,9 +353,9 @@ def _account_facts(raw: dict[str, Any], now: datetime) -> AccountFacts:
         )
     )
     comps = [CompRow(c["id"], c["plan_id"], _when(c["starts_at"]), _at(c["ends_at"])) for c in raw["comps"]]
-    comp = best_complimentary(comps, raw["kind"], now)
-    plan = plan_in_force(raw["kind"], sub, comp, now)
-    due = due_allowance(plan, sub, comp, now)
+    comp = best_complimentary(comps, raw["kind"], now, catalog)
+    plan = plan_in_force(raw["kind"], sub, comp, now, catalog)
+    due = due_allowance(plan, sub, comp, now, catalog)
     issued = {(t, c) for t, c in raw["allowances"]}
     allowance = due.amount if due is not None and (due.cause_type, due.cause_id) not in issued else 0
     return AccountFacts(
@@ -387,12 +369,14 @@ def _account_facts(raw: dict[str, Any], now: datetime) -> AccountFacts:
     )
 
 
-def quota_cap(event_type: str) -> int:
+def quota_cap(event_type: str, catalog: Catalog) -> int:
     """The highest monthly limit any plan sets on ``event_type``; 0 when none limits it."""
     feature = MONTHLY_QUOTAS.get(event_type)
-    limits = [p.features.get(feature) for p in load_catalog().plans.values()] if feature else []
+    limits = [p.features.get(feature) for p in catalog.plans.values()] if feature else []
     return max([n for n in limits if isinstance(n, int)], default=0)
 
 
-def gather(session: Session, ledger: LedgerService, where: Where, now: datetime) -> Gathered:
-    return gathered_of(gather_raw(session, ledger, where, now), where, now)
+def gather(
+    session: Session, ledger: LedgerService, where: Where, now: datetime, catalog: Catalog
+) -> Gathered:
+    return gathered_of(gather_raw(session, ledger, where, now), where, now, catalog)

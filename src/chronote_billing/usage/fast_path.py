@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from chronote_billing.access.service import Principal
+from chronote_billing.catalog.service import Catalog
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import month_bounds, month_key
 from chronote_billing.core.db import Database, ServerStatement, text_argument
@@ -148,7 +149,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def gather(db: Database, where: facts.Where, now: Any) -> facts.Gathered:
+def gather(db: Database, where: facts.Where, now: Any, catalog: Catalog) -> facts.Gathered:
     """The facts of a request in one statement (the twin of :func:`facts.gather`)."""
     raw = call(
         db,
@@ -167,7 +168,7 @@ def gather(db: Database, where: facts.Where, now: Any) -> facts.Gathered:
             "key": where.key,
         },
     )
-    return facts.gathered_of(raw, where, now)
+    return facts.gathered_of(raw, where, now, catalog)
 
 
 def _settling_elsewhere(snapshot: Snapshot) -> bool:
@@ -217,7 +218,7 @@ class CommittedWrites:
         req = check_request(request)
         params = req.model_dump()
         where = facts.Where(req.context, req.user_id, req.guild_id, req.meeting_id, None, "usage.start", key)
-        gathered = gather(self.db, where, now)
+        gathered = gather(self.db, where, now, r.catalog)
         if gathered.requester_id is None:
             return None  # first use: the Python path creates the account
         scope = idempotency.scope_of("usage.start", gathered.requester_id)
@@ -289,8 +290,8 @@ class CommittedWrites:
         rate = r.catalog.rate_card
         req = check_event(request, rate)
         params = req.model_dump()
-        where = event_where(req, "usage.event")
-        gathered = gather(self.db, where, now)
+        where = event_where(req, r.catalog, "usage.event")
+        gathered = gather(self.db, where, now, r.catalog)
         if gathered.requester_id is None or _settling_elsewhere(gathered.snapshot):
             return None
         scope = idempotency.scope_of("usage.event", gathered.requester_id)

@@ -28,7 +28,7 @@ from chronote_billing.ledger.schemas import HoldView
 from chronote_billing.ledger.service import CapSpec, LedgerService
 from chronote_billing.notifications.service import NotificationService
 from chronote_billing.orgs.service import OrgService
-from chronote_billing.stripe_sync.entitlements import ensure_free_allowance
+from chronote_billing.plans.service import ensure_free_allowance
 
 from . import facts, records
 from .attribution import (
@@ -88,7 +88,7 @@ class RecordingService:
         req = check_request(request)
         now = self.clock.now()
         ask = recording_ask(req, self.catalog.rate_card)
-        gathered = facts.gather(session, self.ledger, _where(req), now)
+        gathered = facts.gather(session, self.ledger, _where(req), now, self.catalog)
         verdict = decide(ask, payer_chain(ask, gathered.snapshot), self.unit)
         if isinstance(verdict, Decline):
             return Decision(
@@ -209,7 +209,7 @@ class RecordingService:
         where = _where(req)
         refusal: InsufficientCredits | CapReached | None = None
         for _ in range(DECIDE_ATTEMPTS):
-            gathered = facts.gather(session, self.ledger, where, now)
+            gathered = facts.gather(session, self.ledger, where, now, self.catalog)
             verdict = decide(ask, payer_chain(ask, gathered.snapshot), self.unit)
             if isinstance(verdict, Decline):
                 raise self.declined(verdict, req, dedupe, "recording", ask.minutes)
@@ -232,7 +232,7 @@ class RecordingService:
         if verdict.payer.account.wallet.allowance_due:
             account = session.get(BillingAccount, account_id)
             assert account is not None
-            ensure_free_allowance(session, self.ledger, account, now)
+            ensure_free_allowance(session, self.ledger, account, now, self.catalog)
         return account_id
 
     def charge_metadata(self, req: Any, verdict: Approval, record_id: str, what: str) -> dict[str, Any]:
@@ -293,7 +293,7 @@ class RecordingService:
         auth = self.orgs.get_authorization(session, rec.authorization_id) if rec.authorization_id else None
         payer = self.accounts.get(session, rec.payer_account_id)
         if payer.kind != AccountKind.ORGANIZATION:
-            ensure_free_allowance(session, self.ledger, payer, now)
+            ensure_free_allowance(session, self.ledger, payer, now, self.catalog)
         try:
             extended = self.ledger.extend_hold(
                 session,

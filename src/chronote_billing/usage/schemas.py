@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chronote_billing.stripe_sync.schemas import TrialView
+from chronote_billing.plans.schemas import TrialView
 
 
 class UsageRequest(BaseModel):

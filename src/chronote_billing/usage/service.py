@@ -18,7 +18,7 @@ from chronote_billing.access.service import Principal
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import AccountService, check_snowflake
 from chronote_billing.balances import service as balances
-from chronote_billing.catalog.service import PERSONAL_SOURCES, SERVER_SOURCES, Catalog, Plan, load_catalog
+from chronote_billing.catalog.service import PERSONAL_SOURCES, SERVER_SOURCES, Catalog, Plan
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import Clock
 from chronote_billing.core.errors import ValidationFailed
@@ -26,7 +26,8 @@ from chronote_billing.ledger.service import LedgerService
 from chronote_billing.notifications.service import NotificationService
 from chronote_billing.orgs.models import SpendAuthorization
 from chronote_billing.orgs.service import OrgService, member_role
-from chronote_billing.stripe_sync.entitlements import current_plan, entitlement_trial
+from chronote_billing.plans.service import current_plan
+from chronote_billing.plans.trials import trial_view
 
 from .attribution import FundingSourceNotHeld, credits_text, personal_label, server_label
 from .errors import (
@@ -77,14 +78,14 @@ class UsageService:
         accounts: AccountService,
         orgs: OrgService,
         notifications: NotificationService,
-        catalog: Catalog | None = None,
+        catalog: Catalog,
     ) -> None:
         self.clock = clock
         self.ledger = ledger
         self.accounts = accounts
         self.orgs = orgs
         self.notifications = notifications
-        self.catalog = catalog or load_catalog()
+        self.catalog = catalog
         self.recordings = RecordingService(clock, self.catalog, ledger, accounts, orgs, notifications)
         self.events = EventService(self.recordings)
         self.meetings = MeetingService(clock, accounts)
@@ -162,10 +163,14 @@ class UsageService:
         user = check_snowflake(user_id, "user_id")
         now = self.clock.now()
         personal = self.accounts.find(session, AccountKind.PERSONAL, user)
-        plan = current_plan(session, personal, now) if personal else self.catalog.free_plan("personal")
+        plan = (
+            current_plan(session, personal, now, self.catalog)
+            if personal
+            else self.catalog.free_plan("personal")
+        )
         views: list[FundingSourceView] = []
         available = (
-            balances.available(session, self.ledger, personal)
+            balances.available(session, self.ledger, personal, self.catalog)
             if personal
             else (plan.included_millicredits if plan and plan.is_free else 0)
         )
@@ -263,7 +268,11 @@ class UsageService:
         if context == "personal":
             sources = self.funding_sources(session, user)
             personal = self.accounts.find(session, AccountKind.PERSONAL, user)
-            plan = current_plan(session, personal, now) if personal else self.catalog.free_plan("personal")
+            plan = (
+                current_plan(session, personal, now, self.catalog)
+                if personal
+                else self.catalog.free_plan("personal")
+            )
             billed = personal.id if personal else ""
             billed_account = personal
         elif context == "server":
@@ -271,7 +280,11 @@ class UsageService:
                 raise ValidationFailed("Server entitlements need a guild_id.", field="guild_id")
             guild = check_snowflake(guild_id, "guild_id")
             server = self.accounts.find(session, AccountKind.SERVER, guild)
-            plan = current_plan(session, server, now) if server else self.catalog.free_plan("server")
+            plan = (
+                current_plan(session, server, now, self.catalog)
+                if server
+                else self.catalog.free_plan("server")
+            )
             billed = server.id if server else ""
             billed_account = server
             sources = self._server_sources(session, guild, server, plan, now)
@@ -289,7 +302,9 @@ class UsageService:
             capture_sources=list(plan.capture_sources),
             features=dict(plan.features),
             funding_sources=sources,
-            trial=entitlement_trial(session, billed_account, now),
+            trial=trial_view(session, billed_account, now, self.catalog)
+            if billed_account is not None
+            else None,
         )
 
     def _held_authorization(self, session: Session, user_id: str, auth_id: str) -> SpendAuthorization:
@@ -316,7 +331,7 @@ class UsageService:
     ) -> list[FundingSourceView]:
         assert plan is not None
         left = (
-            balances.available(session, self.ledger, server)
+            balances.available(session, self.ledger, server, self.catalog)
             if server
             else plan.included_millicredits
             if plan.is_free

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chronote_billing.catalog.service import load_catalog
+from chronote_billing.plans.proration import prorated_credits
 from chronote_billing.stripe_sync.grant_rules import (
     ALLOWANCE_PRIORITY,
     PACK_PRIORITY,
@@ -19,7 +20,6 @@ from chronote_billing.stripe_sync.grant_rules import (
     dispute_state,
     effective_from,
     pack_grant,
-    prorated_credits,
     refund_target,
     refunded_share,
     trial_grant,

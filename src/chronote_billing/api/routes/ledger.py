@@ -150,7 +150,7 @@ def get_balance(account_id: AccountId, container: ContainerDep, principal: Princ
     def work(session):  # type: ignore[no-untyped-def]
         account = container.accounts.get(session, account_id)
         require_view(session, principal, account)
-        return balances.available_balance(session, container.ledger, account)
+        return balances.available_balance(session, container.ledger, account, container.catalog)
 
     return container.db.read(work)
 
@@ -180,7 +180,9 @@ def get_economic_statement(
     def work(session):  # type: ignore[no-untyped-def]
         account = container.accounts.get(session, account_id)
         require_view(session, principal, account)
-        return balances.statement(session, container.ledger, account, limit, starting_after)
+        return balances.statement(
+            session, container.ledger, account, container.catalog, limit, starting_after
+        )
 
     return container.db.read(work)
 

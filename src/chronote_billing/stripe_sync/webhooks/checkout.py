@@ -5,11 +5,11 @@ grants the pack (a subscription checkout's effect comes with its subscription an
 from __future__ import annotations
 
 from chronote_billing.integrations.stripe.objects import CheckoutSession
+from chronote_billing.plans import trials
 
-from .. import trials
 from ..grant_rules import pack_grant
 from ..models import StripeCheckoutSession
-from ..periods import from_ts
+from ..timestamps import from_ts
 from .context import Applying
 
 EXPIRED = "checkout.session.expired"

@@ -37,7 +37,7 @@ from chronote_billing.integrations.stripe.objects import (
 from chronote_billing.notifications.service import NotificationService
 
 from ..models import StripeEvent, StripeSubscription
-from ..periods import to_ts
+from ..timestamps import to_ts
 from .checkout import on_checkout
 from .context import Applying, EventRef, HandlerServices, Hints, Outcome, WebhookResult
 from .invoices import on_invoice_paid

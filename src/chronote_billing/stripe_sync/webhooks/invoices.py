@@ -18,8 +18,8 @@ from .. import trials
 from ..grant_rules import PurchaseGrant, allowance_grant, pack_grant, trial_grant, upgrade_grant
 from ..metadata import PACK_CHECKOUT
 from ..models import StripeInvoice, StripeSubscription
-from ..periods import from_ts
 from ..plan_subscriptions import plan_for_lookup_key, refresh_plan_subscription
+from ..timestamps import from_ts
 from .context import Applying
 
 # Invoices of a subscription's periods, which grant the period's allowance.

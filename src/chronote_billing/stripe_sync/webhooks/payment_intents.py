@@ -7,7 +7,7 @@ from chronote_billing.integrations.stripe.objects import PaymentIntent
 
 from ..grant_rules import pack_grant
 from ..metadata import PACK_OFF_SESSION
-from ..periods import from_ts
+from ..timestamps import from_ts
 from .context import Applying
 
 

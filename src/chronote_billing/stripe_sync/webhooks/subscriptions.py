@@ -18,8 +18,8 @@ from chronote_billing.integrations.stripe.objects import Subscription
 
 from .. import trials
 from ..models import StripeSubscription
-from ..periods import from_ts
 from ..plan_subscriptions import ENDED_STATUSES, STATUS_RANK, plan_for_lookup_key, refresh_plan_subscription
+from ..timestamps import from_ts
 from .context import Applying, Hints
 
 DELETED = "customer.subscription.deleted"

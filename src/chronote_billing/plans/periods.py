@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import calendar
-from datetime import UTC, datetime
+from datetime import datetime
 
 from chronote_billing.core.clock import as_utc
-
-
-def from_ts(ts: int | float) -> datetime:
-    return datetime.fromtimestamp(int(ts), tz=UTC)
-
-
-def to_ts(moment: datetime) -> int:
-    return int(as_utc(moment).timestamp())
 
 
 def add_months(moment: datetime, months: int, anchor_day: int | None = None) -> datetime:

@@ -1,8 +1,10 @@
-"""What a plan change does (decision 0018), decided from facts before anything is sent to Stripe.
+"""What a plan change does (decision 0018) and what an upgrade adds, decided from facts: pure.
 
-`decide_plan_change` is pure: the change service applies its decision, and the portal shows it
-first (the amount charged at once, or the date a downgrade takes effect), so what the person
-confirms and what happens cannot disagree (decision 0040).
+`decide_plan_change` decides before anything is sent to Stripe: the change service applies its
+decision, and the portal shows it first (the amount charged at once, or the date a downgrade takes
+effect), so what the person confirms and what happens cannot disagree (decision 0040).
+`upgrade_credits` is the prorated difference of included credits an upgrade's paid invoice grants.
+Money and credits are integers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from datetime import datetime
 from typing import Literal
 
 from chronote_billing.catalog.service import Plan
+
+from .periods import allowance_slice
 
 INTERVAL_WORDS = {"month": "monthly", "year": "annual"}
 
@@ -33,6 +37,11 @@ class PlanChangeDecision:
         return self.amount_due > 0
 
 
+def change_moment(now: datetime, period_start: datetime, period_end: datetime) -> datetime:
+    """When a change made `now` counts from: within the current period, never outside it."""
+    return min(max(now, period_start), period_end)
+
+
 def decide_plan_change(
     current: Plan,
     current_interval: str,
@@ -46,7 +55,7 @@ def decide_plan_change(
     """Upgrades (a higher plan, or monthly to annual) take effect now with a prorated charge;
     downgrades at the end of the period; an annual plan cannot move to a monthly lower one
     mid-period (it would restart the period with less)."""
-    changed_at = min(max(now, period_start), period_end)
+    changed_at = change_moment(now, period_start, period_end)
     current_price, target_price = current.price(current_interval), target.price(interval)
     currency = target_price.currency
     if target.id == current.id and interval == current_interval and pending_plan_id is None:
@@ -113,3 +122,26 @@ def decide_plan_change(
         f"{target.name} billed {INTERVAL_WORDS.get(interval, interval)} before the period ends: it would "
         "restart the period with a lower plan. Cancel at the period end and subscribe again instead.",
     )
+
+
+def prorated_credits(
+    difference: int, slice_start: datetime, slice_end: datetime, changed_at: datetime
+) -> int:
+    """The share of `difference` millicredits for what is left of an allowance slice after
+    `changed_at`, in whole seconds, rounded down (0018)."""
+    total = int((slice_end - slice_start).total_seconds())
+    left = max(0, int((slice_end - max(changed_at, slice_start)).total_seconds()))
+    return difference * left // total if total > 0 else 0
+
+
+def upgrade_credits(
+    old: Plan, new: Plan, *, changed_at: datetime, period_start: datetime, period_end: datetime
+) -> tuple[int, datetime]:
+    """An upgrade's prorated difference of included credits for the rest of the current monthly
+    allowance slice (0018), and when that slice ends (the credits expire with it). The amount is
+    0 or less when nothing is left to add."""
+    _, slice_start, slice_end = allowance_slice(period_start, period_end, changed_at)
+    amount = prorated_credits(
+        new.included_millicredits - old.included_millicredits, slice_start, slice_end, changed_at
+    )
+    return amount, slice_end
