@@ -375,11 +375,16 @@ class NotificationService:
         threshold = _check_threshold(low_balance_threshold_credits, "low_balance_threshold_credits", True)
         params = {"account_id": account_id, "low_balance_threshold_credits": threshold}
         self._lock_account(session, account_id)
-        scope = f"notifications.alert_settings:{account_id}"
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return AlertSettingsView.model_validate(prior)
         now = self.clock.now()
+        once = idempotency.Once(
+            AlertSettingsView,
+            idempotency.scope_of("notifications.alert_settings", account_id),
+            key,
+            params,
+            now,
+        )
+        if (prior := once.prior(session)) is not None:
+            return prior
         settings = self._ensure_settings(session, account_id, now)
         settings.low_balance_threshold_millicredits = (
             None if threshold is None else threshold * MILLICREDITS_PER_CREDIT
@@ -387,9 +392,7 @@ class NotificationService:
         settings.updated_at = now
         self._arm(session, account_id, "low_balance", now)
         session.flush()
-        view = self._alert_view(session, account_id)
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
-        return view
+        return once.remember(session, self._alert_view(session, account_id))
 
     @staticmethod
     def check_auto_recharge(
@@ -448,11 +451,16 @@ class NotificationService:
             "monthly_limit_count": limit_count,
             "monthly_limit_amount": limit_amount,
         }
-        scope = f"notifications.auto_recharge:{account_id}"
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return AutoRechargeView.model_validate(prior)
         now = self.clock.now()
+        once = idempotency.Once(
+            AutoRechargeView,
+            idempotency.scope_of("notifications.auto_recharge", account_id),
+            key,
+            params,
+            now,
+        )
+        if (prior := once.prior(session)) is not None:
+            return prior
         settings = self._ensure_settings(session, account_id, now)
         settings.auto_recharge_enabled = enabled
         settings.auto_recharge_threshold_millicredits = threshold * MILLICREDITS_PER_CREDIT
@@ -464,9 +472,7 @@ class NotificationService:
         settings.updated_at = now
         self._arm(session, account_id, "auto_recharge", now)
         session.flush()
-        view = self._auto_recharge_view(session, account_id)
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
-        return view
+        return once.remember(session, self._auto_recharge_view(session, account_id))
 
     def get_settings(self, session: Session, account_id: str) -> NotificationSettingsView:
         if session.get(BillingAccount, account_id) is None:

@@ -128,9 +128,9 @@ class RecordingService:
         params = req.model_dump()
         requester = self.lock_requester(session, req.context, req.user_id, req.guild_id)
         scope = idempotency.scope_of("usage.start", requester.id)
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return RecordingView.model_validate(prior)
+        once = idempotency.Once(RecordingView, scope, key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         if req.meeting_id and records.open_recording(session, req.meeting_id) is not None:
             raise RecordingInProgress(
                 f"Meeting {req.meeting_id} already has a recording in progress.", meeting_id=req.meeting_id
@@ -144,8 +144,7 @@ class RecordingService:
         attempts = payer_attempts(approval.attempts)
         self.emit_caps_reached(session, attempts)
         view = records.view_of(session, self.ledger, records.record(session, record_id), attempts)
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now, record_id)
-        return view
+        return once.remember(session, view, record_id)
 
     def start_values(
         self, req: UsageRequest, ask: Ask, approval: Approval, record_id: str, hold_id: str, now: datetime
@@ -277,9 +276,9 @@ class RecordingService:
         rec = records.lock_record(session, recording_id)
         records.require_recording_access(principal, rec)
         scope = idempotency.scope_of("usage.extend", rec.id)
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return RecordingView.model_validate(prior)
+        once = idempotency.Once(RecordingView, scope, key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         hold = self._open_hold(session, rec, now)
         room = rec.max_minutes - rec.approved_minutes
         if minutes > room:
@@ -321,8 +320,7 @@ class RecordingService:
         view = records.view_of(
             session, self.ledger, records.record(session, rec.id), partial=added < minutes * self.unit
         )
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
-        return view
+        return once.remember(session, view)
 
     def _open_hold(self, session: Session, rec: UsageRecord, now: datetime) -> HoldView:
         if rec.status != "open" or rec.hold_id is None:
@@ -396,10 +394,9 @@ class RecordingService:
         params = {"recording_id": recording_id, "seconds_by_source": seconds}
         rec = records.lock_record(session, recording_id)
         records.require_recording_access(principal, rec)
-        scope = idempotency.scope_of("usage.finish", rec.id)
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return RecordingView.model_validate(prior)
+        once = idempotency.Once(RecordingView, idempotency.scope_of("usage.finish", rec.id), key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         if rec.status in ("finished", "failed") and rec.seconds_by_source is not None:
             if rec.seconds_by_source == seconds:
                 return records.view_of(session, self.ledger, rec)
@@ -425,7 +422,7 @@ class RecordingService:
                 idempotency_key=idempotency.compose_key("usage", rec.id, "release"),
                 reason=f"{label} refused: {minutes} min is longer than the {rec.max_minutes}-minute limit",
             )
-            return self._settle(session, rec, "failed", 0, 0, seconds, wall, now, scope, key, params)
+            return self._settle(session, rec, "failed", 0, 0, seconds, wall, now, once)
         held = rec.held
         if cost > held and rec.kind == "upload":
             held = self._extend_for_upload(session, rec, cost - held)
@@ -438,9 +435,7 @@ class RecordingService:
             reason=charge_reason(label, minutes, str(hold.metadata.get("payer_label") or rec.reason)),
         )
         self.notifications.after_balance_change(session, rec.payer_account_id)
-        return self._settle(
-            session, rec, "finished", charge, cost - charge, seconds, wall, now, scope, key, params
-        )
+        return self._settle(session, rec, "finished", charge, cost - charge, seconds, wall, now, once)
 
     def cancel(
         self,
@@ -458,10 +453,9 @@ class RecordingService:
         params = {"recording_id": recording_id, "status": status}
         rec = records.lock_record(session, recording_id)
         records.require_recording_access(principal, rec)
-        scope = idempotency.scope_of("usage.cancel", rec.id)
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return RecordingView.model_validate(prior)
+        once = idempotency.Once(RecordingView, idempotency.scope_of("usage.cancel", rec.id), key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         if rec.status in ("cancelled", "failed"):
             return records.view_of(session, self.ledger, rec)
         if rec.status != "open" or rec.hold_id is None:
@@ -478,7 +472,7 @@ class RecordingService:
                 idempotency_key=idempotency.compose_key("usage", rec.id, "release"),
                 reason=f"{'processing failed' if failed else 'cancelled'} · {rec.reason}",
             )
-        return self._settle(session, rec, status, 0, 0, None, None, now, scope, key, params)
+        return self._settle(session, rec, status, 0, 0, None, None, now, once)
 
     def get(self, session: Session, principal: Principal, recording_id: str) -> RecordingView:
         rec = records.record(session, recording_id)
@@ -511,9 +505,7 @@ class RecordingService:
         seconds: dict[str, int] | None,
         wall: int | None,
         now: datetime,
-        scope: str,
-        key: str,
-        params: dict[str, Any],
+        once: idempotency.Once[RecordingView],
     ) -> RecordingView:
         held = self.ledger.get_hold(session, rec.hold_id).amount_held if rec.hold_id else rec.held
         records.update_record(
@@ -527,9 +519,7 @@ class RecordingService:
             wall_clock_seconds=wall,
             finished_at=now,
         )
-        view = records.view_of(session, self.ledger, records.record(session, rec.id))
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
-        return view
+        return once.remember(session, records.view_of(session, self.ledger, records.record(session, rec.id)))
 
     # ------------------------------------------------------------------ shared with events
 
