@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from chronote_billing.access.service import Principal
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.catalog.service import MILLICREDITS_PER_CREDIT
@@ -35,6 +36,15 @@ class OrgBase:
         self.clock = clock
         self.ledger = ledger
         self.accounts = accounts
+
+    def readable_org(
+        self, session: Session, principal: Principal, org_id: str, *, admin: bool
+    ) -> Organization:
+        """The organization, for a principal that may read it (its lists: an admin role); an
+        unknown organization is reported before the missing role."""
+        org = self.get_org(session, org_id)
+        rules.require_org_role(session, principal, org_id, admin=admin)
+        return org
 
     def get_org(self, session: Session, org_id: str) -> Organization:
         org = session.get(Organization, org_id)

@@ -51,6 +51,9 @@ class Organizations(OrgBase):
         self._audit(session, org_id, actor, "member.added", actor, None, {"role": "owner"})
         return once.remember(session, self._org_view(self.get_org(session, org_id)), org_id)
 
+    def org_view_of(self, org: Organization) -> OrgView:
+        return self._org_view(org)
+
     def org_view(self, session: Session, org_id: str) -> OrgView:
         return self._org_view(self.get_org(session, org_id))
 

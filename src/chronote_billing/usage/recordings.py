@@ -4,14 +4,14 @@
 Decide, then apply (decision 0030): the facts are gathered, the pure decision picks the payer
 and the amount, and the ledger places exactly that under the payer's wallet lock, checking the
 balance and the cap again. On PostgreSQL the common case runs as one statement per write
-(decision 0031, :mod:`.fast_path`); every error and every rare rule is answered here.
+(decision 0031, :mod:`.fast_path`); every error and every rare rule is answered here. What a
+decline leaves behind is in :mod:`.declines`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -20,8 +20,7 @@ from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.catalog.service import Catalog
 from chronote_billing.core import idempotency
-from chronote_billing.core.clock import Clock, month_key
-from chronote_billing.core.db import Database
+from chronote_billing.core.clock import Clock
 from chronote_billing.core.errors import CapReached, HoldExpired, InsufficientCredits
 from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.schemas import HoldView
@@ -40,6 +39,7 @@ from .attribution import (
     decide,
     payer_chain,
 )
+from .declines import DeclineNotices, write_or_record_decline
 from .errors import (
     RecordingAlreadySettled,
     RecordingExpired,
@@ -53,14 +53,12 @@ from .models import UsageRecord
 from .requests import check_minutes, check_request, check_seconds, recording_ask, requested_minutes
 from .schemas import Decision, PayerAttempt, RecordingView, UsageRequest
 
-T = TypeVar("T")
-
 # A stale snapshot (another write took the credits between the facts and the hold) is gathered
 # again at most this many times before the request is declined with the ledger's answer.
 DECIDE_ATTEMPTS = 3
 
 
-class RecordingService:
+class RecordingService(DeclineNotices):
     def __init__(
         self,
         clock: Clock,
@@ -537,93 +535,9 @@ class RecordingService:
         self.accounts.lock_row(session, account.id)
         return account
 
-    def declined(
-        self, verdict: Decline, req: Any, dedupe: str, kind: str, minutes: int | None
-    ) -> UsageDeclined:
-        attempts = payer_attempts(verdict.attempts)
-        exc = UsageDeclined(verdict.message, attempts, requested_minutes=minutes)
-        first = next((a.account_id for a in attempts if a.account_id), None)
-        exc.notice = {
-            "account_id": first,
-            "dedupe_key": f"hold.declined:{dedupe}",
-            "data": {
-                "kind": kind,
-                "context": req.context,
-                "capture_source": getattr(req, "capture_source", None) or None,
-                "user_id": req.user_id,
-                "guild_id": req.guild_id,
-                "meeting_id": req.meeting_id,
-                "requested_minutes": minutes,
-                "reason": exc.message,
-            },
-            "caps_reached": [
-                a.authorization_id for a in attempts if a.code == "cap_reached" and a.authorization_id
-            ],
-        }
-        return exc
-
-    def emit_caps_reached(self, session: Session, attempts: list[PayerAttempt]) -> None:
-        for a in attempts:
-            if a.code == "cap_reached" and a.authorization_id:
-                self._emit_cap_reached(session, a.authorization_id)
-
-    def _emit_cap_reached(self, session: Session, auth_id: str) -> None:
-        auth = self.orgs.get_authorization(session, auth_id)
-        org = self.orgs.get_org(session, auth.org_id)
-        period = month_key(self.clock.now())
-        usage = self.ledger.cap_usage(session, auth.id, period)
-        self.notifications.emit(
-            session,
-            "authorization.cap_reached",
-            org.billing_account_id,
-            {
-                "authorization_id": auth.id,
-                "org_id": org.id,
-                "subject_type": auth.subject_type,
-                "subject_id": auth.subject_id,
-                "period": period,
-                "monthly_cap": auth.monthly_cap,
-                "used": usage.used,
-                "held": usage.held,
-            },
-            dedupe_key=f"authorization.cap_reached:{auth.id}:{period}",
-        )
-
-    def record_decline(self, session: Session, declined: UsageDeclined) -> None:
-        """The committed write of a decline: its notification, and a cap-reached alert per
-        authorization whose cap stopped it."""
-        notice = declined.notice
-        if not notice:
-            return
-        self.notifications.emit(
-            session,
-            "hold.declined",
-            notice["account_id"],
-            notice["data"] | {"code": declined.code, "attempts": [a.model_dump() for a in declined.attempts]},
-            dedupe_key=idempotency.bounded(notice["dedupe_key"], 255),
-        )
-        for auth_id in notice.get("caps_reached", []):
-            self._emit_cap_reached(session, auth_id)
-
 
 def _where(req: UsageRequest) -> facts.Where:
     return facts.Where(req.context, req.user_id, req.guild_id, req.meeting_id)
-
-
-class DeclineRecorder(Protocol):
-    def record_decline(self, session: Session, declined: UsageDeclined) -> None: ...
-
-
-def write_or_record_decline(db: Database, recordings: DeclineRecorder, work: Callable[[Session], T]) -> T:
-    """Run a usage write; when it is declined, record the decline notification in a committed
-    transaction of its own (the failed write itself is rolled back), then re-raise."""
-    try:
-        return db.write(work)
-    except UsageDeclined as exc:
-        declined = exc
-        if declined.notify:
-            db.write(lambda s: recordings.record_decline(s, declined))
-        raise
 
 
 __all__ = ["RecordingService", "requested_minutes", "write_or_record_decline"]

@@ -18,7 +18,7 @@ from chronote_billing.access.service import Principal
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import AccountService, check_snowflake
 from chronote_billing.balances import service as balances
-from chronote_billing.catalog.service import PERSONAL_SOURCES, SERVER_SOURCES, Catalog, Plan, load_catalog
+from chronote_billing.catalog.service import PERSONAL_SOURCES, SERVER_SOURCES, Catalog, Plan
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import Clock
 from chronote_billing.core.errors import ValidationFailed
@@ -77,14 +77,14 @@ class UsageService:
         accounts: AccountService,
         orgs: OrgService,
         notifications: NotificationService,
-        catalog: Catalog | None = None,
+        catalog: Catalog,
     ) -> None:
         self.clock = clock
         self.ledger = ledger
         self.accounts = accounts
         self.orgs = orgs
         self.notifications = notifications
-        self.catalog = catalog or load_catalog()
+        self.catalog = catalog
         self.recordings = RecordingService(clock, self.catalog, ledger, accounts, orgs, notifications)
         self.events = EventService(self.recordings)
         self.meetings = MeetingService(clock, accounts)
