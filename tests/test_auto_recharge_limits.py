@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from chronote_billing.catalog.service import load_catalog
 from chronote_billing.cli import output
 from chronote_billing.cli.main import app as cli
 from chronote_billing.core.idempotency import IdempotencyRecord
@@ -31,7 +32,7 @@ __all__ = ["discord"]
 
 @pytest.fixture
 def notifications(clock, ledger) -> NotificationService:  # type: ignore[no-untyped-def]
-    return NotificationService(clock, ledger)
+    return NotificationService(clock, ledger, load_catalog())
 
 
 def outbox(db, account_id: str, type_: str | None = None) -> list[OutboxEntry]:  # type: ignore[no-untyped-def]

@@ -198,12 +198,12 @@ def test_an_expiry_beyond_any_calendar_is_a_one_line_error(cli, make_account) ->
 
 
 def test_notifications_are_listed_for_an_account_by_any_reference(cli, db, make_account) -> None:  # type: ignore[no-untyped-def]
-    from chronote_billing.notifications.service import NotificationService
-
     guild = snowflake()
     acct = make_account("server", guild)
     db.write(
-        lambda s: NotificationService().emit(s, "hold.declined", acct, {"n": 1}, dedupe_key=f"cli:{acct}")
+        lambda s: output.container().notifications.emit(
+            s, "hold.declined", acct, {"n": 1}, dedupe_key=f"cli:{acct}"
+        )
     )
     for ref in (acct, f"server:{guild}"):
         code, out = run(cli, "notifications", "--account", ref)

@@ -7,6 +7,7 @@ import threading
 import pytest
 from sqlalchemy import select
 
+from chronote_billing.catalog.service import load_catalog
 from chronote_billing.core.errors import IdempotencyConflict, NotFound
 from chronote_billing.notifications.models import OutboxEntry
 from chronote_billing.notifications.service import (
@@ -19,7 +20,7 @@ from chronote_billing.notifications.service import (
 
 @pytest.fixture
 def notifications(clock, ledger) -> NotificationService:
-    return NotificationService(clock, ledger)
+    return NotificationService(clock, ledger, load_catalog())
 
 
 def entries(db, account_id, kind=None, type_=None):

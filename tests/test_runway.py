@@ -184,7 +184,7 @@ def test_an_organization_sees_when_each_authorization_reaches_its_cap(c, clock) 
 
 def test_the_low_balance_alert_says_when_the_credits_run_out(c, clock, make_account) -> None:  # type: ignore[no-untyped-def]
     account_id = make_account()
-    notifications = NotificationService(clock, c.ledger)
+    notifications = NotificationService(clock, c.ledger, c.catalog)
     c.db.write(
         lambda s: c.ledger.issue_grant(
             s, account_id=account_id, amount=200_000, source="purchase", idempotency_key=k(), cause_type="t"

@@ -60,7 +60,7 @@ class Container:
 
     @cached_property
     def notifications(self) -> NotificationService:
-        return NotificationService(self.clock, self.ledger)
+        return NotificationService(self.clock, self.ledger, self.catalog)
 
     @cached_property
     def usage_writes(self) -> CommittedWrites:

@@ -1,4 +1,5 @@
-"""Request dependencies: the container, the calling principal and the idempotency key.
+"""Request dependencies: the container, the calling principal (with the scope its route needs)
+and the idempotency key.
 
 They are coroutines on purpose: FastAPI runs a plain function dependency on the thread pool, and
 those hops cost more than the recording path's own work (docs/performance.md). The one blocking
@@ -7,6 +8,7 @@ step, reading an API key the process has not seen in the last seconds, goes to t
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -86,3 +88,31 @@ async def idempotency_key(
 
 
 IdempotencyKeyDep = Annotated[str, Depends(idempotency_key)]
+
+
+def scoped(scope: str, auto_recorder: bool = False) -> Callable[[Principal], Awaitable[Principal]]:
+    """The principal, once it holds ``scope`` (else 403 ``permission_denied`` naming the scope).
+    With ``auto_recorder``, a server's auto-recorder acting for nobody passes too: who may touch
+    which recording is then the usage service's check (decision 0029)."""
+
+    async def principal_with_scope(principal: PrincipalDep) -> Principal:
+        if not (auto_recorder and principal.user_id is None and principal.is_auto_recorder):
+            principal.require_scope(scope)
+        return principal
+
+    principal_with_scope.__name__ = f"scope_{scope.replace(':', '_')}"
+    return principal_with_scope
+
+
+# The scope a route needs is part of its signature: `principal: AccountsRead`.
+AccountsRead = Annotated[Principal, Depends(scoped("accounts:read"))]
+BillingWrite = Annotated[Principal, Depends(scoped("billing:write"))]
+GrantsWrite = Annotated[Principal, Depends(scoped("grants:write"))]
+HoldsWrite = Annotated[Principal, Depends(scoped("holds:write"))]
+UsageWrite = Annotated[Principal, Depends(scoped("usage:write"))]
+OrgsRead = Annotated[Principal, Depends(scoped("orgs:read"))]
+OrgsWrite = Annotated[Principal, Depends(scoped("orgs:write"))]
+Operator = Annotated[Principal, Depends(scoped("operator"))]
+# Recording routes: their scope, or the auto-recorder without an acting user.
+RecordingsRead = Annotated[Principal, Depends(scoped("accounts:read", auto_recorder=True))]
+RecordingsWrite = Annotated[Principal, Depends(scoped("holds:write", auto_recorder=True))]

@@ -13,20 +13,21 @@ may send works everywhere and two different keys never share a record.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 from sqlalchemy import String, Text, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .db import Base, JSONType, UTCDateTime
 from .errors import IdempotencyConflict, ValidationFailed
 
-V = TypeVar("V", bound=BaseModel)
+V = TypeVar("V")
 
 MAX_KEY_LENGTH = 255
 MAX_SCOPE_LENGTH = 96
@@ -127,6 +128,12 @@ def remember(
     )
 
 
+@functools.cache
+def _shape(answer: Any) -> TypeAdapter[Any]:
+    # Building an adapter costs far more than using one; a handful of shapes exist.
+    return TypeAdapter(answer)
+
+
 class Once(Generic[V]):
     """One idempotent operation: look the key up, run the work once, remember its answer.
 
@@ -139,12 +146,17 @@ class Once(Generic[V]):
         view = ...  # the effect
         return once.remember(session, view, resource_id=view.id)
 
-    or, when the work is one callable, ``once.run(session, work)``. The answer is stored as the
-    view's JSON, so a retry returns exactly what the first request returned.
+    or, when the work is one callable, ``once.run(session, work)``. The answer is a view or a
+    list of views (``Once(list[SourceView], ...)``), stored as its JSON, so a retry returns
+    exactly what the first request returned. ``now`` is only needed to remember: a step that
+    only asks whether the request was answered before (a Stripe write's first step) may leave
+    it out.
     """
 
-    def __init__(self, view: type[V], scope: str, key: str, params: dict[str, Any], now: datetime) -> None:
-        self.view = view
+    def __init__(
+        self, answer: type[V], scope: str, key: str, params: dict[str, Any], now: datetime | None = None
+    ) -> None:
+        self.shape: TypeAdapter[V] = _shape(cast(Hashable, answer))
         self.scope = scope
         self.key = key
         self.params = params
@@ -152,12 +164,13 @@ class Once(Generic[V]):
 
     def prior(self, session: Session) -> V | None:
         stored = lookup(session, self.scope, self.key, self.params)
-        return None if stored is None else self.view.model_validate(stored)
+        return None if stored is None else self.shape.validate_python(stored)
 
     def remember(self, session: Session, answer: V, resource_id: str | None = None) -> V:
-        remember(
-            session, self.scope, self.key, self.params, answer.model_dump(mode="json"), self.now, resource_id
-        )
+        if self.now is None:
+            raise TypeError("Once.remember needs the moment of the write (now).")
+        stored = self.shape.dump_python(answer, mode="json")
+        remember(session, self.scope, self.key, self.params, stored, self.now, resource_id)
         return answer
 
     def run(

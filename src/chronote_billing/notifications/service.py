@@ -1,8 +1,9 @@
 """Notification rules: the transactional outbox, low-balance alerts and auto-recharge triggers.
 
 Everything here runs inside the caller's transaction and makes no network call. An event is an
-outbox row written with the business change it reports, so it exists if and only if that change
-committed; the delivery worker (``delivery.py``) sends it afterwards, at least once.
+outbox row (:mod:`.outbox`) written with the business change it reports, so it exists if and
+only if that change committed; the delivery worker (``delivery.py``) sends it afterwards, at
+least once.
 
 Thresholds fire once per downward crossing: a threshold state row is *armed* while the balance
 is at or above the threshold, and firing disarms it with a conditional update (``... WHERE
@@ -12,50 +13,33 @@ threshold again (after a purchase or any grant) re-arms it.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import BillingAccount
-from chronote_billing.catalog.service import MILLICREDITS_PER_CREDIT, UnknownPlan, load_catalog
+from chronote_billing.catalog.service import MILLICREDITS_PER_CREDIT, Catalog, UnknownPlan
 from chronote_billing.core import idempotency
-from chronote_billing.core.clock import Clock, month_key, system_clock
+from chronote_billing.core.clock import Clock, month_key
 from chronote_billing.core.errors import NotFound, ValidationFailed
-from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.service import LedgerService
 
 from . import auto_recharge as recharge
-from .models import NotificationSettings, OutboxEntry, ThresholdState
+from .models import NotificationSettings, ThresholdState
+from .outbox import Outbox
 from .schemas import (
     AlertSettingsView,
     AutoRechargeView,
     NotificationSettingsView,
-    OutboxEntryView,
-    OutboxPage,
 )
 
-# Event types sent to Chronote (documented in docs/notifications.md).
-EVENT_TYPES: dict[str, str] = {
-    "wallet.balance_low": "The available balance fell below the account's alert threshold.",
-    "authorization.cap_reached": "A spend authorization reached its monthly cap.",
-    "hold.declined": "A hold was declined (not enough credits or cap room).",
-    "payment.failed": "A Stripe payment for the account failed.",
-    "auto_recharge.started": "The balance fell below the auto-recharge threshold; a pack purchase was queued.",
-    "auto_recharge.succeeded": "The auto-recharge payment succeeded; its credits are granted once, on confirmation.",
-    "auto_recharge.failed": "The auto-recharge purchase could not be made.",
-    "auto_recharge.stopped": "Auto-recharge stopped: the monthly limit was reached, or the card was declined.",
-}
 JOB_AUTO_RECHARGE = "auto_recharge.purchase"
-STATUSES = ("pending", "delivered", "dead")
+
 
 MAX_THRESHOLD_CREDITS = 10**12  # 10**15 millicredits, the ledger's largest amount
-_TYPE_PATTERN = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+$")
 
 
 class InvalidThreshold(ValidationFailed):
@@ -80,114 +64,17 @@ def _check_threshold(value: Any, field: str, allow_none: bool) -> int | None:
     return value
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def _credits(millicredits: int | None) -> int | None:
     return None if millicredits is None else millicredits // MILLICREDITS_PER_CREDIT
 
 
-class NotificationService:
-    def __init__(self, clock: Clock = system_clock, ledger: LedgerService | None = None) -> None:
+class NotificationService(Outbox):
+    """Alerts and auto-recharge over the outbox (:mod:`.outbox`); the container wires it."""
+
+    def __init__(self, clock: Clock, ledger: LedgerService, catalog: Catalog) -> None:
         self.clock = clock
-        self.ledger = ledger or LedgerService(clock)
-
-    # ------------------------------------------------------------------ outbox
-
-    def emit(
-        self, session: Session, event_type: str, account_id: str | None, data: dict[str, Any], dedupe_key: str
-    ) -> None:
-        """Queue a webhook to Chronote in the caller's transaction; the same dedupe key twice
-        writes one event (the first)."""
-        if not isinstance(event_type, str) or not _TYPE_PATTERN.match(event_type) or len(event_type) > 64:
-            raise ValueError(f"'{event_type}' is not an event type like 'wallet.balance_low'.")
-        self._enqueue(session, "event", event_type, account_id, data, dedupe_key)
-
-    def _enqueue(
-        self,
-        session: Session,
-        kind: str,
-        entry_type: str,
-        account_id: str | None,
-        data: dict[str, Any],
-        dedupe_key: str,
-    ) -> str | None:
-        """Insert an outbox row unless its dedupe key exists; returns its id, None if deduplicated."""
-        if not isinstance(dedupe_key, str) or not dedupe_key.strip() or len(dedupe_key) > 255:
-            raise ValueError("dedupe_key must be a non-empty string of at most 255 characters.")
-        if not isinstance(data, dict):
-            raise ValueError("data must be a JSON object.")
-        try:
-            payload = json.loads(json.dumps(data, default=_json_default))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"data must be JSON-serializable: {exc}") from exc
-        now = self.clock.now()
-        entry_id = new_id("evt" if kind == "event" else "job")
-        values = {
-            "id": entry_id,
-            "kind": kind,
-            "type": entry_type,
-            "account_id": account_id,
-            "data": payload,
-            "dedupe_key": dedupe_key,
-            "created_at": now,
-            "attempts": 0,
-            "next_attempt_at": now,
-        }
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            stmt: Any = postgresql.insert(OutboxEntry).values(**values)
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(OutboxEntry).values(**values)
-        else:  # pragma: no cover - only the two supported databases
-            raise RuntimeError(f"unsupported database {dialect}")
-        result = session.execute(stmt.on_conflict_do_nothing(index_elements=["dedupe_key"]))
-        return entry_id if result.rowcount else None  # type: ignore[attr-defined]
-
-    def list_outbox(
-        self,
-        session: Session,
-        *,
-        status: str | None = None,
-        account_id: str | None = None,
-        kind: str | None = None,
-        limit: int = 50,
-        starting_after: str | None = None,
-    ) -> OutboxPage:
-        if status is not None and status not in STATUSES:
-            raise ValidationFailed(f"status must be one of {', '.join(STATUSES)}.", field="status")
-        if kind is not None and kind not in ("event", "job"):
-            raise ValidationFailed("kind must be 'event' or 'job'.", field="kind")
-        if not 1 <= limit <= 500:
-            raise ValidationFailed("limit must be from 1 to 500.", field="limit")
-        query = select(OutboxEntry)
-        if status == "delivered":
-            query = query.where(OutboxEntry.delivered_at.is_not(None))
-        elif status == "dead":
-            query = query.where(OutboxEntry.dead_at.is_not(None))
-        elif status == "pending":
-            query = query.where(OutboxEntry.delivered_at.is_(None), OutboxEntry.dead_at.is_(None))
-        if account_id is not None:
-            query = query.where(OutboxEntry.account_id == account_id)
-        if kind is not None:
-            query = query.where(OutboxEntry.kind == kind)
-        if starting_after is not None:
-            query = query.where(OutboxEntry.id < starting_after)
-        rows = list(session.execute(query.order_by(OutboxEntry.id.desc()).limit(limit + 1)).scalars())
-        data = [entry_view(r) for r in rows[:limit]]
-        has_more = len(rows) > limit
-        return OutboxPage(
-            data=data, has_more=has_more, next_cursor=data[-1].id if has_more and data else None
-        )
-
-    def get_entry(self, session: Session, entry_id: str) -> OutboxEntryView:
-        row = session.get(OutboxEntry, entry_id)
-        if row is None:
-            raise NotFound(f"No notification '{entry_id}'.", notification_id=entry_id)
-        return entry_view(row)
+        self.ledger = ledger
+        self.catalog = catalog
 
     # ------------------------------------------------------------------ thresholds
 
@@ -259,7 +146,7 @@ class NotificationService:
         account_id = settings.account_id
         pack_id = settings.auto_recharge_pack_id or ""
         try:
-            pack = load_catalog().pack(pack_id)
+            pack = self.catalog.pack(pack_id)
         except UnknownPlan:
             # The pack left the catalog after it was chosen: never fail the spend over it.
             self.emit(
@@ -375,11 +262,16 @@ class NotificationService:
         threshold = _check_threshold(low_balance_threshold_credits, "low_balance_threshold_credits", True)
         params = {"account_id": account_id, "low_balance_threshold_credits": threshold}
         self._lock_account(session, account_id)
-        scope = f"notifications.alert_settings:{account_id}"
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return AlertSettingsView.model_validate(prior)
         now = self.clock.now()
+        once = idempotency.Once(
+            AlertSettingsView,
+            idempotency.scope_of("notifications.alert_settings", account_id),
+            key,
+            params,
+            now,
+        )
+        if (prior := once.prior(session)) is not None:
+            return prior
         settings = self._ensure_settings(session, account_id, now)
         settings.low_balance_threshold_millicredits = (
             None if threshold is None else threshold * MILLICREDITS_PER_CREDIT
@@ -387,12 +279,10 @@ class NotificationService:
         settings.updated_at = now
         self._arm(session, account_id, "low_balance", now)
         session.flush()
-        view = self._alert_view(session, account_id)
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
-        return view
+        return once.remember(session, self._alert_view(session, account_id))
 
-    @staticmethod
     def check_auto_recharge(
+        self,
         enabled: bool,
         threshold_credits: int,
         pack_id: str,
@@ -408,7 +298,7 @@ class NotificationService:
         if not isinstance(pack_id, str) or not pack_id.strip():
             raise UnknownPack("pack_id must name a credit pack.", field="pack_id")
         try:
-            pack = load_catalog().pack(pack_id)
+            pack = self.catalog.pack(pack_id)
         except UnknownPlan as exc:
             raise UnknownPack(exc.message, field="pack_id", pack_id=pack_id) from exc
         limit_count, limit_amount = recharge.check_limits(
@@ -448,11 +338,16 @@ class NotificationService:
             "monthly_limit_count": limit_count,
             "monthly_limit_amount": limit_amount,
         }
-        scope = f"notifications.auto_recharge:{account_id}"
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return AutoRechargeView.model_validate(prior)
         now = self.clock.now()
+        once = idempotency.Once(
+            AutoRechargeView,
+            idempotency.scope_of("notifications.auto_recharge", account_id),
+            key,
+            params,
+            now,
+        )
+        if (prior := once.prior(session)) is not None:
+            return prior
         settings = self._ensure_settings(session, account_id, now)
         settings.auto_recharge_enabled = enabled
         settings.auto_recharge_threshold_millicredits = threshold * MILLICREDITS_PER_CREDIT
@@ -464,9 +359,7 @@ class NotificationService:
         settings.updated_at = now
         self._arm(session, account_id, "auto_recharge", now)
         session.flush()
-        view = self._auto_recharge_view(session, account_id)
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
-        return view
+        return once.remember(session, self._auto_recharge_view(session, account_id))
 
     def get_settings(self, session: Session, account_id: str) -> NotificationSettingsView:
         if session.get(BillingAccount, account_id) is None:
@@ -594,7 +487,7 @@ class NotificationService:
             pack_id=settings.auto_recharge_pack_id if settings else None,
             monthly_limit_count=settings.auto_recharge_limit_count if settings else None,
             monthly_limit_amount=settings.auto_recharge_limit_amount if settings else None,
-            currency=load_catalog().currency,
+            currency=self.catalog.currency,
             purchases_this_month=usage.count,
             amount_this_month=usage.amount,
             stopped_reason=settings.auto_recharge_stopped_reason if settings else None,
@@ -604,28 +497,3 @@ class NotificationService:
             last_started_at=state.last_fired_at if state else None,
             updated_at=settings.updated_at if settings else None,
         )
-
-
-def entry_status(row: OutboxEntry) -> str:
-    if row.delivered_at is not None:
-        return "delivered"
-    if row.dead_at is not None:
-        return "dead"
-    return "pending"
-
-
-def entry_view(row: OutboxEntry) -> OutboxEntryView:
-    return OutboxEntryView(
-        id=row.id,
-        kind=row.kind,
-        type=row.type,
-        account_id=row.account_id,
-        data=dict(row.data or {}),
-        status=entry_status(row),
-        attempts=row.attempts,
-        created_at=row.created_at,
-        next_attempt_at=row.next_attempt_at,
-        delivered_at=row.delivered_at,
-        dead_at=row.dead_at,
-        last_error=row.last_error,
-    )

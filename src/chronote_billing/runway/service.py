@@ -113,6 +113,7 @@ class RunwayService:
     def _authorizations(
         self, session: Session, account: BillingAccount, now: datetime
     ) -> list[AuthorizationRunway]:
+        from chronote_billing.accounts.service import AccountService
         from chronote_billing.orgs.models import Organization
         from chronote_billing.orgs.service import OrgService
 
@@ -121,7 +122,8 @@ class RunwayService:
         ).scalar()
         if org is None:
             return []
-        views = OrgService(self.clock, self.ledger).list_authorizations(session, org.id)
+        orgs = OrgService(self.clock, self.ledger, AccountService(self.clock, self.ledger))
+        views = orgs.list_authorizations(session, org.id)
         since = projection.window_start(now)
         month_end = month_bounds(now)[1]
         out = []

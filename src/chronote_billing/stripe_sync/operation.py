@@ -9,7 +9,9 @@ Such a write cannot hold a transaction open while Stripe answers, so it runs in 
 3. write the result with the answer (`remember`), in a new transaction; a concurrent duplicate
    that remembered first wins, and its answer is returned.
 
-The record is kept under the operation's own scope, on the request as the client sent it.
+The record is kept under the operation's own scope, on the request as the client sent it, by
+the same `core.idempotency.Once` as every other write; what this class adds is the split of its
+look-up and its remembering across two transactions.
 """
 
 from __future__ import annotations
@@ -41,23 +43,20 @@ class StripeWrite(Generic[Answer]):
         """The write `operation` of one account; a missing or oversized key is refused first."""
         return cls(f"billing.{operation}:{account_id}", idempotency.check_key(key), request, answer)
 
+    def once(self, now: datetime | None = None) -> idempotency.Once[Answer]:
+        return idempotency.Once(self.answer, self.scope, self.key, self.request, now)
+
     def first_answer(self, session: Session) -> Answer | None:
         """The answer given to this same request before; a conflict for the same key with
         another request."""
-        prior = idempotency.lookup(session, self.scope, self.key, self.request)
-        return None if prior is None else self.answer.model_validate(prior)
+        return self.once().prior(session)
 
     def remember(
         self, session: Session, answer: Answer, now: datetime, resource_id: str | None = None
     ) -> Answer:
-        """Keep `answer` as this request's answer, in the caller's transaction."""
-        first = self.first_answer(session)
-        if first is not None:
-            return first
-        idempotency.remember(
-            session, self.scope, self.key, self.request, answer.model_dump(mode="json"), now, resource_id
-        )
-        return answer
+        """Keep `answer` as this request's answer, in the caller's transaction; a concurrent
+        duplicate that remembered first wins."""
+        return self.once(now).run(session, lambda: answer, lambda _: resource_id)
 
     def answered(self, db: Database, answer: Answer, now: datetime) -> Answer:
         """Keep `answer` in a transaction of its own (writes with no effect of ours but Stripe's)."""

@@ -53,9 +53,9 @@ class EventService:
         params = req.model_dump()
         requester = r.lock_requester(session, req.context, req.user_id, req.guild_id)
         scope = idempotency.scope_of("usage.event", requester.id)
-        prior = idempotency.lookup(session, scope, req.event_id, params)
-        if prior is not None:
-            return RecordingView.model_validate(prior)
+        once = idempotency.Once(RecordingView, scope, req.event_id, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         ask = event_ask(req, rate)
         record_id = new_id("use")
         approval, debit = self._debit(session, req, ask, record_id, f"{scope}:{req.event_id}")
@@ -64,10 +64,7 @@ class EventService:
         r.emit_caps_reached(session, attempts)
         r.notifications.after_balance_change(session, debit.account_id)
         view = records.view_of(session, self.ledger, records.record(session, record_id), attempts)
-        idempotency.remember(
-            session, scope, req.event_id, params, view.model_dump(mode="json"), now, record_id
-        )
-        return view
+        return once.remember(session, view, record_id)
 
     def event_values(
         self, req: EventRequest, approval: Approval, record_id: str, debit_id: str, now: datetime

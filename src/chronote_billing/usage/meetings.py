@@ -48,19 +48,18 @@ class MeetingService:
             )
         if attribution.context != "personal":
             raise ValidationFailed("Only personal meetings are shared with servers.", field="meeting_id")
-        scope = idempotency.scope_of("usage.share", meeting_id)
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return AttributionView.model_validate(prior)
+        once = idempotency.Once(
+            AttributionView, idempotency.scope_of("usage.share", meeting_id), key, params, now
+        )
+        if (prior := once.prior(session)) is not None:
+            return prior
         if session.get(MeetingShare, (meeting_id, guild)) is None:
             session.execute(
                 insert(MeetingShare).values(
                     meeting_id=meeting_id, guild_id=guild, shared_by=user, created_at=now
                 )
             )
-        view = self._view(session, attribution)
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
-        return view
+        return once.remember(session, self._view(session, attribution))
 
     def attribution(self, session: Session, principal: Principal, meeting_id: str) -> AttributionView:
         """Who paid for a meeting: for its owner, the managers of the servers it was recorded in

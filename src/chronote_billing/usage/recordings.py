@@ -4,14 +4,14 @@
 Decide, then apply (decision 0030): the facts are gathered, the pure decision picks the payer
 and the amount, and the ledger places exactly that under the payer's wallet lock, checking the
 balance and the cap again. On PostgreSQL the common case runs as one statement per write
-(decision 0031, :mod:`.fast_path`); every error and every rare rule is answered here.
+(decision 0031, :mod:`.fast_path`); every error and every rare rule is answered here. What a
+decline leaves behind is in :mod:`.declines`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -20,8 +20,7 @@ from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.catalog.service import Catalog
 from chronote_billing.core import idempotency
-from chronote_billing.core.clock import Clock, month_key
-from chronote_billing.core.db import Database
+from chronote_billing.core.clock import Clock
 from chronote_billing.core.errors import CapReached, HoldExpired, InsufficientCredits
 from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.schemas import HoldView
@@ -40,6 +39,7 @@ from .attribution import (
     decide,
     payer_chain,
 )
+from .declines import DeclineNotices, write_or_record_decline
 from .errors import (
     RecordingAlreadySettled,
     RecordingExpired,
@@ -53,14 +53,12 @@ from .models import UsageRecord
 from .requests import check_minutes, check_request, check_seconds, recording_ask, requested_minutes
 from .schemas import Decision, PayerAttempt, RecordingView, UsageRequest
 
-T = TypeVar("T")
-
 # A stale snapshot (another write took the credits between the facts and the hold) is gathered
 # again at most this many times before the request is declined with the ledger's answer.
 DECIDE_ATTEMPTS = 3
 
 
-class RecordingService:
+class RecordingService(DeclineNotices):
     def __init__(
         self,
         clock: Clock,
@@ -128,9 +126,9 @@ class RecordingService:
         params = req.model_dump()
         requester = self.lock_requester(session, req.context, req.user_id, req.guild_id)
         scope = idempotency.scope_of("usage.start", requester.id)
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return RecordingView.model_validate(prior)
+        once = idempotency.Once(RecordingView, scope, key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         if req.meeting_id and records.open_recording(session, req.meeting_id) is not None:
             raise RecordingInProgress(
                 f"Meeting {req.meeting_id} already has a recording in progress.", meeting_id=req.meeting_id
@@ -144,8 +142,7 @@ class RecordingService:
         attempts = payer_attempts(approval.attempts)
         self.emit_caps_reached(session, attempts)
         view = records.view_of(session, self.ledger, records.record(session, record_id), attempts)
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now, record_id)
-        return view
+        return once.remember(session, view, record_id)
 
     def start_values(
         self, req: UsageRequest, ask: Ask, approval: Approval, record_id: str, hold_id: str, now: datetime
@@ -277,9 +274,9 @@ class RecordingService:
         rec = records.lock_record(session, recording_id)
         records.require_recording_access(principal, rec)
         scope = idempotency.scope_of("usage.extend", rec.id)
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return RecordingView.model_validate(prior)
+        once = idempotency.Once(RecordingView, scope, key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         hold = self._open_hold(session, rec, now)
         room = rec.max_minutes - rec.approved_minutes
         if minutes > room:
@@ -321,8 +318,7 @@ class RecordingService:
         view = records.view_of(
             session, self.ledger, records.record(session, rec.id), partial=added < minutes * self.unit
         )
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
-        return view
+        return once.remember(session, view)
 
     def _open_hold(self, session: Session, rec: UsageRecord, now: datetime) -> HoldView:
         if rec.status != "open" or rec.hold_id is None:
@@ -396,10 +392,9 @@ class RecordingService:
         params = {"recording_id": recording_id, "seconds_by_source": seconds}
         rec = records.lock_record(session, recording_id)
         records.require_recording_access(principal, rec)
-        scope = idempotency.scope_of("usage.finish", rec.id)
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return RecordingView.model_validate(prior)
+        once = idempotency.Once(RecordingView, idempotency.scope_of("usage.finish", rec.id), key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         if rec.status in ("finished", "failed") and rec.seconds_by_source is not None:
             if rec.seconds_by_source == seconds:
                 return records.view_of(session, self.ledger, rec)
@@ -425,7 +420,7 @@ class RecordingService:
                 idempotency_key=idempotency.compose_key("usage", rec.id, "release"),
                 reason=f"{label} refused: {minutes} min is longer than the {rec.max_minutes}-minute limit",
             )
-            return self._settle(session, rec, "failed", 0, 0, seconds, wall, now, scope, key, params)
+            return self._settle(session, rec, "failed", 0, 0, seconds, wall, now, once)
         held = rec.held
         if cost > held and rec.kind == "upload":
             held = self._extend_for_upload(session, rec, cost - held)
@@ -438,9 +433,7 @@ class RecordingService:
             reason=charge_reason(label, minutes, str(hold.metadata.get("payer_label") or rec.reason)),
         )
         self.notifications.after_balance_change(session, rec.payer_account_id)
-        return self._settle(
-            session, rec, "finished", charge, cost - charge, seconds, wall, now, scope, key, params
-        )
+        return self._settle(session, rec, "finished", charge, cost - charge, seconds, wall, now, once)
 
     def cancel(
         self,
@@ -458,10 +451,9 @@ class RecordingService:
         params = {"recording_id": recording_id, "status": status}
         rec = records.lock_record(session, recording_id)
         records.require_recording_access(principal, rec)
-        scope = idempotency.scope_of("usage.cancel", rec.id)
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return RecordingView.model_validate(prior)
+        once = idempotency.Once(RecordingView, idempotency.scope_of("usage.cancel", rec.id), key, params, now)
+        if (prior := once.prior(session)) is not None:
+            return prior
         if rec.status in ("cancelled", "failed"):
             return records.view_of(session, self.ledger, rec)
         if rec.status != "open" or rec.hold_id is None:
@@ -478,7 +470,7 @@ class RecordingService:
                 idempotency_key=idempotency.compose_key("usage", rec.id, "release"),
                 reason=f"{'processing failed' if failed else 'cancelled'} · {rec.reason}",
             )
-        return self._settle(session, rec, status, 0, 0, None, None, now, scope, key, params)
+        return self._settle(session, rec, status, 0, 0, None, None, now, once)
 
     def get(self, session: Session, principal: Principal, recording_id: str) -> RecordingView:
         rec = records.record(session, recording_id)
@@ -511,9 +503,7 @@ class RecordingService:
         seconds: dict[str, int] | None,
         wall: int | None,
         now: datetime,
-        scope: str,
-        key: str,
-        params: dict[str, Any],
+        once: idempotency.Once[RecordingView],
     ) -> RecordingView:
         held = self.ledger.get_hold(session, rec.hold_id).amount_held if rec.hold_id else rec.held
         records.update_record(
@@ -527,9 +517,7 @@ class RecordingService:
             wall_clock_seconds=wall,
             finished_at=now,
         )
-        view = records.view_of(session, self.ledger, records.record(session, rec.id))
-        idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
-        return view
+        return once.remember(session, records.view_of(session, self.ledger, records.record(session, rec.id)))
 
     # ------------------------------------------------------------------ shared with events
 
@@ -547,93 +535,9 @@ class RecordingService:
         self.accounts.lock_row(session, account.id)
         return account
 
-    def declined(
-        self, verdict: Decline, req: Any, dedupe: str, kind: str, minutes: int | None
-    ) -> UsageDeclined:
-        attempts = payer_attempts(verdict.attempts)
-        exc = UsageDeclined(verdict.message, attempts, requested_minutes=minutes)
-        first = next((a.account_id for a in attempts if a.account_id), None)
-        exc.notice = {
-            "account_id": first,
-            "dedupe_key": f"hold.declined:{dedupe}",
-            "data": {
-                "kind": kind,
-                "context": req.context,
-                "capture_source": getattr(req, "capture_source", None) or None,
-                "user_id": req.user_id,
-                "guild_id": req.guild_id,
-                "meeting_id": req.meeting_id,
-                "requested_minutes": minutes,
-                "reason": exc.message,
-            },
-            "caps_reached": [
-                a.authorization_id for a in attempts if a.code == "cap_reached" and a.authorization_id
-            ],
-        }
-        return exc
-
-    def emit_caps_reached(self, session: Session, attempts: list[PayerAttempt]) -> None:
-        for a in attempts:
-            if a.code == "cap_reached" and a.authorization_id:
-                self._emit_cap_reached(session, a.authorization_id)
-
-    def _emit_cap_reached(self, session: Session, auth_id: str) -> None:
-        auth = self.orgs.get_authorization(session, auth_id)
-        org = self.orgs.get_org(session, auth.org_id)
-        period = month_key(self.clock.now())
-        usage = self.ledger.cap_usage(session, auth.id, period)
-        self.notifications.emit(
-            session,
-            "authorization.cap_reached",
-            org.billing_account_id,
-            {
-                "authorization_id": auth.id,
-                "org_id": org.id,
-                "subject_type": auth.subject_type,
-                "subject_id": auth.subject_id,
-                "period": period,
-                "monthly_cap": auth.monthly_cap,
-                "used": usage.used,
-                "held": usage.held,
-            },
-            dedupe_key=f"authorization.cap_reached:{auth.id}:{period}",
-        )
-
-    def record_decline(self, session: Session, declined: UsageDeclined) -> None:
-        """The committed write of a decline: its notification, and a cap-reached alert per
-        authorization whose cap stopped it."""
-        notice = declined.notice
-        if not notice:
-            return
-        self.notifications.emit(
-            session,
-            "hold.declined",
-            notice["account_id"],
-            notice["data"] | {"code": declined.code, "attempts": [a.model_dump() for a in declined.attempts]},
-            dedupe_key=idempotency.bounded(notice["dedupe_key"], 255),
-        )
-        for auth_id in notice.get("caps_reached", []):
-            self._emit_cap_reached(session, auth_id)
-
 
 def _where(req: UsageRequest) -> facts.Where:
     return facts.Where(req.context, req.user_id, req.guild_id, req.meeting_id)
-
-
-class DeclineRecorder(Protocol):
-    def record_decline(self, session: Session, declined: UsageDeclined) -> None: ...
-
-
-def write_or_record_decline(db: Database, recordings: DeclineRecorder, work: Callable[[Session], T]) -> T:
-    """Run a usage write; when it is declined, record the decline notification in a committed
-    transaction of its own (the failed write itself is rolled back), then re-raise."""
-    try:
-        return db.write(work)
-    except UsageDeclined as exc:
-        declined = exc
-        if declined.notify:
-            db.write(lambda s: recordings.record_decline(s, declined))
-        raise
 
 
 __all__ = ["RecordingService", "requested_minutes", "write_or_record_decline"]

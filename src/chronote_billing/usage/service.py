@@ -241,10 +241,11 @@ class UsageService:
         params = {"user_id": user, "order": auth_ids}
         personal = self.accounts.get_or_create(session, AccountKind.PERSONAL, user)
         self.accounts.lock_row(session, personal.id)
-        scope = f"usage.funding_order:{user}"
-        prior = idempotency.lookup(session, scope, key, params)
-        if prior is not None:
-            return [FundingSourceView.model_validate(v) for v in prior]
+        once = idempotency.Once(
+            list[FundingSourceView], idempotency.scope_of("usage.funding_order", user), key, params, now
+        )
+        if (prior := once.prior(session)) is not None:
+            return prior
         if session.get(FundingPreference, user) is None:
             session.execute(
                 insert(FundingPreference).values(user_id=user, source_order=auth_ids, updated_at=now)
@@ -255,9 +256,7 @@ class UsageService:
                 .where(FundingPreference.user_id == user)
                 .values(source_order=auth_ids, updated_at=now)
             )
-        views = self.funding_sources(session, user)
-        idempotency.remember(session, scope, key, params, [v.model_dump(mode="json") for v in views], now)
-        return views
+        return once.remember(session, self.funding_sources(session, user))
 
     def entitlements(
         self, session: Session, user_id: str, guild_id: str | None, context: str

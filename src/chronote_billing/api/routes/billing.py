@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.api.deps import (
+    AccountsRead,
+    BillingWrite,
+    ContainerDep,
+    IdempotencyKeyDep,
+)
 from chronote_billing.api.responses import PAYMENT_PROVIDER_ERROR, problems
 from chronote_billing.catalog.service import PlanScopeMismatch, UnknownPlan
 from chronote_billing.core.errors import NotFound
@@ -43,9 +48,8 @@ def get_catalog(container: ContainerDep) -> CatalogView:
     responses=problems(NotFound),
 )
 def get_subscription(
-    account_id: AccountId, container: ContainerDep, principal: PrincipalDep
+    account_id: AccountId, container: ContainerDep, principal: AccountsRead
 ) -> SubscriptionView:
-    principal.require_scope("accounts:read")
     return container.billing.get_subscription(principal, account_id)
 
 
@@ -60,10 +64,9 @@ def start_checkout(
     account_id: AccountId,
     body: CheckoutRequest,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: BillingWrite,
     key: IdempotencyKeyDep,
 ) -> CheckoutView:
-    principal.require_scope("billing:write")
     return container.billing.start_checkout(
         principal,
         account_id,
@@ -96,10 +99,9 @@ def change_plan(
     account_id: AccountId,
     body: PlanChangeRequest,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: BillingWrite,
     key: IdempotencyKeyDep,
 ) -> PlanChangeView:
-    principal.require_scope("billing:write")
     return container.billing.change_plan(
         principal, account_id, plan_id=body.plan, interval=body.interval, idempotency_key=key
     )
@@ -112,9 +114,8 @@ def change_plan(
     responses=problems(NotFound, NoSubscription, PAYMENT_PROVIDER_ERROR),
 )
 def cancel_subscription(
-    account_id: AccountId, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    account_id: AccountId, container: ContainerDep, principal: BillingWrite, key: IdempotencyKeyDep
 ) -> CancelView:
-    principal.require_scope("billing:write")
     return container.billing.cancel(principal, account_id, idempotency_key=key)
 
 
@@ -128,11 +129,10 @@ def cancel_subscription(
 def portal_session(
     account_id: AccountId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: BillingWrite,
     key: IdempotencyKeyDep,
     body: PortalRequest | None = None,
 ) -> PortalSessionView:
-    principal.require_scope("billing:write")
     return container.billing.open_customer_portal(
         principal, account_id, idempotency_key=key, return_url=body.return_url if body else None
     )

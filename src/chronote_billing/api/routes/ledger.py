@@ -6,12 +6,20 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from sqlalchemy.orm import Session
 
-from chronote_billing.access.service import require_manage, require_view
+from chronote_billing.access.service import Principal, require_manage, require_view
 from chronote_billing.accounts.schemas import AccountView
-from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.api.deps import (
+    AccountsRead,
+    ContainerDep,
+    GrantsWrite,
+    HoldsWrite,
+    IdempotencyKeyDep,
+)
 from chronote_billing.api.responses import problems
 from chronote_billing.balances import service as balances
+from chronote_billing.container import Container
 from chronote_billing.core.errors import (
     HoldAlreadySettled,
     HoldExpired,
@@ -109,10 +117,8 @@ class HoldRelease(StrictModel):
     summary="Find or create the billing account of a payer",
     responses=problems(),
 )
-def resolve_account(body: AccountLookup, container: ContainerDep, principal: PrincipalDep) -> AccountView:
-    principal.require_scope("accounts:read")
-
-    def work(session):  # type: ignore[no-untyped-def]
+def resolve_account(body: AccountLookup, container: ContainerDep, principal: AccountsRead) -> AccountView:
+    def work(session: Session) -> AccountView:
         account = container.accounts.get_or_create(session, body.kind, body.owner_ref, body.display_name)
         # Raises before commit: nobody creates or renames an account they may not manage.
         require_manage(session, principal, account)
@@ -127,10 +133,8 @@ def resolve_account(body: AccountLookup, container: ContainerDep, principal: Pri
     summary="A billing account",
     responses=problems(NotFound),
 )
-def get_account(account_id: AccountId, container: ContainerDep, principal: PrincipalDep) -> AccountView:
-    principal.require_scope("accounts:read")
-
-    def work(session):  # type: ignore[no-untyped-def]
+def get_account(account_id: AccountId, container: ContainerDep, principal: AccountsRead) -> AccountView:
+    def work(session: Session) -> AccountView:
         account = container.accounts.get(session, account_id)
         require_view(session, principal, account)
         return container.accounts.view(account)
@@ -144,10 +148,8 @@ def get_account(account_id: AccountId, container: ContainerDep, principal: Princ
     summary="Available, held and per-grant balance",
     responses=problems(NotFound),
 )
-def get_balance(account_id: AccountId, container: ContainerDep, principal: PrincipalDep) -> BalanceView:
-    principal.require_scope("accounts:read")
-
-    def work(session):  # type: ignore[no-untyped-def]
+def get_balance(account_id: AccountId, container: ContainerDep, principal: AccountsRead) -> BalanceView:
+    def work(session: Session) -> BalanceView:
         account = container.accounts.get(session, account_id)
         require_view(session, principal, account)
         return balances.available_balance(session, container.ledger, account, container.catalog)
@@ -164,7 +166,7 @@ def get_balance(account_id: AccountId, container: ContainerDep, principal: Princ
 def get_economic_statement(
     account_id: AccountId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: AccountsRead,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: Annotated[
         str | None,
@@ -175,9 +177,7 @@ def get_economic_statement(
         ),
     ] = None,
 ) -> EconomicStatementPage:
-    principal.require_scope("accounts:read")
-
-    def work(session):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> EconomicStatementPage:
         account = container.accounts.get(session, account_id)
         require_view(session, principal, account)
         return balances.statement(
@@ -200,15 +200,13 @@ def get_economic_statement(
 def get_statement(
     account_id: AccountId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: AccountsRead,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: Annotated[
         int | None, Query(ge=0, le=BIGINT_MAX, description="Cursor: the last line id of the previous page.")
     ] = None,
 ) -> StatementPage:
-    principal.require_scope("accounts:read")
-
-    def work(session):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> StatementPage:
         require_view(session, principal, container.accounts.get(session, account_id))
         return container.ledger.statement(session, account_id, limit, starting_after)
 
@@ -221,10 +219,8 @@ def get_statement(
     summary="Grants, newest first",
     responses=problems(NotFound),
 )
-def list_grants(account_id: AccountId, container: ContainerDep, principal: PrincipalDep) -> list[GrantView]:
-    principal.require_scope("accounts:read")
-
-    def work(session):  # type: ignore[no-untyped-def]
+def list_grants(account_id: AccountId, container: ContainerDep, principal: AccountsRead) -> list[GrantView]:
+    def work(session: Session) -> list[GrantView]:
         require_view(session, principal, container.accounts.get(session, account_id))
         return container.ledger.list_grants(session, account_id)
 
@@ -242,12 +238,10 @@ def create_grant(
     account_id: AccountId,
     body: GrantCreate,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: GrantsWrite,
     key: IdempotencyKeyDep,
 ) -> GrantView:
-    principal.require_scope("grants:write")
-
-    def work(session):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> GrantView:
         container.accounts.get(session, account_id)
         return container.ledger.issue_grant(
             session,
@@ -277,11 +271,9 @@ def place_hold(
     account_id: AccountId,
     body: HoldCreate,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: HoldsWrite,
     key: IdempotencyKeyDep,
 ) -> HoldView:
-    principal.require_scope("holds:write")
-
     container.db.read(lambda s: require_manage(s, principal, container.accounts.get(s, account_id)))
     # The hold is a unit of work of its own: one round trip on PostgreSQL (decision 0023).
     return container.ledger.commit_place_hold(
@@ -297,7 +289,7 @@ def place_hold(
     )
 
 
-def _hold_access(container: ContainerDep, principal: PrincipalDep, session, hold_id: str) -> None:  # type: ignore[no-untyped-def]
+def _hold_access(container: Container, principal: Principal, session: Session, hold_id: str) -> None:
     """Settling a raw hold needs the right to manage its account; a recording's hold is settled
     through its recording, which keeps the recording and its hold in step (decision 0029)."""
     hold = container.ledger.get_hold(session, hold_id)
@@ -312,10 +304,8 @@ def _hold_access(container: ContainerDep, principal: PrincipalDep, session, hold
 
 
 @router.get("/holds/{hold_id}", response_model=HoldView, summary="A hold", responses=problems(NotFound))
-def get_hold(hold_id: HoldId, container: ContainerDep, principal: PrincipalDep) -> HoldView:
-    principal.require_scope("accounts:read")
-
-    def work(session):  # type: ignore[no-untyped-def]
+def get_hold(hold_id: HoldId, container: ContainerDep, principal: AccountsRead) -> HoldView:
+    def work(session: Session) -> HoldView:
         hold = container.ledger.get_hold(session, hold_id)
         require_view(session, principal, container.accounts.get(session, hold.account_id))
         return hold
@@ -335,12 +325,10 @@ def extend_hold(
     hold_id: HoldId,
     body: HoldExtend,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: HoldsWrite,
     key: IdempotencyKeyDep,
 ) -> HoldView:
-    principal.require_scope("holds:write")
-
-    def work(session):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> HoldView:
         _hold_access(container, principal, session, hold_id)
         return container.ledger.extend_hold(
             session,
@@ -365,11 +353,9 @@ def capture_hold(
     hold_id: HoldId,
     body: HoldCapture,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: HoldsWrite,
     key: IdempotencyKeyDep,
 ) -> HoldView:
-    principal.require_scope("holds:write")
-
     container.db.read(lambda s: _hold_access(container, principal, s, hold_id))
     return container.ledger.commit_capture_hold(
         container.db, hold_id=hold_id, amount=body.amount, idempotency_key=key, reason=body.reason
@@ -385,13 +371,11 @@ def capture_hold(
 def release_hold(
     hold_id: HoldId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: HoldsWrite,
     key: IdempotencyKeyDep,
     body: HoldRelease | None = None,
 ) -> HoldView:
-    principal.require_scope("holds:write")
-
-    def work(session):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> HoldView:
         _hold_access(container, principal, session, hold_id)
         return container.ledger.release_hold(
             session, hold_id=hold_id, idempotency_key=key, reason=body.reason if body else None

@@ -6,9 +6,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import require_manage
-from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.api.deps import (
+    AccountsRead,
+    BillingWrite,
+    ContainerDep,
+    IdempotencyKeyDep,
+    Operator,
+)
 from chronote_billing.api.responses import problems
 from chronote_billing.core.errors import NotFound
 from chronote_billing.core.validation import AccountId, CatalogRef, Count, NotificationId, WholeNumber
@@ -57,11 +64,9 @@ class AutoRechargeUpdate(StrictModel):
     responses=problems(NotFound),
 )
 def get_alert_settings(
-    account_id: AccountId, container: ContainerDep, principal: PrincipalDep
+    account_id: AccountId, container: ContainerDep, principal: AccountsRead
 ) -> AlertSettingsView:
-    principal.require_scope("accounts:read")
-
-    def work(session):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> AlertSettingsView:
         require_manage(session, principal, container.accounts.get(session, account_id))
         return container.notifications.get_settings(session, account_id).alerts
 
@@ -78,12 +83,10 @@ def put_alert_settings(
     account_id: AccountId,
     body: AlertSettingsUpdate,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: BillingWrite,
     key: IdempotencyKeyDep,
 ) -> AlertSettingsView:
-    principal.require_scope("billing:write")
-
-    def work(session):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> AlertSettingsView:
         require_manage(session, principal, container.accounts.get(session, account_id))
         return container.notifications.set_alert_settings(
             session,
@@ -102,11 +105,9 @@ def put_alert_settings(
     responses=problems(NotFound),
 )
 def get_auto_recharge(
-    account_id: AccountId, container: ContainerDep, principal: PrincipalDep
+    account_id: AccountId, container: ContainerDep, principal: AccountsRead
 ) -> AutoRechargeView:
-    principal.require_scope("accounts:read")
-
-    def work(session):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> AutoRechargeView:
         require_manage(session, principal, container.accounts.get(session, account_id))
         return container.notifications.get_settings(session, account_id).auto_recharge
 
@@ -127,12 +128,10 @@ def put_auto_recharge(
     account_id: AccountId,
     body: AutoRechargeUpdate,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: BillingWrite,
     key: IdempotencyKeyDep,
 ) -> AutoRechargeView:
-    principal.require_scope("billing:write")
-
-    def work(session):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> AutoRechargeView:
         require_manage(session, principal, container.accounts.get(session, account_id))
         return container.notifications.set_auto_recharge(
             session,
@@ -156,7 +155,7 @@ def put_auto_recharge(
 )
 def list_notifications(
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: Operator,
     status: Annotated[Literal["pending", "delivered", "dead"] | None, Query()] = None,
     kind: Annotated[Literal["event", "job"] | None, Query()] = None,
     account_id: Annotated[AccountId | None, Query()] = None,
@@ -165,7 +164,6 @@ def list_notifications(
         NotificationId | None, Query(description="Cursor: the last id of the previous page.")
     ] = None,
 ) -> OutboxPage:
-    principal.require_scope("operator")
     return container.db.read(
         lambda s: container.notifications.list_outbox(
             s,
@@ -185,9 +183,8 @@ def list_notifications(
     responses=problems(NotFound),
 )
 def get_notification(
-    notification_id: NotificationId, container: ContainerDep, principal: PrincipalDep
+    notification_id: NotificationId, container: ContainerDep, principal: Operator
 ) -> OutboxEntryView:
-    principal.require_scope("operator")
     return container.db.read(lambda s: container.notifications.get_entry(s, notification_id))
 
 

@@ -13,10 +13,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from chronote_billing.access.service import Principal
-from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, OrgsRead, OrgsWrite
 from chronote_billing.api.responses import problems
-from chronote_billing.core.errors import NotFound, PermissionDenied
+from chronote_billing.core.errors import NotFound
 from chronote_billing.core.validation import (
     AuthorizationId,
     CapCredits,
@@ -35,7 +34,6 @@ from chronote_billing.orgs.schemas import (
     ServerView,
 )
 from chronote_billing.orgs.service import (
-    ADMIN_ROLES,
     UNSET,
     AlreadyMember,
     AuthorizationExists,
@@ -46,7 +44,6 @@ from chronote_billing.orgs.service import (
     ServerAlreadyLinked,
     ServerNotLinked,
     UnknownCaptureSource,
-    member_role,
 )
 
 router = APIRouter(prefix="/v1", tags=["organizations"])
@@ -90,19 +87,6 @@ class AuthorizationUpdate(StrictModel):
     valid_until: Moment | None = None
 
 
-def _require_member(session: Session, principal: Principal, org_id: OrgId, admin: bool) -> None:
-    if principal.is_operator:
-        return
-    user = principal.require_user()
-    role = member_role(session, org_id, user)
-    if role is None or (admin and role not in ADMIN_ROLES):
-        needed = "owner or billing_admin" if admin else "member"
-        raise PermissionDenied(
-            f"Needs the {needed} role in organization {org_id}.",
-            missing_permission=f"role {needed} in organization {org_id}",
-        )
-
-
 @router.post(
     "/orgs",
     response_model=OrgView,
@@ -111,9 +95,8 @@ def _require_member(session: Session, principal: Principal, org_id: OrgId, admin
     responses=problems(),
 )
 def create_org(
-    body: OrgCreate, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    body: OrgCreate, container: ContainerDep, principal: OrgsWrite, key: IdempotencyKeyDep
 ) -> OrgView:
-    principal.require_scope("orgs:write")
     user = principal.require_user()
     return container.db.write(
         lambda s: container.orgs.create_org(s, actor_user_id=user, name=body.name, idempotency_key=key)
@@ -126,20 +109,17 @@ def create_org(
     summary="Organizations of the acting user",
     responses=problems(),
 )
-def my_orgs(container: ContainerDep, principal: PrincipalDep) -> list[MembershipView]:
-    principal.require_scope("orgs:read")
+def my_orgs(container: ContainerDep, principal: OrgsRead) -> list[MembershipView]:
     user = principal.require_user()
     return container.db.read(lambda s: container.orgs.memberships(s, user))
 
 
 @router.get("/orgs/{org_id}", response_model=OrgView, summary="An organization", responses=problems(NotFound))
-def get_org(org_id: OrgId, container: ContainerDep, principal: PrincipalDep) -> OrgView:
-    principal.require_scope("orgs:read")
-
+def get_org(org_id: OrgId, container: ContainerDep, principal: OrgsRead) -> OrgView:
     def work(session: Session) -> OrgView:
-        view = container.orgs.org_view(session, org_id)
-        _require_member(session, principal, org_id, admin=False)
-        return view
+        return container.orgs.org_view_of(
+            container.orgs.readable_org(session, principal, org_id, admin=False)
+        )
 
     return container.db.read(work)
 
@@ -150,12 +130,9 @@ def get_org(org_id: OrgId, container: ContainerDep, principal: PrincipalDep) -> 
     summary="Members and roles",
     responses=problems(NotFound),
 )
-def list_members(org_id: OrgId, container: ContainerDep, principal: PrincipalDep) -> list[MemberView]:
-    principal.require_scope("orgs:read")
-
+def list_members(org_id: OrgId, container: ContainerDep, principal: OrgsRead) -> list[MemberView]:
     def work(session: Session) -> list[MemberView]:
-        container.orgs.get_org(session, org_id)
-        _require_member(session, principal, org_id, admin=True)
+        container.orgs.readable_org(session, principal, org_id, admin=True)
         return container.orgs.list_members(session, org_id)
 
     return container.db.read(work)
@@ -169,9 +146,8 @@ def list_members(org_id: OrgId, container: ContainerDep, principal: PrincipalDep
     responses=problems(NotFound, AlreadyMember),
 )
 def add_member(
-    org_id: OrgId, body: MemberAdd, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    org_id: OrgId, body: MemberAdd, container: ContainerDep, principal: OrgsWrite, key: IdempotencyKeyDep
 ) -> MemberView:
-    principal.require_scope("orgs:write")
     user = principal.require_user()
     return container.db.write(
         lambda s: container.orgs.add_member(
@@ -191,10 +167,9 @@ def set_role(
     user_id: DiscordId,
     body: RoleChange,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: OrgsWrite,
     key: IdempotencyKeyDep,
 ) -> MemberView:
-    principal.require_scope("orgs:write")
     actor = principal.require_user()
     return container.db.write(
         lambda s: container.orgs.set_role(
@@ -213,10 +188,9 @@ def remove_member(
     org_id: OrgId,
     user_id: DiscordId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: OrgsWrite,
     key: IdempotencyKeyDep,
 ) -> MemberView:
-    principal.require_scope("orgs:write")
     actor = principal.require_user()
     return container.db.write(
         lambda s: container.orgs.remove_member(
@@ -231,12 +205,9 @@ def remove_member(
     summary="Linked servers",
     responses=problems(NotFound),
 )
-def list_servers(org_id: OrgId, container: ContainerDep, principal: PrincipalDep) -> list[ServerView]:
-    principal.require_scope("orgs:read")
-
+def list_servers(org_id: OrgId, container: ContainerDep, principal: OrgsRead) -> list[ServerView]:
     def work(session: Session) -> list[ServerView]:
-        container.orgs.get_org(session, org_id)
-        _require_member(session, principal, org_id, admin=True)
+        container.orgs.readable_org(session, principal, org_id, admin=True)
         return container.orgs.list_servers(session, org_id)
 
     return container.db.read(work)
@@ -250,9 +221,8 @@ def list_servers(org_id: OrgId, container: ContainerDep, principal: PrincipalDep
     responses=problems(NotFound, ServerAlreadyLinked),
 )
 def link_server(
-    org_id: OrgId, body: ServerLink, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    org_id: OrgId, body: ServerLink, container: ContainerDep, principal: OrgsWrite, key: IdempotencyKeyDep
 ) -> ServerView:
-    principal.require_scope("orgs:write")
     actor = principal.require_user()
     return container.db.write(
         lambda s: container.orgs.link_server(
@@ -276,10 +246,9 @@ def unlink_server(
     org_id: OrgId,
     guild_id: DiscordId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: OrgsWrite,
     key: IdempotencyKeyDep,
 ) -> ServerView:
-    principal.require_scope("orgs:write")
     actor = principal.require_user()
     return container.db.write(
         lambda s: container.orgs.unlink_server(
@@ -299,13 +268,10 @@ def unlink_server(
     responses=problems(NotFound),
 )
 def list_authorizations(
-    org_id: OrgId, container: ContainerDep, principal: PrincipalDep
+    org_id: OrgId, container: ContainerDep, principal: OrgsRead
 ) -> list[AuthorizationView]:
-    principal.require_scope("orgs:read")
-
     def work(session: Session) -> list[AuthorizationView]:
-        container.orgs.get_org(session, org_id)
-        _require_member(session, principal, org_id, admin=True)
+        container.orgs.readable_org(session, principal, org_id, admin=True)
         return container.orgs.list_authorizations(session, org_id)
 
     return container.db.read(work)
@@ -329,10 +295,9 @@ def create_authorization(
     org_id: OrgId,
     body: AuthorizationCreate,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: OrgsWrite,
     key: IdempotencyKeyDep,
 ) -> AuthorizationView:
-    principal.require_scope("orgs:write")
     actor = principal.require_user()
     return container.db.write(
         lambda s: container.orgs.create_authorization(
@@ -360,10 +325,9 @@ def update_authorization(
     authorization_id: AuthorizationId,
     body: AuthorizationUpdate,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: OrgsWrite,
     key: IdempotencyKeyDep,
 ) -> AuthorizationView:
-    principal.require_scope("orgs:write")
     actor = principal.require_user()
     sent = body.model_fields_set
     return container.db.write(
@@ -388,10 +352,9 @@ def update_authorization(
 def revoke_authorization(
     authorization_id: AuthorizationId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: OrgsWrite,
     key: IdempotencyKeyDep,
 ) -> AuthorizationView:
-    principal.require_scope("orgs:write")
     actor = principal.require_user()
     return container.db.write(
         lambda s: container.orgs.revoke_authorization(
@@ -409,14 +372,11 @@ def revoke_authorization(
 def audit_log(
     org_id: OrgId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: OrgsRead,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEntryView]:
-    principal.require_scope("orgs:read")
-
     def work(session: Session) -> list[AuditEntryView]:
-        container.orgs.get_org(session, org_id)
-        _require_member(session, principal, org_id, admin=True)
+        container.orgs.readable_org(session, principal, org_id, admin=True)
         return container.orgs.audit_log(session, org_id, limit)
 
     return container.db.read(work)

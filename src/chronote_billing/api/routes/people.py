@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from chronote_billing.accounts.service import check_snowflake
-from chronote_billing.api.deps import ContainerDep, PrincipalDep
+from chronote_billing.api.deps import AccountsRead, ContainerDep
 from chronote_billing.api.responses import problems
 from chronote_billing.core.validation import DiscordId
 from chronote_billing.people.export import UnknownPerson, collect, require_self_or_operator, to_csv, to_json
@@ -26,10 +26,9 @@ router = APIRouter(prefix="/v1", tags=["people"])
 def export_person(
     user_id: DiscordId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: AccountsRead,
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
 ) -> Response:
-    principal.require_scope("accounts:read")
     user = check_snowflake(user_id, "user_id")
     require_self_or_operator(principal, user)
     document = container.db.read(lambda s: collect(s, container.clock, container.ledger, user))

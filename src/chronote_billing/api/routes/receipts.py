@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from chronote_billing.api.deps import ContainerDep, PrincipalDep
+from chronote_billing.api.deps import AccountsRead, ContainerDep
 from chronote_billing.api.responses import PAYMENT_PROVIDER_ERROR, problems
 from chronote_billing.core.errors import NotFound
 from chronote_billing.core.validation import AccountId
@@ -22,9 +22,8 @@ router = APIRouter(prefix="/v1", tags=["billing"])
     responses=problems(NotFound, PAYMENT_PROVIDER_ERROR),
 )
 def list_invoices(
-    account_id: AccountId, container: ContainerDep, principal: PrincipalDep
+    account_id: AccountId, container: ContainerDep, principal: AccountsRead
 ) -> BillingDocumentList:
-    principal.require_scope("accounts:read")
     return container.billing.documents(principal, account_id)
 
 

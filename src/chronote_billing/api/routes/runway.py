@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import require_view
-from chronote_billing.api.deps import ContainerDep, PrincipalDep
+from chronote_billing.api.deps import AccountsRead, ContainerDep
 from chronote_billing.api.responses import problems
 from chronote_billing.core.errors import NotFound
 from chronote_billing.core.validation import AccountId
@@ -25,9 +25,7 @@ router = APIRouter(prefix="/v1", tags=["accounts"])
     "3 days of history) says so and gives no date.",
     responses=problems(NotFound),
 )
-def get_runway(account_id: AccountId, container: ContainerDep, principal: PrincipalDep) -> RunwayView:
-    principal.require_scope("accounts:read")
-
+def get_runway(account_id: AccountId, container: ContainerDep, principal: AccountsRead) -> RunwayView:
     def work(session: Session) -> RunwayView:
         account = container.accounts.get(session, account_id)
         require_view(session, principal, account)

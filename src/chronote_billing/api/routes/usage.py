@@ -11,7 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy.orm import Session
 
 from chronote_billing.access.service import Principal, may_see_server_credits, require_view
-from chronote_billing.api.deps import ContainerDep, IdempotencyKeyDep, PrincipalDep
+from chronote_billing.api.deps import (
+    AccountsRead,
+    ContainerDep,
+    IdempotencyKeyDep,
+    RecordingsRead,
+    RecordingsWrite,
+    UsageWrite,
+)
 from chronote_billing.api.responses import USAGE_DECLINES, problems
 from chronote_billing.core.errors import HoldAlreadySettled, HoldExpired, NotFound, PermissionDenied
 from chronote_billing.core.validation import (
@@ -134,15 +141,7 @@ def _usage_request(body: RecordingStart, principal: Principal) -> UsageRequest:
                 missing_permission="an acting user (Chronote-Acting-User)",
             )
         return UsageRequest(user_id=None, **body.model_dump())
-    principal.require_scope("holds:write")
     return UsageRequest(user_id=principal.require_user(), **body.model_dump())
-
-
-def _require_recording_scope(principal: Principal, scope: str) -> None:
-    """Recording routes need their scope, or the auto-record scope without an acting user; who
-    may touch which recording is the usage service's check."""
-    if not (principal.user_id is None and principal.is_auto_recorder):
-        principal.require_scope(scope)
 
 
 @router.post(
@@ -151,7 +150,7 @@ def _require_recording_scope(principal: Principal, scope: str) -> None:
     summary="Who would pay, and why (places nothing)",
     responses=problems(USAGE_REQUEST_PROBLEMS),
 )
-def quote(body: RecordingStart, container: ContainerDep, principal: PrincipalDep) -> Decision:
+def quote(body: RecordingStart, container: ContainerDep, principal: RecordingsWrite) -> Decision:
     req = _usage_request(body, principal)
     return container.db.read(lambda s: container.usage.quote(s, req))
 
@@ -164,7 +163,7 @@ def quote(body: RecordingStart, container: ContainerDep, principal: PrincipalDep
     responses=problems(USAGE_REQUEST_PROBLEMS, USAGE_DECLINES, RecordingInProgress),
 )
 def start_recording(
-    body: RecordingStart, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    body: RecordingStart, container: ContainerDep, principal: RecordingsWrite, key: IdempotencyKeyDep
 ) -> Response:
     req = _usage_request(body, principal)
     return written(container.usage_writes.start(req, key), 201)
@@ -177,9 +176,8 @@ def start_recording(
     responses=problems(NotFound),
 )
 def get_recording(
-    recording_id: RecordingId, container: ContainerDep, principal: PrincipalDep
+    recording_id: RecordingId, container: ContainerDep, principal: RecordingsRead
 ) -> RecordingView:
-    _require_recording_scope(principal, "accounts:read")
     return container.db.read(lambda s: container.usage.get_recording(s, principal, recording_id))
 
 
@@ -195,10 +193,9 @@ def extend_recording(
     recording_id: RecordingId,
     body: RecordingExtend,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: RecordingsWrite,
     key: IdempotencyKeyDep,
 ) -> Response:
-    _require_recording_scope(principal, "holds:write")
     return written(
         container.usage_writes.extend(
             principal, recording_id, body.additional_minutes, key, body.allow_partial
@@ -218,10 +215,9 @@ def finish_recording(
     recording_id: RecordingId,
     body: RecordingFinish,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: RecordingsWrite,
     key: IdempotencyKeyDep,
 ) -> Response:
-    _require_recording_scope(principal, "holds:write")
     return written(container.usage_writes.finish(principal, recording_id, body.seconds_by_source, key))
 
 
@@ -232,9 +228,8 @@ def finish_recording(
     responses=problems(NotFound, RecordingNotOpen, HoldAlreadySettled),
 )
 def cancel_recording(
-    recording_id: RecordingId, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    recording_id: RecordingId, container: ContainerDep, principal: RecordingsWrite, key: IdempotencyKeyDep
 ) -> RecordingView:
-    _require_recording_scope(principal, "holds:write")
     return container.db.write(lambda s: container.usage.cancel_recording(s, principal, recording_id, key))
 
 
@@ -245,9 +240,8 @@ def cancel_recording(
     responses=problems(NotFound, RecordingNotOpen, HoldAlreadySettled),
 )
 def fail_recording(
-    recording_id: RecordingId, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    recording_id: RecordingId, container: ContainerDep, principal: RecordingsWrite, key: IdempotencyKeyDep
 ) -> RecordingView:
-    _require_recording_scope(principal, "holds:write")
     return container.db.write(lambda s: container.usage.fail_recording(s, principal, recording_id, key))
 
 
@@ -258,8 +252,7 @@ def fail_recording(
     summary="Charge a metered event (idempotent by event id)",
     responses=problems(USAGE_REQUEST_PROBLEMS, USAGE_DECLINES),
 )
-def charge_event(body: MeteredEvent, container: ContainerDep, principal: PrincipalDep) -> Response:
-    principal.require_scope("usage:write")
+def charge_event(body: MeteredEvent, container: ContainerDep, principal: UsageWrite) -> Response:
     req = EventRequest(user_id=principal.require_user(), **body.model_dump())
     return written(container.usage_writes.charge(req), 201)
 
@@ -275,10 +268,9 @@ def share_meeting(
     meeting_id: MeetingRef,
     body: ShareCreate,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: UsageWrite,
     key: IdempotencyKeyDep,
 ) -> AttributionView:
-    principal.require_scope("usage:write")
     user = principal.require_user()
     return container.db.write(
         lambda s: container.usage.record_share(
@@ -294,9 +286,8 @@ def share_meeting(
     responses=problems(NotFound),
 )
 def meeting_attribution(
-    meeting_id: MeetingRef, container: ContainerDep, principal: PrincipalDep
+    meeting_id: MeetingRef, container: ContainerDep, principal: RecordingsRead
 ) -> AttributionView:
-    _require_recording_scope(principal, "accounts:read")
     return container.db.read(lambda s: container.usage.meeting_attribution(s, principal, meeting_id))
 
 
@@ -308,11 +299,10 @@ def meeting_attribution(
 )
 def entitlements(
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: AccountsRead,
     context: Annotated[Literal["personal", "server"], Query()] = "personal",
     guild_id: Annotated[DiscordId | None, Query()] = None,
 ) -> EntitlementsView:
-    principal.require_scope("accounts:read")
     user = principal.require_user()
     view = container.db.read(lambda s: container.usage.entitlements(s, user, guild_id, context))
     if context == "server" and not may_see_server_credits(principal, view.guild_id):
@@ -324,8 +314,7 @@ def entitlements(
 @router.get(
     "/funding-sources", response_model=list[FundingSourceView], summary="The acting user's funding sources"
 )
-def funding_sources(container: ContainerDep, principal: PrincipalDep) -> list[FundingSourceView]:
-    principal.require_scope("accounts:read")
+def funding_sources(container: ContainerDep, principal: AccountsRead) -> list[FundingSourceView]:
     user = principal.require_user()
     return container.db.read(lambda s: container.usage.funding_sources(s, user))
 
@@ -337,9 +326,8 @@ def funding_sources(container: ContainerDep, principal: PrincipalDep) -> list[Fu
     responses=problems(NotFound, FundingSourceNotHeld),
 )
 def set_funding_order(
-    body: FundingOrder, container: ContainerDep, principal: PrincipalDep, key: IdempotencyKeyDep
+    body: FundingOrder, container: ContainerDep, principal: UsageWrite, key: IdempotencyKeyDep
 ) -> list[FundingSourceView]:
-    principal.require_scope("usage:write")
     user = principal.require_user()
     return container.db.write(lambda s: container.usage.set_default_order(s, user, body.order, key))
 
@@ -356,13 +344,11 @@ GroupBy = Literal["day", "source", "member", "server", "context"]
 def usage_report(
     account_id: AccountId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: AccountsRead,
     group_by: GroupBy = "day",
     since: Moment | None = None,
     until: Moment | None = None,
 ) -> UsageReport:
-    principal.require_scope("accounts:read")
-
     def work(session: Session) -> UsageReport:
         require_view(session, principal, container.accounts.get(session, account_id))
         return reports.usage_report(session, account_id, group_by, since, until)
@@ -378,13 +364,11 @@ def usage_report(
 def usage_csv(
     account_id: AccountId,
     container: ContainerDep,
-    principal: PrincipalDep,
+    principal: AccountsRead,
     group_by: GroupBy | None = None,
     since: Moment | None = None,
     until: Moment | None = None,
 ) -> Response:
-    principal.require_scope("accounts:read")
-
     def work(session: Session) -> str:
         require_view(session, principal, container.accounts.get(session, account_id))
         return reports.usage_csv(session, account_id, group_by, since, until)
