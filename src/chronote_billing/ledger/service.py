@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, literal_column, select, update
@@ -36,7 +36,26 @@ from chronote_billing.core.errors import (
 from chronote_billing.core.ids import new_id
 
 from .models import CapUsage, Debit, Grant, GrantFreeze, Hold, LedgerAccount, Transfer
-from .rules import approvable
+from .rules import (
+    GrantStatus,
+    HoldStatus,
+    Lot,
+    Phase,
+    Refusal,
+    SystemAccount,
+    TransferKind,
+    approve,
+    burn_order_key,
+    draw,
+    earliest,
+    hold_closing_status,
+    hold_refusal,
+    lot_has_expired,
+    lot_order_key,
+    shown_grant_status,
+    split_capture,
+    void_kind,
+)
 from .schemas import (
     BalanceView,
     CapUsageView,
@@ -60,7 +79,7 @@ from .statement import (
     signed_raw_amount,
 )
 
-SYSTEM_ACCOUNTS = ("issuance", "consumption", "breakage", "reversal")
+SYSTEM_ACCOUNTS = tuple(SystemAccount)
 GRANT_SOURCES = (
     "plan_allowance",
     "free_allowance",
@@ -71,7 +90,6 @@ GRANT_SOURCES = (
     "adjustment",
     "trial",
 )
-_NO_EXPIRY = datetime.min.replace(tzinfo=UTC)
 MAX_AMOUNT = 10**15  # millicredits; far above any real balance, below BIGINT's limit
 
 
@@ -104,34 +122,6 @@ class _Wallet:
     @property
     def posted(self) -> int:
         return self.credits_posted - self.debits_posted
-
-
-@dataclass
-class _Lot:
-    """A grant as the spend path sees it."""
-
-    id: str
-    remaining: int
-    held: int
-    priority: int
-    expires_at: datetime | None
-    created_at: datetime
-    dirty: bool = False
-
-    @property
-    def free(self) -> int:
-        return self.remaining - self.held
-
-
-def burn_order_key(
-    expires_at: datetime | None, priority: int, created_at: datetime, grant_id: str
-) -> tuple[Any, ...]:
-    """Earliest expiry first (no expiry last), then priority (lower first), then oldest.
-
-    Grants without expiry tie on the first two elements, so priority decides among them. The
-    fast-path functions (migration 0005) sort by the same key in SQL.
-    """
-    return (expires_at is None, expires_at or _NO_EXPIRY, priority, created_at, grant_id)
 
 
 def _check_amount(amount: Any, field: str = "amount", allow_zero: bool = False) -> int:
@@ -260,7 +250,7 @@ class LedgerService:
                 effective_at=effective,
                 expires_at=expires,
                 frozen_at=None,
-                status="active",
+                status=GrantStatus.ACTIVE,
                 cause_type=cause_type,
                 cause_id=cause_id,
                 description=description,
@@ -273,19 +263,19 @@ class LedgerService:
             [
                 self._transfer(
                     now,
-                    debit=self.system_account_id("issuance"),
+                    debit=self.system_account_id(SystemAccount.ISSUANCE),
                     credit=wallet.id,
                     wallet=wallet,
                     amount=amount,
-                    phase="posted",
-                    kind="grant",
+                    phase=Phase.POSTED,
+                    kind=TransferKind.GRANT,
                     grant_id=grant_id,
                     reason=description or f"{source.replace('_', ' ')} grant",
                 )
             ],
         )
         if expires is not None:
-            wallet.next_due_at = _earliest(wallet.next_due_at, expires)
+            wallet.next_due_at = earliest(wallet.next_due_at, expires)
         self._save_wallet(session, wallet)
         view = self._grant_view(session, grant_id, now)
         idempotency.remember(
@@ -301,7 +291,7 @@ class LedgerService:
         amount: int,
         idempotency_key: str,
         reason: str,
-        kind: str = "reversal",
+        kind: str = TransferKind.REVERSAL,
     ) -> ReversalView:
         """Take back up to ``amount`` of a grant's unspent, unheld credits (a refund, a correction).
 
@@ -330,10 +320,10 @@ class LedgerService:
                     self._transfer(
                         now,
                         debit=wallet.id,
-                        credit=self.system_account_id("reversal"),
+                        credit=self.system_account_id(SystemAccount.REVERSAL),
                         wallet=wallet,
                         amount=take,
-                        phase="posted",
+                        phase=Phase.POSTED,
                         kind=kind,
                         grant_id=grant_id,
                         reason=reason,
@@ -482,7 +472,7 @@ class LedgerService:
         full = HoldView(
             id=hold_id,
             account_id=account_id,
-            status="open",
+            status=HoldStatus.OPEN,
             amount_requested=amount,
             amount_held=amount,
             amount_captured=0,
@@ -508,7 +498,9 @@ class LedgerService:
 
             lots = self._lots(session, wallet.id, spendable_at=now)
             approved = self._approvable(session, wallet, lots, amount, allow_partial, cap, now)
-            draws, transfers = self._reserve(wallet, lots, approved, hold_id, "hold", reason or "hold", now)
+            draws, transfers = self._reserve(
+                wallet, lots, approved, hold_id, TransferKind.HOLD, reason or "hold", now
+            )
             _conn(session).execute(
                 insert(Hold).values(
                     id=hold_id,
@@ -517,7 +509,7 @@ class LedgerService:
                     amount_requested=amount,
                     amount_held=approved,
                     amount_captured=0,
-                    status="open",
+                    status=HoldStatus.OPEN,
                     expires_at=expires,
                     reason=reason,
                     metadata=metadata,
@@ -531,7 +523,7 @@ class LedgerService:
             self._save_lots(session, [lot for lot, _ in draws])
             if cap is not None and period is not None:
                 self._bump_cap(session, cap.cap_id, period, held=approved)
-            wallet.next_due_at = _earliest(wallet.next_due_at, expires)
+            wallet.next_due_at = earliest(wallet.next_due_at, expires)
             self._save_wallet(session, wallet)
             view = full.model_copy(update={"amount_held": approved, "partial": approved < amount})
             idempotency.remember(
@@ -650,7 +642,7 @@ class LedgerService:
                     expires_at=expires,
                 )
             )
-            wallet.next_due_at = _earliest(wallet.next_due_at, expires)
+            wallet.next_due_at = earliest(wallet.next_due_at, expires)
             self._save_wallet(session, wallet)
             view = self._hold_view(session, hold_id)
             view.partial = added < amount
@@ -706,11 +698,11 @@ class LedgerService:
                     field="amount",
                     amount_held=hold.amount_held,
                 )
-            self._resolve_hold(session, wallet, hold, amount, "captured", now, reason)
+            self._resolve_hold(session, wallet, hold, amount, HoldStatus.CAPTURED, now, reason)
             self._settle_due(session, wallet, now)
             self._save_wallet(session, wallet)
             view = self._hold_to_view(hold).model_copy(
-                update={"status": "captured", "amount_captured": amount, "settled_at": now}
+                update={"status": HoldStatus.CAPTURED, "amount_captured": amount, "settled_at": now}
             )
             idempotency.remember(session, scope, key, params, view.model_dump(mode="json"), now)
             return view
@@ -740,13 +732,13 @@ class LedgerService:
         prior = idempotency.lookup(session, f"ledger.hold_release:{wallet.billing_account_id}", key, params)
         if prior is not None:
             return HoldView.model_validate(prior)
-        if hold.status != "open":
+        if hold.status != HoldStatus.OPEN:
             raise HoldAlreadySettled(
                 f"Hold '{hold_id}' is already {hold.status}.", hold_id=hold_id, status=hold.status
             )
         # Releasing a hold that ran past its expiry is harmless: it frees the same credits the
         # sweep would, so it is allowed and recorded as an expiry.
-        status = "expired" if hold.expires_at <= now else "released"
+        status = hold_closing_status(hold.expires_at, now)
         self._resolve_hold(session, wallet, hold, 0, status, now, reason)
         self._settle_due(session, wallet, now)
         self._save_wallet(session, wallet)
@@ -844,11 +836,11 @@ class LedgerService:
                     self._transfer(
                         now,
                         debit=wallet.id,
-                        credit=self.system_account_id("consumption"),
+                        credit=self.system_account_id(SystemAccount.CONSUMPTION),
                         wallet=wallet,
                         amount=take,
-                        phase="posted",
-                        kind="debit",
+                        phase=Phase.POSTED,
+                        kind=TransferKind.DEBIT,
                         grant_id=lot.id,
                         debit_id=debit_id,
                         reason=reason or "debit",
@@ -981,7 +973,7 @@ class LedgerService:
         stale = self._stale_held_by_grant(session, wallet.id, now, wallet.next_due_at)
         query = select(Grant).where(Grant.wallet_account_id == wallet.id)
         if not include_closed:
-            query = query.where(Grant.status == "active")
+            query = query.where(Grant.status == GrantStatus.ACTIVE)
         rows = session.execute(query.order_by(Grant.created_at.desc(), Grant.id.desc())).scalars()
         return [self._grant_to_view(g, now, stale.get(g.id, 0)) for g in rows]
 
@@ -1235,13 +1227,14 @@ class LedgerService:
 
     @staticmethod
     def _check_open(hold: Hold, now: datetime, action: str) -> None:
-        if hold.status == "expired" or (hold.status == "open" and hold.expires_at <= now):
+        refusal = hold_refusal(hold.status, hold.expires_at, now)
+        if refusal == HoldStatus.EXPIRED:
             raise HoldExpired(
                 f"Cannot {action} hold '{hold.id}': it expired at {hold.expires_at.isoformat()}.",
                 hold_id=hold.id,
                 expired_at=hold.expires_at.isoformat(),
             )
-        if hold.status != "open":
+        if refusal is not None:
             raise HoldAlreadySettled(
                 f"Cannot {action} hold '{hold.id}': it is already {hold.status}.",
                 hold_id=hold.id,
@@ -1254,14 +1247,14 @@ class LedgerService:
         wallet_id: str,
         spendable_at: datetime | None = None,
         ids: Sequence[str] | None = None,
-    ) -> list[_Lot]:
+    ) -> list[Lot]:
         query = select(
             Grant.id, Grant.remaining, Grant.held, Grant.priority, Grant.expires_at, Grant.created_at
         ).where(Grant.wallet_account_id == wallet_id)
         if ids is not None:
             query = query.where(Grant.id.in_(list(ids)))
         else:
-            query = query.where(Grant.status == "active")
+            query = query.where(Grant.status == GrantStatus.ACTIVE)
         if spendable_at is not None:
             query = query.where(
                 Grant.frozen_at.is_(None),
@@ -1269,7 +1262,7 @@ class LedgerService:
                 (Grant.expires_at.is_(None)) | (Grant.expires_at > spendable_at),
             )
         lots = [
-            _Lot(
+            Lot(
                 id=r.id,
                 remaining=r.remaining,
                 held=r.held,
@@ -1279,14 +1272,14 @@ class LedgerService:
             )
             for r in _conn(session).execute(query)
         ]
-        lots.sort(key=lambda lot: burn_order_key(lot.expires_at, lot.priority, lot.created_at, lot.id))
+        lots.sort(key=lot_order_key)
         return lots
 
     def _approvable(
         self,
         session: Session,
         wallet: _Wallet,
-        lots: list[_Lot],
+        lots: list[Lot],
         amount: int,
         allow_partial: bool,
         cap: CapSpec | None,
@@ -1307,12 +1300,10 @@ class LedgerService:
                 .first()
             )
             room = max(0, cap.limit - ((usage.held + usage.used) if usage else 0))
-        can = approvable(available, room)
-        if amount <= can:
-            return amount
-        if allow_partial and can > 0:
-            return can
-        if room is not None and room < min(amount, available):
+        decision = approve(amount, available, room, allow_partial)
+        if not isinstance(decision, Refusal):
+            return decision
+        if decision == Refusal.CAP_REACHED:
             raise CapReached(
                 f"The spend cap allows {room} more millicredits this month; {amount} were requested.",
                 requested=amount,
@@ -1333,7 +1324,7 @@ class LedgerService:
         wallet: _Wallet,
         hold: Hold,
         capture: int,
-        status: str,
+        status: HoldStatus,
         now: datetime,
         reason: str | None,
     ) -> None:
@@ -1341,7 +1332,7 @@ class LedgerService:
             _conn(session)
             .execute(
                 select(Transfer.id, Transfer.amount, Transfer.grant_id).where(
-                    Transfer.hold_id == hold.id, Transfer.phase == "pending"
+                    Transfer.hold_id == hold.id, Transfer.phase == Phase.PENDING
                 )
             )
             .all()
@@ -1361,13 +1352,11 @@ class LedgerService:
                 p.id,
             ),
         )
-        left = capture
         transfers = []
         label = reason or hold.reason
-        for p in ordered:
+        takes = split_capture(capture, [p.amount for p in ordered])
+        for p, take in zip(ordered, takes, strict=True):
             lot = lots[p.grant_id]
-            take = min(left, p.amount)
-            left -= take
             lot.held -= p.amount
             lot.remaining -= take
             wallet.debits_pending -= p.amount
@@ -1377,12 +1366,12 @@ class LedgerService:
                     self._transfer(
                         now,
                         debit=wallet.id,
-                        credit=self.system_account_id("consumption"),
+                        credit=self.system_account_id(SystemAccount.CONSUMPTION),
                         wallet=wallet,
                         amount=take,
-                        phase="post",
+                        phase=Phase.POST,
                         pending_id=p.id,
-                        kind="capture",
+                        kind=TransferKind.CAPTURE,
                         grant_id=p.grant_id,
                         hold_id=hold.id,
                         reason=label or "capture",
@@ -1393,12 +1382,12 @@ class LedgerService:
                     self._transfer(
                         now,
                         debit=wallet.id,
-                        credit=self.system_account_id("consumption"),
+                        credit=self.system_account_id(SystemAccount.CONSUMPTION),
                         wallet=wallet,
                         amount=p.amount,
-                        phase="void",
+                        phase=Phase.VOID,
                         pending_id=p.id,
-                        kind="hold_expiry" if status == "expired" else "release",
+                        kind=void_kind(status),
                         grant_id=p.grant_id,
                         hold_id=hold.id,
                         reason=label or status,
@@ -1406,7 +1395,7 @@ class LedgerService:
                 )
         # Part of a grant that expired while this hold reserved it is now free: it is breakage.
         for lot in lots.values():
-            if lot.expires_at is not None and lot.expires_at <= now and lot.free > 0:
+            if lot_has_expired(lot, now):
                 transfers.append(self._expire_lot(wallet, lot, now))
         self._insert_transfers(session, transfers)
         self._save_lots(session, list(lots.values()))
@@ -1421,13 +1410,13 @@ class LedgerService:
     def _reserve(
         self,
         wallet: _Wallet,
-        lots: list[_Lot],
+        lots: list[Lot],
         amount: int,
         hold_id: str,
         kind: str,
         reason: str,
         now: datetime,
-    ) -> tuple[list[tuple[_Lot, int]], list[dict[str, Any]]]:
+    ) -> tuple[list[tuple[Lot, int]], list[dict[str, Any]]]:
         """Draw ``amount`` from the lots in burn order as pending transfers of one hold."""
         draws = _draw(lots, amount)
         transfers = []
@@ -1437,10 +1426,10 @@ class LedgerService:
                 self._transfer(
                     now,
                     debit=wallet.id,
-                    credit=self.system_account_id("consumption"),
+                    credit=self.system_account_id(SystemAccount.CONSUMPTION),
                     wallet=wallet,
                     amount=take,
-                    phase="pending",
+                    phase=Phase.PENDING,
                     kind=kind,
                     grant_id=lot.id,
                     hold_id=hold_id,
@@ -1450,18 +1439,18 @@ class LedgerService:
         wallet.debits_pending += amount
         return draws, transfers
 
-    def _expire_lot(self, wallet: _Wallet, lot: _Lot, now: datetime) -> dict[str, Any]:
+    def _expire_lot(self, wallet: _Wallet, lot: Lot, now: datetime) -> dict[str, Any]:
         amount = lot.free
         lot.remaining -= amount
         wallet.debits_posted += amount
         return self._transfer(
             now,
             debit=wallet.id,
-            credit=self.system_account_id("breakage"),
+            credit=self.system_account_id(SystemAccount.BREAKAGE),
             wallet=wallet,
             amount=amount,
-            phase="posted",
-            kind="expiry",
+            phase=Phase.POSTED,
+            kind=TransferKind.EXPIRY,
             grant_id=lot.id,
             reason=f"expired credits (expired {lot.expires_at:%Y-%m-%d %H:%M} UTC)"
             if lot.expires_at
@@ -1479,13 +1468,9 @@ class LedgerService:
             .execution_options(populate_existing=True)
         ).scalars()
         for hold in list(expired_holds):
-            self._resolve_hold(session, wallet, hold, 0, "expired", now, "hold expired unsettled")
+            self._resolve_hold(session, wallet, hold, 0, HoldStatus.EXPIRED, now, "hold expired unsettled")
             settled += 1
-        lots = [
-            lot
-            for lot in self._lots(session, wallet.id)
-            if lot.expires_at is not None and lot.expires_at <= now and lot.free > 0
-        ]
+        lots = [lot for lot in self._lots(session, wallet.id) if lot_has_expired(lot, now)]
         if lots:
             self._insert_transfers(session, [self._expire_lot(wallet, lot, now) for lot in lots])
             self._save_lots(session, lots)
@@ -1501,12 +1486,14 @@ class LedgerService:
             _conn(session)
             .execute(
                 select(func.min(Grant.expires_at)).where(
-                    Grant.wallet_account_id == wallet.id, Grant.status == "active", Grant.expires_at > now
+                    Grant.wallet_account_id == wallet.id,
+                    Grant.status == GrantStatus.ACTIVE,
+                    Grant.expires_at > now,
                 )
             )
             .scalar()
         )
-        wallet.next_due_at = _earliest(
+        wallet.next_due_at = earliest(
             as_utc(next_hold) if next_hold else None, as_utc(next_grant) if next_grant else None
         )
         return settled
@@ -1530,7 +1517,7 @@ class LedgerService:
                     Hold.wallet_account_id == wallet_id,
                     _HOLD_IS_OPEN,
                     Hold.expires_at <= now,
-                    Transfer.phase == "pending",
+                    Transfer.phase == Phase.PENDING,
                 )
                 .group_by(Transfer.grant_id)
             )
@@ -1593,7 +1580,7 @@ class LedgerService:
             _conn(session).execute(insert(Transfer), rows)
 
     @staticmethod
-    def _save_lots(session: Session, lots: Sequence[_Lot]) -> None:
+    def _save_lots(session: Session, lots: Sequence[Lot]) -> None:
         for lot in lots:
             _conn(session).execute(
                 update(Grant)
@@ -1601,7 +1588,7 @@ class LedgerService:
                 .values(
                     remaining=lot.remaining,
                     held=lot.held,
-                    status="active" if lot.remaining > 0 else "closed",
+                    status=GrantStatus.ACTIVE if lot.remaining > 0 else GrantStatus.CLOSED,
                 )
             )
 
@@ -1632,7 +1619,7 @@ class LedgerService:
         """``g``: a Grant, or a row with its columns."""
         held = g.held - stale_held
         spendable = (
-            g.status == "active"
+            g.status == GrantStatus.ACTIVE
             and g.frozen_at is None
             and g.effective_at <= now
             and (g.expires_at is None or g.expires_at > now)
@@ -1649,9 +1636,7 @@ class LedgerService:
             effective_at=g.effective_at,
             expires_at=g.expires_at,
             frozen=g.frozen_at is not None,
-            status=g.status
-            if (g.expires_at is None or g.expires_at > now or g.status == "closed")
-            else "expired",
+            status=str(shown_grant_status(g.status, g.expires_at, now)),
             cause_type=g.cause_type,
             cause_id=g.cause_id,
             description=g.description,
@@ -1703,7 +1688,7 @@ _BALANCE_QUERY = (
         *Grant.__table__.c,
     )
     .select_from(LedgerAccount)
-    .outerjoin(Grant, (Grant.wallet_account_id == LedgerAccount.id) & (Grant.status == "active"))
+    .outerjoin(Grant, (Grant.wallet_account_id == LedgerAccount.id) & (Grant.status == GrantStatus.ACTIVE))
     .where(LedgerAccount.billing_account_id == bindparam("account_id"))
 )
 
@@ -1819,28 +1804,13 @@ def _expiry(
     return expires, {"expires_at": expires.isoformat()}
 
 
-def _draw(lots: list[_Lot], amount: int) -> list[tuple[_Lot, int]]:
-    """Split ``amount`` over lots in burn order (lots are already sorted)."""
-    draws = []
-    left = amount
-    for lot in lots:
-        if left == 0:
-            break
-        take = min(left, lot.free)
-        if take > 0:
-            draws.append((lot, take))
-            left -= take
-    if left:
+def _draw(lots: list[Lot], amount: int) -> list[tuple[Lot, int]]:
+    """Split ``amount`` over lots in burn order (lots are already sorted); the caller approved
+    the amount under the wallet's lock, so a shortfall means the wallet changed meanwhile."""
+    draws = draw(lots, amount)
+    if draws is None:
         raise Conflict("The wallet changed while the hold was being placed.")
     return draws
-
-
-def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
 
 
 def _transfer_fact(t: Any, wallet_id: str) -> TransferFact:
