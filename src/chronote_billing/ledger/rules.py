@@ -20,6 +20,7 @@ class TransferKind(enum.StrEnum):
 
     GRANT = "grant"  # credits issued to a wallet (posted)
     HOLD = "hold"  # credits reserved by a hold (pending)
+    HOLD_EXTEND = "hold_extend"  # more credits reserved by an open hold (pending)
     CAPTURE = "capture"  # the used part of a hold (post of a pending transfer)
     RELEASE = "release"  # a hold's pending transfer returned whole (void)
     HOLD_EXPIRY = "hold_expiry"  # a hold's pending transfer voided because the hold expired

@@ -9,6 +9,9 @@ Every money write follows the same order, which is what keeps it race-free:
 4. validate against the maintained counters, then write transfers and counters together.
 
 A validation failure raises before anything is written.
+
+Over 600 lines: the pure rules are in ``rules.py`` and the semantics in docs/ledger.md, but the
+operations, their SQL statements and their PostgreSQL fast path are still one class here.
 """
 
 from __future__ import annotations
@@ -626,7 +629,13 @@ class LedgerService:
                     session, wallet, lots, amount, allow_partial, cap, now, cap_period=hold.cap_period
                 )
                 draws, transfers = self._reserve(
-                    wallet, lots, added, hold_id, "hold_extend", hold.reason or "hold extended", now
+                    wallet,
+                    lots,
+                    added,
+                    hold_id,
+                    TransferKind.HOLD_EXTEND,
+                    hold.reason or "hold extended",
+                    now,
                 )
                 self._insert_transfers(session, transfers)
                 self._save_lots(session, [lot for lot, _ in draws])

@@ -46,6 +46,7 @@ def test_stored_values_are_the_columns_text() -> None:
     assert [k.value for k in TransferKind] == [
         "grant",
         "hold",
+        "hold_extend",
         "capture",
         "release",
         "hold_expiry",
