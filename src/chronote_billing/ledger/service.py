@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import Clock, as_utc, month_key, system_clock
-from chronote_billing.core.db import Database, ServerStatement, json_argument, text_argument
+from chronote_billing.core.db import Database
 from chronote_billing.core.errors import (
     CapReached,
     Conflict,
@@ -37,6 +37,7 @@ from chronote_billing.core.errors import (
     ValidationFailed,
 )
 from chronote_billing.core.ids import new_id
+from chronote_billing.core.write_combiner import ServerStatement, json_argument, text_argument
 
 from .models import CapUsage, Debit, Grant, GrantFreeze, Hold, LedgerAccount, Transfer
 from .rules import (
