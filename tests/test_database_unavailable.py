@@ -24,8 +24,9 @@ from chronote_billing.api.app import create_app
 from chronote_billing.config import Settings, normalize_database_url
 from chronote_billing.container import Container
 from chronote_billing.core.clock import ManualClock
-from chronote_billing.core.db import Database, ServerStatement, classify_database_failure, make_engine
+from chronote_billing.core.db import Database, classify_database_failure, make_engine
 from chronote_billing.core.migrate import alembic_config
+from chronote_billing.core.write_combiner import ServerStatement
 from replicated_postgres import free_port
 
 UNREACHABLE = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere?connect_timeout=2"

@@ -19,12 +19,14 @@ from sqlalchemy import select, text
 
 from chronote_billing.accounts.service import AccountService
 from chronote_billing.core.clock import ManualClock
-from chronote_billing.core.db import Database, ServerStatement
+from chronote_billing.core.db import Database
 from chronote_billing.core.errors import BillingError
 from chronote_billing.core.idempotency import IdempotencyRecord
+from chronote_billing.core.write_combiner import ServerStatement
+from chronote_billing.ledger.fast_path import _FUNCTION_SQL, _LedgerWrite
 from chronote_billing.ledger.models import CapUsage, Grant, Hold, LedgerAccount, Transfer
 from chronote_billing.ledger.schemas import HoldView
-from chronote_billing.ledger.service import _FUNCTION_SQL, CapSpec, LedgerService, _LedgerWrite
+from chronote_billing.ledger.service import CapSpec, LedgerService
 from chronote_billing.ledger.verify import verify
 
 pytestmark = pytest.mark.postgres

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from chronote_billing.core.db import Database, ServerStatement
+from chronote_billing.core.db import Database
+from chronote_billing.core.write_combiner import ServerStatement
 
 pytestmark = pytest.mark.postgres
 

@@ -12,17 +12,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from .rules import MOVING_PHASES, Phase, TransferKind
+
 # Transfer kinds that move credits, and what each reads as.
-LINE_TYPES = {
-    "grant": "credits_added",
-    "capture": "usage",
-    "debit": "usage",
-    "expiry": "expired",
-    "refund": "refund",
-    "dispute_lost": "dispute_lost",
-    "reversal": "reversal",
+LINE_TYPES: dict[str, str] = {
+    TransferKind.GRANT: "credits_added",
+    TransferKind.CAPTURE: "usage",
+    TransferKind.DEBIT: "usage",
+    TransferKind.EXPIRY: "expired",
+    TransferKind.REFUND: "refund",
+    TransferKind.DISPUTE_LOST: "dispute_lost",
+    TransferKind.REVERSAL: "reversal",
 }
-MOVING_PHASES = ("posted", "post")
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,9 @@ def group_transfers(transfers: Sequence[TransferFact]) -> list[list[TransferFact
 
 
 def _event_key(t: TransferFact) -> tuple[str, str] | None:
-    if t.kind == "capture" and t.hold_id:
+    if t.kind == TransferKind.CAPTURE and t.hold_id:
         return ("hold", t.hold_id)
-    if t.kind == "debit" and t.debit_id:
+    if t.kind == TransferKind.DEBIT and t.debit_id:
         return ("debit", t.debit_id)
     return None
 
@@ -161,8 +162,8 @@ def signed_raw_amount(t: TransferFact) -> int:
     """The transfer log's amount, signed by what the phase does to the wallet: a pending transfer
     reserves (negative), a void returns the reservation (positive), a post or posted transfer
     moves credits in or out."""
-    if t.phase == "pending":
+    if t.phase == Phase.PENDING:
         return -t.amount
-    if t.phase == "void":
+    if t.phase == Phase.VOID:
         return t.amount
     return t.amount if t.into_wallet else -t.amount

@@ -18,8 +18,9 @@ from chronote_billing.access.service import Principal
 from chronote_billing.catalog.service import Catalog
 from chronote_billing.core import idempotency
 from chronote_billing.core.clock import month_bounds, month_key
-from chronote_billing.core.db import Database, ServerStatement, text_argument
+from chronote_billing.core.db import Database
 from chronote_billing.core.ids import new_id
+from chronote_billing.core.write_combiner import ServerStatement, text_argument
 
 from . import facts, records
 from .attribution import MONTHLY_QUOTAS, Decline, Snapshot, decide, payer_chain
