@@ -10,7 +10,6 @@ from babel.numbers import get_currency_precision
 from sqlalchemy.orm import Session
 
 from chronote_billing.accounts.models import AccountKind, BillingAccount
-from chronote_billing.catalog.service import load_catalog
 from chronote_billing.container import Container
 from chronote_billing.core.errors import ValidationFailed
 from chronote_billing.stripe_sync.entitlements import plan_subscription
@@ -28,9 +27,7 @@ def trial_part(c: Container, session: Session, account: BillingAccount) -> dict[
     sub = plan_subscription(session, account.id)
     subscribed = sub is not None and sub.status not in ENDED_STATUSES
     offers = [
-        plan
-        for plan in load_catalog().plans.values()
-        if not subscribed and trial_offer(session, account, plan)
+        plan for plan in c.catalog.plans.values() if not subscribed and trial_offer(session, account, plan)
     ]
     return {"trial_now": trial_view(session, account, c.clock.now()), "trial_offers": offers}
 

@@ -17,7 +17,7 @@ from chronote_billing.access.service import require_manage
 from chronote_billing.accounts.models import AccountKind, BillingAccount
 from chronote_billing.accounts.service import check_snowflake
 from chronote_billing.balances import service as balances
-from chronote_billing.catalog.service import Catalog, Plan, load_catalog
+from chronote_billing.catalog.service import Catalog, Plan
 from chronote_billing.container import Container
 from chronote_billing.core.clock import month_bounds
 from chronote_billing.core.errors import BillingError, NotFound, ValidationFailed
@@ -70,7 +70,7 @@ def server_account(c: Container, session: Session, user: SignedIn, guild_id: str
 def plan_status(c: Container, session: Session, account: BillingAccount) -> dict[str, Any]:
     """Plan, status, current period and grace end, as the billing service reports them."""
     view = c.billing.subscription_view(session, account)
-    catalog = load_catalog()
+    catalog = c.catalog
     plan = catalog.plans.get(view.plan) if view.plan else None
     subscribed = view.subscription_id is not None and view.status not in ENDED_STATUSES
     if view.plan_source == "paid" and view.current_period_start and view.current_period_end:
@@ -137,7 +137,7 @@ def account_header(account: BillingAccount, billed_to: str) -> dict[str, Any]:
 def personal_billing(c: Container, session: Session, user: SignedIn) -> dict[str, Any]:
     account = personal_account(c, session, user)
     ensure_free_allowance(session, c.ledger, account, c.clock.now())
-    catalog = load_catalog()
+    catalog = c.catalog
     status = plan_status(c, session, account)
     return {
         **account_header(account, "you"),
@@ -165,7 +165,7 @@ def funding_part(c: Container, session: Session, user: SignedIn) -> dict[str, An
 def server_billing(c: Container, session: Session, user: SignedIn, guild_id: str) -> dict[str, Any]:
     account = server_account(c, session, user, guild_id)
     ensure_free_allowance(session, c.ledger, account, c.clock.now())
-    catalog = load_catalog()
+    catalog = c.catalog
     status = plan_status(c, session, account)
     return {
         **account_header(account, f"server {account.display_name}"),
@@ -247,7 +247,7 @@ def org_billing(c: Container, session: Session, user: SignedIn, org_id: str) -> 
     audit = c.orgs.audit_log(session, org_id, limit=50)
     add_people(session, header, [e.actor for e in audit])
     account = header["account"]
-    catalog = load_catalog()
+    catalog = c.catalog
     servers = server_rows(c, session, user, org_id)
     linked = {row["link"].guild_id for row in servers}
     return {
