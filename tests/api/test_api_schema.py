@@ -26,7 +26,7 @@ from chronote_billing.notifications.models import OutboxEntry
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import UsageRequest
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from conftest import snowflake
+from tests.conftest import snowflake
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 

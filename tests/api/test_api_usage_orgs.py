@@ -14,7 +14,7 @@ from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
 from chronote_billing.core.ids import new_id
 from chronote_billing.orgs.models import OrgAuditEntry
-from conftest import snowflake
+from tests.conftest import snowflake
 
 
 @pytest.fixture

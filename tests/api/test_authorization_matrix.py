@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from chronote_billing.api.app import create_app
 from chronote_billing.apikeys.service import SCOPES
 from chronote_billing.container import Container
-from conftest import snowflake
+from tests.conftest import snowflake
 
 # Scopes an operator's tools hold; a service client's key never does.
 OPERATOR_SCOPES = {"operator", "grants:write"}

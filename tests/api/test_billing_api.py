@@ -9,7 +9,7 @@ import pytest
 
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
-from test_billing_e2e import Billing
+from tests.e2e.test_billing_e2e import Billing
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import UsageRequest
 from chronote_demo.seed import DEMO_SERVERS, DEMO_USERS
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from conftest import snowflake
+from tests.conftest import snowflake
 
 # ---------------------------------------------------------------------------- bad values
 

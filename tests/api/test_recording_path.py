@@ -18,7 +18,7 @@ from chronote_billing.core.idempotency import IdempotencyRecord
 from chronote_billing.core.ids import new_id
 from chronote_billing.ledger.models import Hold, Transfer
 from chronote_billing.usage.models import UsageRecord
-from conftest import snowflake
+from tests.conftest import snowflake
 
 
 @pytest.fixture

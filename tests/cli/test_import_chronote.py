@@ -16,9 +16,9 @@ from chronote_billing.container import Container
 from chronote_billing.core.errors import ValidationFailed
 from chronote_billing.stripe_sync.importer import ChronoteImporter
 from chronote_billing.stripe_sync.models import ChronoteImport
-from conftest import snowflake
+from tests.conftest import snowflake
 
-EXAMPLE = Path(__file__).parent / "data" / "chronote-export-example.json"
+EXAMPLE = Path(__file__).parents[1] / "data" / "chronote-export-example.json"
 
 
 def fresh_export(tmp_path: Path) -> tuple[Path, dict[str, str]]:

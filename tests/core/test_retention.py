@@ -24,7 +24,7 @@ from chronote_billing.core.errors import ValidationFailed
 from chronote_billing.core.idempotency import IdempotencyRecord
 from chronote_billing.core.ids import new_id
 from chronote_billing.notifications.models import OutboxEntry
-from conftest import IS_POSTGRES
+from tests.conftest import IS_POSTGRES
 
 MONEY = [
     "ledger.grant",

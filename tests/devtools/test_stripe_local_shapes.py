@@ -24,9 +24,9 @@ from stripe._object_classes import get_object_class
 
 from chronote_stripe_local.testing import CARD_DECLINES_RENEWALS, CARD_OK, StripeLocalHarness
 
-FIXTURES: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "stripe_fixtures.json").read_text())[
-    "resources"
-]
+FIXTURES: dict[str, Any] = json.loads(
+    (Path(__file__).parents[1] / "data" / "stripe_fixtures.json").read_text()
+)["resources"]
 
 
 def _annotations(cls: Any) -> dict[str, Any]:

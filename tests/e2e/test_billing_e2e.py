@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-import stripe_payloads
+import tests.stripe_payloads as stripe_payloads
 from chronote_billing.access.service import Principal
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.api.app import create_app

@@ -21,8 +21,8 @@ import pytest
 from chronote_billing.config import normalize_database_url
 from chronote_billing.core import migrate
 from chronote_billing.core.db import Database
-from replicated_postgres import PG_BIN, ReplicatedPostgres
-from service_under_load import (
+from tests.e2e.replicated_postgres import PG_BIN, ReplicatedPostgres
+from tests.e2e.service_under_load import (
     Disturbance,
     Load,
     ServiceProcess,

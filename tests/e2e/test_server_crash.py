@@ -18,8 +18,15 @@ import pytest
 
 from chronote_billing.core import migrate
 from chronote_billing.core.db import Database
-from conftest import create_database
-from service_under_load import Load, ServiceProcess, check_exactly_once, measure, prepare_payers, run_verify
+from tests.conftest import create_database
+from tests.e2e.service_under_load import (
+    Load,
+    ServiceProcess,
+    check_exactly_once,
+    measure,
+    prepare_payers,
+    run_verify,
+)
 
 pytestmark = pytest.mark.postgres
 

@@ -26,7 +26,7 @@ from chronote_billing.core.clock import ManualClock
 from chronote_billing.core.db import Database
 from chronote_billing.ledger.service import CapSpec, LedgerService
 from chronote_billing.ledger.verify import verify
-from conftest import fresh_database
+from tests.conftest import fresh_database
 
 
 @dataclass

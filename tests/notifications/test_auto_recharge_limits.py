@@ -21,10 +21,10 @@ from chronote_billing.notifications.models import AutoRechargePurchase, Notifica
 from chronote_billing.notifications.service import JOB_AUTO_RECHARGE, NotificationService
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_stripe_local.testing import CARD_DECLINES_RENEWALS
-from conftest import snowflake
-from test_billing_api import headers, key
-from test_billing_e2e import Billing
-from test_portal_pages import container_of, discord, person, text_of
+from tests.api.test_billing_api import headers, key
+from tests.conftest import snowflake
+from tests.e2e.test_billing_e2e import Billing
+from tests.portal.test_portal_pages import container_of, discord, person, text_of
 
 __all__ = ["discord"]
 

@@ -19,7 +19,7 @@ from chronote_billing.orgs.service import (
 )
 from chronote_billing.usage.schemas import UsageRequest
 from chronote_billing.usage.service import UsageDeclined
-from conftest import OPERATOR, snowflake
+from tests.conftest import OPERATOR, snowflake
 
 
 @pytest.fixture

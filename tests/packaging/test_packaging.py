@@ -11,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "src" / "chronote_billing"
 DEVELOPMENT_PACKAGES = ("chronote_stripe_local", "chronote_demo")
 

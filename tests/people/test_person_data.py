@@ -27,12 +27,12 @@ from chronote_billing.people.models import Person, PersonErasure
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from conftest import OPERATOR, create_database, snowflake
-from test_billing_api import headers, key
-from test_billing_e2e import Billing
-from test_portal_auth import discord_sign_in
-from test_portal_pages import Person as PortalPerson
-from test_portal_pages import discord, oauth_settings
+from tests.api.test_billing_api import headers, key
+from tests.conftest import OPERATOR, create_database, snowflake
+from tests.e2e.test_billing_e2e import Billing
+from tests.portal.test_portal_auth import discord_sign_in
+from tests.portal.test_portal_pages import Person as PortalPerson
+from tests.portal.test_portal_pages import discord, oauth_settings
 
 __all__ = ["discord"]
 

@@ -23,7 +23,7 @@ from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.core.clock import ManualClock
 from chronote_billing.core.db import Database
-from conftest import snowflake
+from tests.conftest import snowflake
 
 CLIENT_ID = "123456789012345678"
 CLIENT_SECRET = "discord-test-secret"

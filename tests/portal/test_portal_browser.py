@@ -27,7 +27,7 @@ from chronote_billing.usage.schemas import UsageRequest
 from chronote_demo import seed as demo
 from chronote_stripe_local.server import TEST_SECRET_KEY, start_in_thread
 from chronote_stripe_local.testing import StripeLocalHarness
-from conftest import fresh_database
+from tests.conftest import fresh_database
 
 CHROMIUM = "/usr/bin/chromium"
 REQUIRE_BROWSER = os.environ.get("CHRONOTE_REQUIRE_BROWSER") == "1"

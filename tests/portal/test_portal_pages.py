@@ -19,8 +19,15 @@ from chronote_billing.core.db import Database
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from conftest import OPERATOR, snowflake
-from test_portal_auth import FakeDiscord, discord, discord_sign_in, guild, make_client, oauth_settings
+from tests.conftest import OPERATOR, snowflake
+from tests.portal.test_portal_auth import (
+    FakeDiscord,
+    discord,
+    discord_sign_in,
+    guild,
+    make_client,
+    oauth_settings,
+)
 
 __all__ = ["discord"]  # the module-scoped fake Discord fixture, shared with the sign-in tests
 

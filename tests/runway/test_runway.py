@@ -16,9 +16,9 @@ from chronote_billing.notifications.service import NotificationService
 from chronote_billing.runway import projection
 from chronote_billing.runway.projection import Lot
 from chronote_billing.usage.schemas import UsageRequest
-from conftest import OPERATOR, snowflake
-from test_notifications_api import auth, keys
-from test_portal_pages import discord, person, text_of
+from tests.api.test_notifications_api import auth, keys
+from tests.conftest import OPERATOR, snowflake
+from tests.portal.test_portal_pages import discord, person, text_of
 
 __all__ = ["discord", "keys"]
 

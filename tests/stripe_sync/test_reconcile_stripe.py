@@ -11,7 +11,7 @@ from chronote_billing.cli import output
 from chronote_billing.cli.main import app
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.reconcile import Reconciler
-from test_billing_e2e import Billing
+from tests.e2e.test_billing_e2e import Billing
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from conftest import snowflake
-from test_billing_api import headers, key
-from test_billing_e2e import Billing
-from test_portal_auth import discord_sign_in
-from test_portal_pages import Person, discord, oauth_settings
+from tests.api.test_billing_api import headers, key
+from tests.conftest import snowflake
+from tests.e2e.test_billing_e2e import Billing
+from tests.portal.test_portal_auth import discord_sign_in
+from tests.portal.test_portal_pages import Person, discord, oauth_settings
 
 __all__ = ["discord"]
 

@@ -17,11 +17,11 @@ from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.models import PlanTrial, StripeCheckoutSession
 from chronote_billing.stripe_sync.trials import NoTrial, TrialAlreadyUsed
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from conftest import snowflake
-from test_billing_api import headers, key
-from test_billing_e2e import DAY, Billing
-from test_portal_auth import discord_sign_in
-from test_portal_pages import Person, discord, oauth_settings, text_of
+from tests.api.test_billing_api import headers, key
+from tests.conftest import snowflake
+from tests.e2e.test_billing_e2e import DAY, Billing
+from tests.portal.test_portal_auth import discord_sign_in
+from tests.portal.test_portal_pages import Person, discord, oauth_settings, text_of
 
 __all__ = ["discord"]
 

@@ -10,13 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-import stripe_payloads as sp
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.api.app import create_app
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
 from chronote_billing.stripe_sync.entitlements import current_plan, ensure_free_allowance
 from chronote_billing.stripe_sync.models import PlanSubscription, StripeEvent
+from tests import stripe_payloads as sp
 
 SECRET = "whsec_test_effects"
 DAY = 86400

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-import stripe_payloads as sp
 from chronote_billing.stripe_sync.models import StripeEvent
-from test_webhooks_effects import SECRET, Env
+from tests import stripe_payloads as sp
+from tests.stripe_sync.test_webhooks_effects import SECRET, Env
 
 __all__ = ["env"]
 

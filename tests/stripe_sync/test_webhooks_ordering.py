@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import stripe_payloads as sp
 from chronote_billing.accounts.models import BillingAccount
 from chronote_billing.config import Settings
 from chronote_billing.container import Container
@@ -29,6 +28,7 @@ from chronote_billing.stripe_sync.metadata import account_metadata
 from chronote_billing.stripe_sync.models import PlanSubscription
 from chronote_stripe_local.server import TEST_SECRET_KEY
 from chronote_stripe_local.testing import StripeLocalHarness
+from tests import stripe_payloads as sp
 
 DAY = 86400
 SECRET = "whsec_test_ordering"
@@ -101,8 +101,9 @@ def history(db, make_account_module, _stripe_local_server) -> dict[str, Any]:  #
 
 @pytest.fixture(scope="module")
 def make_account_module(db):  # type: ignore[no-untyped-def]
-    from chronote_billing.accounts.service import AccountService
     from conftest import snowflake
+
+    from chronote_billing.accounts.service import AccountService
 
     accounts = AccountService(ManualClock())
 

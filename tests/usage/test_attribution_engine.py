@@ -20,7 +20,7 @@ from chronote_billing.usage.service import (
     UsageDeclined,
     write_or_record_decline,
 )
-from conftest import OPERATOR, snowflake
+from tests.conftest import OPERATOR, snowflake
 
 MC = 1000
 

@@ -31,7 +31,7 @@ from chronote_billing.people import service as people
 from chronote_billing.usage import facts, fast_path
 from chronote_billing.usage.models import MeetingAttribution, UsageRecord
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
-from conftest import snowflake
+from tests.conftest import snowflake
 
 pytestmark = pytest.mark.postgres
 MC = 1000

@@ -15,7 +15,7 @@ from chronote_billing.cli.main import app
 from chronote_billing.container import Container
 from chronote_billing.usage import reports
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
-from conftest import OPERATOR, snowflake
+from tests.conftest import OPERATOR, snowflake
 
 
 @pytest.fixture
