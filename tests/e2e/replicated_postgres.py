@@ -2,8 +2,8 @@
 
 The failover test runs it; it can also be run by hand to try the service against a pair:
 
-    python tests/replicated_postgres.py up var/pgpair     # prints the service's database URL
-    python tests/replicated_postgres.py down var/pgpair
+    python tests/e2e/replicated_postgres.py up var/pgpair     # prints the service's database URL
+    python tests/e2e/replicated_postgres.py down var/pgpair
 
 Both clusters listen on 127.0.0.1 on free ports, with their sockets in the directory. Commits on
 the primary wait until the standby has flushed them (``synchronous_standby_names`` naming the
