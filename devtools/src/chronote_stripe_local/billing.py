@@ -17,6 +17,13 @@ How the stand-in bills, as Stripe does by default (API version of the installed 
   the remaining time of the new one. A change of interval (monthly to yearly) restarts the cycle
   and invoices at once.
 - Invoices apply the customer's credit balance; a negative total becomes customer credit.
+
+Why one module of some 1,450 lines: subscriptions, invoices and time are one state machine
+here, as in Stripe. Starting, changing or cancelling a subscription creates, finalizes and
+collects invoices; collecting an invoice that fails ends or pauses its subscription; renewals
+and retries (time) do both. Split by resource family, each part would call the others both
+ways through the shared engine, so the split would hide that cycle rather than remove it. The
+class is read by its three sections: subscriptions, invoices, time.
 """
 
 from __future__ import annotations

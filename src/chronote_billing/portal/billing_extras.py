@@ -24,7 +24,8 @@ from chronote_billing.people.export import collect, to_csv, to_json
 
 from . import views
 from .auth import SignedIn, container_of, current_user
-from .routes import auto_recharge_action, error_page, login_redirect, render, templates
+from .purchases import auto_recharge_action
+from .responses import error_page, login_redirect, render, templates
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
 
