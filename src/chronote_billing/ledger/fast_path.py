@@ -1,6 +1,6 @@
 """The ledger's PostgreSQL fast path (decision 0023): the one-round-trip functions of migration
 0005 (and their successors), their arguments, and one validated write ready to run either as
-the function or as the Python path, which must answer alike (tests/test_ledger_fast_path.py)."""
+the function or as the Python path, which must answer alike (tests/ledger/test_ledger_fast_path.py)."""
 
 from __future__ import annotations
 
