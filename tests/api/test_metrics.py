@@ -218,7 +218,7 @@ def test_a_stripe_event_stored_and_not_applied_for_five_minutes_is_unapplied(scr
 
 @pytest.mark.postgres
 def test_combined_commits_are_the_combiners_own_counters(scratch_db: Database) -> None:
-    from test_write_combiner import TXID, behind_a_slow_write
+    from tests.core.test_write_combiner import TXID, behind_a_slow_write
 
     client, _ = app_for(scratch_db)
     before = scrape(client)
