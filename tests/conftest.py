@@ -24,6 +24,7 @@ from chronote_billing.core.clock import ManualClock
 from chronote_billing.core.db import Database, recreate_postgres_database, set_database
 from chronote_billing.ledger.service import LedgerService
 from chronote_billing.ledger.verify import verify
+from tests.factories import snowflake
 
 BASE_URL = normalize_database_url(os.environ.get("CHRONOTE_DATABASE_URL", ""))
 IS_POSTGRES = BASE_URL.startswith("postgresql")
@@ -106,11 +107,6 @@ def ledger(clock: ManualClock) -> LedgerService:
 @pytest.fixture
 def accounts(clock: ManualClock, ledger: LedgerService) -> AccountService:
     return AccountService(clock, ledger)
-
-
-def snowflake() -> str:
-    """A random Discord-style id, so every test owns its accounts."""
-    return str(10**17 + secrets.randbelow(9 * 10**17))
 
 
 @pytest.fixture

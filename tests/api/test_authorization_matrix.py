@@ -24,6 +24,7 @@ from chronote_billing.api.app import create_app
 from chronote_billing.apikeys.service import SCOPES
 from chronote_billing.container import Container
 from tests.conftest import snowflake
+from tests.factories import api_headers, api_key
 
 # Scopes an operator's tools hold; a service client's key never does.
 OPERATOR_SCOPES = {"operator", "grants:write"}
@@ -67,19 +68,6 @@ class World:
     notification: str
 
 
-def _key(c: Container, *scopes: str) -> str:
-    return c.db.write(lambda s: c.api_keys.create(s, "matrix", list(scopes)).secret)
-
-
-def _headers(secret: str, user: str | None = None, guilds: str | None = None) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": "matrix-" + secrets.token_hex(6)}
-    if user:
-        headers["Chronote-Acting-User"] = user
-    if guilds:
-        headers["Chronote-Manage-Guilds"] = guilds
-    return headers
-
-
 @pytest.fixture
 def c(db, clock) -> Container:
     return Container(db=db, clock=clock)
@@ -94,8 +82,8 @@ def client(c: Container) -> Iterator[TestClient]:
 @pytest.fixture
 def world(c: Container, client: TestClient) -> World:
     ada, guild, member = snowflake(), snowflake(), snowflake()
-    every = _key(c, *(set(SCOPES) - OPERATOR_SCOPES))
-    as_ada = _headers(every, ada, guild)
+    every = api_key(c, *(set(SCOPES) - OPERATOR_SCOPES), label="matrix")
+    as_ada = api_headers(every, ada, guild, idem=True)
 
     def post(path: str, body: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
         response = client.post(
@@ -254,7 +242,7 @@ def _template(path: str, templates: list[tuple[str, re.Pattern[str]]]) -> str | 
 
 def test_every_route_refuses_another_users_ids_and_requests_for_nobody(c, client, world):  # type: ignore[no-untyped-def]
     ben = snowflake()
-    every = _key(c, *(set(SCOPES) - OPERATOR_SCOPES))
+    every = api_key(c, *(set(SCOPES) - OPERATOR_SCOPES), label="matrix")
     rows = matrix(world)
 
     # Which routes the matrix reaches: every /v1 route must be reached or be listed as id-free.
@@ -273,8 +261,8 @@ def test_every_route_refuses_another_users_ids_and_requests_for_nobody(c, client
     failures = []
     for method, path, body in rows:
         for label, headers in (
-            ("another user", _headers(every, ben, snowflake())),
-            ("no acting user", _headers(every)),
+            ("another user", api_headers(every, ben, snowflake(), idem=True)),
+            ("no acting user", api_headers(every, idem=True)),
         ):
             response = client.request(method, path, json=body, headers=headers)
             if response.status_code not in (401, 403, 404):
@@ -302,25 +290,31 @@ def _money(c: Container) -> tuple[int, ...]:
 
 
 def test_the_owner_and_the_servers_managers_may_act_on_a_recording(c, client, world):  # type: ignore[no-untyped-def]
-    bot = _key(c, "holds:write", "accounts:read")
+    bot = api_key(c, "holds:write", "accounts:read", label="matrix")
     manager = snowflake()
     assert (
-        client.get(f"/v1/recordings/{world.recording}", headers=_headers(bot, world.ada)).status_code == 200
+        client.get(
+            f"/v1/recordings/{world.recording}", headers=api_headers(bot, world.ada, idem=True)
+        ).status_code
+        == 200
     )
     # A manager of the server (not the starter) may settle its meeting; not a personal one.
     assert (
         client.get(
-            f"/v1/recordings/{world.server_recording}", headers=_headers(bot, manager, world.guild)
+            f"/v1/recordings/{world.server_recording}",
+            headers=api_headers(bot, manager, world.guild, idem=True),
         ).status_code
         == 200
     )
-    denied = client.get(f"/v1/recordings/{world.recording}", headers=_headers(bot, manager, world.guild))
+    denied = client.get(
+        f"/v1/recordings/{world.recording}", headers=api_headers(bot, manager, world.guild, idem=True)
+    )
     assert denied.status_code == 403
     assert (
         denied.json()["missing_permission"]
         == "the user who started this recording, or Manage Server on its server"
     )
-    nobody = client.get(f"/v1/recordings/{world.recording}", headers=_headers(bot))
+    nobody = client.get(f"/v1/recordings/{world.recording}", headers=api_headers(bot, idem=True))
     assert (
         nobody.status_code == 403
         and nobody.json()["missing_permission"] == "an acting user (Chronote-Acting-User)"
@@ -328,52 +322,61 @@ def test_the_owner_and_the_servers_managers_may_act_on_a_recording(c, client, wo
     done = client.post(
         f"/v1/recordings/{world.server_recording}/finish",
         json={"seconds_by_source": {"voice": 90}},
-        headers=_headers(bot, manager, world.guild),
+        headers=api_headers(bot, manager, world.guild, idem=True),
     )
     assert done.status_code == 200 and done.json()["charged"] == 2_000
 
 
 def test_server_credits_are_shown_to_its_managers_only(c, client, world):  # type: ignore[no-untyped-def]
-    reader = _key(c, "accounts:read")
+    reader = api_key(c, "accounts:read", label="matrix")
     params = {"context": "server", "guild_id": world.guild}
-    member = client.get("/v1/entitlements", params=params, headers=_headers(reader, snowflake()))
+    member = client.get(
+        "/v1/entitlements", params=params, headers=api_headers(reader, snowflake(), idem=True)
+    )
     assert member.status_code == 200 and member.json()["max_recording_minutes"] == 90
     assert member.json()["funding_sources"] == []
     manager = client.get(
-        "/v1/entitlements", params=params, headers=_headers(reader, snowflake(), world.guild)
+        "/v1/entitlements", params=params, headers=api_headers(reader, snowflake(), world.guild, idem=True)
     )
     assert [s["id"] for s in manager.json()["funding_sources"]] == ["server", world.server_auth]
 
 
 def test_auto_record_starts_and_settles_server_meetings_without_a_person(c, client, world):  # type: ignore[no-untyped-def]
-    auto = _key(c, "recordings:auto")
+    auto = api_key(c, "recordings:auto", label="matrix")
     body = {
         "context": "server",
         "capture_source": "discord_voice",
         "guild_id": world.guild,
         "requested_minutes": 10,
     }
-    started = client.post("/v1/recordings", json=body, headers=_headers(auto))
+    started = client.post("/v1/recordings", json=body, headers=api_headers(auto, idem=True))
     assert started.status_code == 201, started.text
     rec = started.json()
     assert rec["user_id"] is None and rec["payer_kind"] == "server"
     extended = client.post(
-        f"/v1/recordings/{rec['id']}/extend", json={"additional_minutes": 5}, headers=_headers(auto)
+        f"/v1/recordings/{rec['id']}/extend",
+        json={"additional_minutes": 5},
+        headers=api_headers(auto, idem=True),
     )
     assert extended.status_code == 200 and extended.json()["approved_minutes"] == 15
     # It cannot start personal work, nor touch a meeting someone started.
     personal = client.post(
         "/v1/recordings",
         json={"context": "personal", "capture_source": "desktop", "requested_minutes": 5},
-        headers=_headers(auto),
+        headers=api_headers(auto, idem=True),
     )
     assert personal.status_code == 403
-    assert client.get(f"/v1/recordings/{world.server_recording}", headers=_headers(auto)).status_code == 403
+    assert (
+        client.get(
+            f"/v1/recordings/{world.server_recording}", headers=api_headers(auto, idem=True)
+        ).status_code
+        == 403
+    )
     # The server's managers see and settle it like any of their meetings.
-    bot = _key(c, "holds:write", "accounts:read")
+    bot = api_key(c, "holds:write", "accounts:read", label="matrix")
     done = client.post(
         f"/v1/recordings/{rec['id']}/finish",
         json={"seconds_by_source": {"voice": 600}},
-        headers=_headers(bot, snowflake(), world.guild),
+        headers=api_headers(bot, snowflake(), world.guild, idem=True),
     )
     assert done.status_code == 200 and done.json()["charged"] == 10_000

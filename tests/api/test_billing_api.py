@@ -8,34 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from chronote_billing.accounts.models import BillingAccount
-from chronote_billing.stripe_sync.catalog_sync import sync_catalog
-from tests.e2e.test_billing_e2e import Billing
+from tests.factories import Billing, api_headers, api_key, billing_environment
 
 
 @pytest.fixture
 def billing(stripe_local, db, clock, make_account) -> Iterator[Billing]:  # type: ignore[no-untyped-def]
-    env = Billing(stripe_local, db, clock, make_account)
-    sync_catalog(env.service.client)
-    yield env
-    stripe_local.send_webhooks_to(None)
-
-
-def key(billing: Billing, *scopes: str) -> str:
-    c = billing.container
-    return c.db.write(lambda s: c.api_keys.create(s, "test", list(scopes)).secret)
-
-
-def headers(
-    secret: str, user: str | None = None, guilds: str | None = None, idem: str | None = None
-) -> dict[str, str]:
-    h = {"Authorization": f"Bearer {secret}"}
-    if user:
-        h["Chronote-Acting-User"] = user
-    if guilds:
-        h["Chronote-Manage-Guilds"] = guilds
-    if idem:
-        h["Idempotency-Key"] = idem
-    return h
+    yield from billing_environment(stripe_local, db, clock, make_account)
 
 
 def test_catalog_is_public_data(billing: Billing) -> None:
@@ -48,40 +26,40 @@ def test_catalog_is_public_data(billing: Billing) -> None:
 def test_checkout_subscription_and_cancel_over_http(billing: Billing) -> None:
     account_id = billing.make_account("server")
     guild = billing.db.read(lambda s: s.get(BillingAccount, account_id).owner_ref)
-    writer = key(billing, "billing:write", "accounts:read")
+    writer = api_key(billing.container, "billing:write", "accounts:read")
     manager = "100000000000000042"
     url = f"/v1/accounts/{account_id}/checkout"
 
-    no_key = billing.app.post(url, json={"plan": "server_basic"}, headers=headers(writer, manager, guild))
+    no_key = billing.app.post(url, json={"plan": "server_basic"}, headers=api_headers(writer, manager, guild))
     assert no_key.status_code == 422 and no_key.json()["code"] == "validation_error"
     not_manager = billing.app.post(
-        url, json={"plan": "server_basic"}, headers=headers(writer, manager, idem="k1")
+        url, json={"plan": "server_basic"}, headers=api_headers(writer, manager, idem="k1")
     )
     assert not_manager.status_code == 403
     assert not_manager.json()["missing_permission"] == "Manage Server on this Discord server"
-    reader = key(billing, "accounts:read")
+    reader = api_key(billing.container, "accounts:read")
     no_scope = billing.app.post(
-        url, json={"plan": "server_basic"}, headers=headers(reader, manager, guild, "k1")
+        url, json={"plan": "server_basic"}, headers=api_headers(reader, manager, guild, "k1")
     )
     assert no_scope.status_code == 403 and no_scope.json()["missing_permission"] == "scope:billing:write"
     wrong = billing.app.post(
-        url, json={"plan": "personal_pro"}, headers=headers(writer, manager, guild, "k2")
+        url, json={"plan": "personal_pro"}, headers=api_headers(writer, manager, guild, "k2")
     )
     assert wrong.status_code == 422 and wrong.json()["code"] == "plan_scope_mismatch"
-    unknown = billing.app.post(url, json={"plan": "gold"}, headers=headers(writer, manager, guild, "k3"))
+    unknown = billing.app.post(url, json={"plan": "gold"}, headers=api_headers(writer, manager, guild, "k3"))
     assert unknown.status_code == 422 and unknown.json()["code"] == "unknown_plan"
     assert billing.db.read(lambda s: s.get(BillingAccount, account_id).stripe_customer_id) is None
 
     created = billing.app.post(
-        url, json={"plan": "server_basic"}, headers=headers(writer, manager, guild, "buy")
+        url, json={"plan": "server_basic"}, headers=api_headers(writer, manager, guild, "buy")
     )
     assert created.status_code == 201, created.text
     again = billing.app.post(
-        url, json={"plan": "server_basic"}, headers=headers(writer, manager, guild, "buy")
+        url, json={"plan": "server_basic"}, headers=api_headers(writer, manager, guild, "buy")
     )
     assert again.json() == created.json()
     conflict = billing.app.post(
-        url, json={"plan": "server_pro"}, headers=headers(writer, manager, guild, "buy")
+        url, json={"plan": "server_pro"}, headers=api_headers(writer, manager, guild, "buy")
     )
     assert conflict.status_code == 409 and conflict.json()["code"] == "idempotency_conflict"
     session = billing.service.client.v1.checkout.sessions.retrieve(created.json()["id"])
@@ -89,34 +67,36 @@ def test_checkout_subscription_and_cancel_over_http(billing: Billing) -> None:
     billing.harness.pay_checkout(created.json()["url"])
     billing.harness.wait_for_webhooks()
 
-    sub = billing.app.get(f"/v1/accounts/{account_id}/subscription", headers=headers(writer, manager, guild))
+    sub = billing.app.get(
+        f"/v1/accounts/{account_id}/subscription", headers=api_headers(writer, manager, guild)
+    )
     assert (
         sub.status_code == 200 and sub.json()["plan"] == "server_basic" and sub.json()["status"] == "active"
     )
     cancel = billing.app.delete(
-        f"/v1/accounts/{account_id}/subscription", headers=headers(writer, manager, guild, "c1")
+        f"/v1/accounts/{account_id}/subscription", headers=api_headers(writer, manager, guild, "c1")
     )
     assert cancel.status_code == 200 and cancel.json()["cancel_at_period_end"] is True
     billing.harness.wait_for_webhooks()
     sub = billing.app.get(
-        f"/v1/accounts/{account_id}/subscription", headers=headers(writer, manager, guild)
+        f"/v1/accounts/{account_id}/subscription", headers=api_headers(writer, manager, guild)
     ).json()
     assert sub["cancel_at_period_end"] is True and sub["plan"] == "server_basic"
 
     portal = billing.app.post(
-        f"/v1/accounts/{account_id}/portal-session", headers=headers(writer, manager, guild, "p1")
+        f"/v1/accounts/{account_id}/portal-session", headers=api_headers(writer, manager, guild, "p1")
     )
     assert portal.status_code == 201 and portal.json()["customer"] == session.customer
     # A retry gets the first session back; another return URL under the same key is our 409,
     # not the payment provider's error (decision 0033).
     retry = billing.app.post(
-        f"/v1/accounts/{account_id}/portal-session", headers=headers(writer, manager, guild, "p1")
+        f"/v1/accounts/{account_id}/portal-session", headers=api_headers(writer, manager, guild, "p1")
     )
     assert retry.status_code == 201 and retry.json() == portal.json()
     other = billing.app.post(
         f"/v1/accounts/{account_id}/portal-session",
         json={"return_url": "https://chronote.gg/elsewhere"},
-        headers=headers(writer, manager, guild, "p1"),
+        headers=api_headers(writer, manager, guild, "p1"),
     )
     assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
 
@@ -124,10 +104,10 @@ def test_checkout_subscription_and_cancel_over_http(billing: Billing) -> None:
 def test_plan_change_without_subscription_is_a_clear_error(billing: Billing) -> None:
     account_id = billing.make_account("personal")
     user = billing.db.read(lambda s: s.get(BillingAccount, account_id).owner_ref)
-    writer = key(billing, "billing:write")
+    writer = api_key(billing.container, "billing:write")
     response = billing.app.post(
         f"/v1/accounts/{account_id}/subscription",
         json={"plan": "personal_pro"},
-        headers=headers(writer, user, idem="x"),
+        headers=api_headers(writer, user, idem="x"),
     )
     assert response.status_code == 404 and response.json()["code"] == "no_subscription"

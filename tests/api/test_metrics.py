@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from chronote_billing.core.db import Database
 from chronote_billing.core.ids import new_id
 from chronote_billing.notifications.models import OutboxEntry
 from chronote_billing.stripe_sync.models import StripeEvent
+from tests.factories import free_port
 
 TOKEN = "metrics-token-for-tests"
 
@@ -218,7 +218,7 @@ def test_a_stripe_event_stored_and_not_applied_for_five_minutes_is_unapplied(scr
 
 @pytest.mark.postgres
 def test_combined_commits_are_the_combiners_own_counters(scratch_db: Database) -> None:
-    from test_write_combiner import TXID, behind_a_slow_write
+    from tests.core.test_write_combiner import TXID, behind_a_slow_write
 
     client, _ = app_for(scratch_db)
     before = scrape(client)
@@ -232,12 +232,6 @@ def test_combined_commits_are_the_combiners_own_counters(scratch_db: Database) -
     ):
         assert value(after, name) - value(before, name) == count
     assert value(after, "chronote_db_pool_connections", pool="autocommit", state="idle") >= 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_metrics_are_the_sum_over_several_worker_processes(scratch_db: Database, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from chronote_billing.api.app import create_app
 from chronote_billing.apikeys.service import ApiKeyService
 from chronote_billing.container import Container
 from chronote_billing.core.ids import new_id
+from tests.factories import api_headers
 
 PROBLEM = "application/problem+json"
 
@@ -29,13 +30,6 @@ def keys(db, clock):
     return make
 
 
-def auth(secret: str, user: str | None = None, **extra: str) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {secret}", **extra}
-    if user:
-        headers["Chronote-Acting-User"] = user
-    return headers
-
-
 def owner_of(db, accounts, account_id: str) -> str:
     return db.read(lambda s: accounts.get(s, account_id).owner_ref)
 
@@ -54,35 +48,35 @@ def test_alert_settings_round_trip_for_the_owner(client, keys, db, accounts, mak
     secret = keys("accounts:read", "billing:write")
     url = f"/v1/accounts/{acct}/alert-settings"
 
-    initial = client.get(url, headers=auth(secret, user))
+    initial = client.get(url, headers=api_headers(secret, user))
     assert initial.status_code == 200
     assert initial.json()["low_balance_threshold_credits"] is None
 
     put = client.put(
         url,
         json={"low_balance_threshold_credits": 100},
-        headers=auth(secret, user, **{"Idempotency-Key": "alerts-1"}),
+        headers=api_headers(secret, user, **{"Idempotency-Key": "alerts-1"}),
     )
     assert put.status_code == 200, put.text
     assert put.json()["low_balance_threshold_credits"] == 100 and put.json()["armed"] is True
     retry = client.put(
         url,
         json={"low_balance_threshold_credits": 100},
-        headers=auth(secret, user, **{"Idempotency-Key": "alerts-1"}),
+        headers=api_headers(secret, user, **{"Idempotency-Key": "alerts-1"}),
     )
     assert retry.json() == put.json()
-    assert client.get(url, headers=auth(secret, user)).json()["low_balance_threshold_credits"] == 100
+    assert client.get(url, headers=api_headers(secret, user)).json()["low_balance_threshold_credits"] == 100
 
     conflict = client.put(
         url,
         json={"low_balance_threshold_credits": 5},
-        headers=auth(secret, user, **{"Idempotency-Key": "alerts-1"}),
+        headers=api_headers(secret, user, **{"Idempotency-Key": "alerts-1"}),
     )
     assert_problem(conflict, 409, "idempotency_conflict")
     off = client.put(
         url,
         json={"low_balance_threshold_credits": None},
-        headers=auth(secret, user, **{"Idempotency-Key": "alerts-off"}),
+        headers=api_headers(secret, user, **{"Idempotency-Key": "alerts-off"}),
     )
     assert off.status_code == 200 and off.json()["low_balance_threshold_credits"] is None
 
@@ -97,7 +91,7 @@ def test_alert_settings_errors(client, keys, db, accounts, make_account):
             client.put(
                 url,
                 json={"low_balance_threshold_credits": bad},
-                headers=auth(secret, user, **{"Idempotency-Key": f"bad-{bad}"}),
+                headers=api_headers(secret, user, **{"Idempotency-Key": f"bad-{bad}"}),
             ),
             422,
             "invalid_threshold",
@@ -107,19 +101,21 @@ def test_alert_settings_errors(client, keys, db, accounts, make_account):
         client.put(
             url,
             json={"low_balance_threshold_credits": "lots"},
-            headers=auth(secret, user, **{"Idempotency-Key": "s"}),
+            headers=api_headers(secret, user, **{"Idempotency-Key": "s"}),
         ),
         422,
         "validation_error",
     )
     assert_problem(
-        client.put(url, json={"low_balance_threshold_credits": 10}, headers=auth(secret, user)),
+        client.put(url, json={"low_balance_threshold_credits": 10}, headers=api_headers(secret, user)),
         422,
         "validation_error",
     )
     stranger = make_account()
     denied = assert_problem(
-        client.get(url, headers=auth(secret, owner_of(db, accounts, stranger))), 403, "permission_denied"
+        client.get(url, headers=api_headers(secret, owner_of(db, accounts, stranger))),
+        403,
+        "permission_denied",
     )
     assert denied["missing_permission"] == "owner of this personal account"
     read_only = keys("accounts:read")
@@ -127,17 +123,17 @@ def test_alert_settings_errors(client, keys, db, accounts, make_account):
         client.put(
             url,
             json={"low_balance_threshold_credits": 10},
-            headers=auth(read_only, user, **{"Idempotency-Key": "ro"}),
+            headers=api_headers(read_only, user, **{"Idempotency-Key": "ro"}),
         ),
         403,
         "permission_denied",
     )
     assert_problem(
-        client.get(f"/v1/accounts/{new_id('acct')}/alert-settings", headers=auth(keys("operator"))),
+        client.get(f"/v1/accounts/{new_id('acct')}/alert-settings", headers=api_headers(keys("operator"))),
         404,
         "not_found",
     )
-    assert client.get(url, headers=auth(secret, user)).json()["low_balance_threshold_credits"] is None
+    assert client.get(url, headers=api_headers(secret, user)).json()["low_balance_threshold_credits"] is None
 
 
 def test_auto_recharge_endpoints(client, keys, db, accounts, make_account):
@@ -146,10 +142,12 @@ def test_auto_recharge_endpoints(client, keys, db, accounts, make_account):
     url = f"/v1/accounts/{org}/auto-recharge"
     body = {"enabled": True, "threshold_credits": 500, "pack_id": "credits_5000", "monthly_limit_count": 2}
 
-    assert client.get(url, headers=auth(operator)).json()["enabled"] is False
+    assert client.get(url, headers=api_headers(operator)).json()["enabled"] is False
     unknown = assert_problem(
         client.put(
-            url, json={**body, "pack_id": "credits_3"}, headers=auth(operator, **{"Idempotency-Key": "u"})
+            url,
+            json={**body, "pack_id": "credits_3"},
+            headers=api_headers(operator, **{"Idempotency-Key": "u"}),
         ),
         422,
         "unknown_pack",
@@ -157,12 +155,14 @@ def test_auto_recharge_endpoints(client, keys, db, accounts, make_account):
     assert unknown["field"] == "pack_id"
     assert_problem(
         client.put(
-            url, json={**body, "threshold_credits": -1}, headers=auth(operator, **{"Idempotency-Key": "t"})
+            url,
+            json={**body, "threshold_credits": -1},
+            headers=api_headers(operator, **{"Idempotency-Key": "t"}),
         ),
         422,
         "invalid_threshold",
     )
-    ok = client.put(url, json=body, headers=auth(operator, **{"Idempotency-Key": "on"}))
+    ok = client.put(url, json=body, headers=api_headers(operator, **{"Idempotency-Key": "on"}))
     assert ok.status_code == 200, ok.text
     assert ok.json() | {"updated_at": None} == {
         "object": "auto_recharge_settings",
@@ -182,7 +182,7 @@ def test_auto_recharge_endpoints(client, keys, db, accounts, make_account):
         "last_started_at": None,
         "updated_at": None,
     }
-    assert client.get(url, headers=auth(operator)).json() == ok.json()
+    assert client.get(url, headers=api_headers(operator)).json() == ok.json()
 
     # Every payer may turn it on (decision 0045), for its own account only.
     personal = make_account()
@@ -191,14 +191,14 @@ def test_auto_recharge_endpoints(client, keys, db, accounts, make_account):
     mine = client.put(
         f"/v1/accounts/{personal}/auto-recharge",
         json=body,
-        headers=auth(writer, user, **{"Idempotency-Key": "p"}),
+        headers=api_headers(writer, user, **{"Idempotency-Key": "p"}),
     )
     assert mine.status_code == 200 and mine.json()["enabled"] is True
     assert_problem(
         client.put(
             f"/v1/accounts/{org}/auto-recharge",
             json=body,
-            headers=auth(writer, user, **{"Idempotency-Key": "q"}),
+            headers=api_headers(writer, user, **{"Idempotency-Key": "q"}),
         ),
         403,
         "permission_denied",
@@ -213,30 +213,32 @@ def test_outbox_listing_is_for_operators(client, keys, db, clock, make_account):
     )
     operator = keys("operator")
     listed = client.get(
-        "/v1/notifications", params={"status": "pending", "account_id": acct}, headers=auth(operator)
+        "/v1/notifications", params={"status": "pending", "account_id": acct}, headers=api_headers(operator)
     )
     assert listed.status_code == 200
     [entry] = listed.json()["data"]
     assert entry["id"].startswith("evt_") and entry["type"] == "payment.failed"
     assert entry["status"] == "pending" and entry["data"] == {"invoice": "in_1"}
-    assert client.get(f"/v1/notifications/{entry['id']}", headers=auth(operator)).json() == entry
+    assert client.get(f"/v1/notifications/{entry['id']}", headers=api_headers(operator)).json() == entry
     delivered = client.get(
-        "/v1/notifications", params={"status": "delivered", "account_id": acct}, headers=auth(operator)
+        "/v1/notifications", params={"status": "delivered", "account_id": acct}, headers=api_headers(operator)
     )
     assert delivered.json()["data"] == []
 
     assert_problem(
-        client.get("/v1/notifications", headers=auth(keys("accounts:read", "billing:write"))),
+        client.get("/v1/notifications", headers=api_headers(keys("accounts:read", "billing:write"))),
         403,
         "permission_denied",
     )
     assert_problem(
-        client.get("/v1/notifications", params={"status": "lost"}, headers=auth(operator)),
+        client.get("/v1/notifications", params={"status": "lost"}, headers=api_headers(operator)),
         422,
         "validation_error",
     )
-    assert_problem(client.get(f"/v1/notifications/{new_id('evt')}", headers=auth(operator)), 404, "not_found")
     assert_problem(
-        client.get("/v1/notifications/evt_missing", headers=auth(operator)), 422, "validation_error"
+        client.get(f"/v1/notifications/{new_id('evt')}", headers=api_headers(operator)), 404, "not_found"
+    )
+    assert_problem(
+        client.get("/v1/notifications/evt_missing", headers=api_headers(operator)), 422, "validation_error"
     )
     assert_problem(client.get("/v1/notifications"), 401, "unauthenticated")

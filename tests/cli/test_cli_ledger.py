@@ -3,7 +3,6 @@ and errors as one line with a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 from chronote_billing.cli import output
 from chronote_billing.cli.main import app
 from chronote_billing.container import Container
+from tests.factories import snowflake
 
 
 @pytest.fixture
@@ -36,10 +36,6 @@ def one_line_error(output_text: str) -> str:
     assert len(lines) == 1, output_text
     assert lines[0].startswith("error: ") and "Traceback" not in output_text
     return lines[0]
-
-
-def snowflake() -> str:
-    return str(10**17 + secrets.randbelow(9 * 10**17))
 
 
 def test_grant_balance_and_statement_by_every_reference(cli, db, ledger, make_account) -> None:  # type: ignore[no-untyped-def]

@@ -29,7 +29,7 @@ from chronote_billing.container import Container
 from chronote_billing.core.db import Database
 from chronote_billing.ledger.models import Grant, Hold, Transfer
 from chronote_billing.usage.models import UsageRecord
-from tests.e2e.replicated_postgres import free_port
+from tests.factories import free_port
 
 CLI = Path(sys.executable).parent / "chronote-billing"
 RETRY_EVERY = 0.1

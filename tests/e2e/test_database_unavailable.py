@@ -27,7 +27,7 @@ from chronote_billing.core.clock import ManualClock
 from chronote_billing.core.db import Database, classify_database_failure, make_engine
 from chronote_billing.core.migrate import alembic_config
 from chronote_billing.core.write_combiner import ServerStatement
-from tests.e2e.replicated_postgres import free_port
+from tests.factories import free_port
 
 UNREACHABLE = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere?connect_timeout=2"
 PID = ServerStatement("unavailable_pid", "SELECT pg_backend_pid()::text || $1::text")

@@ -13,14 +13,7 @@ from chronote_billing.core.errors import (
 )
 from chronote_billing.ledger.service import CapSpec, CaptureExceedsHold
 from chronote_billing.ledger.verify import verify
-
-
-def grant(db, ledger, account, amount, key, **kw):
-    kw.setdefault("source", "promotional")
-    kw.setdefault("cause_type", "admin")
-    return db.write(
-        lambda s: ledger.issue_grant(s, account_id=account, amount=amount, idempotency_key=key, **kw)
-    )
+from tests.factories import grant
 
 
 def test_grant_hold_capture_release_flow(db, ledger, clock, make_account):

@@ -12,14 +12,7 @@ from chronote_billing.core.errors import IdempotencyConflict, ValidationFailed
 from chronote_billing.ledger.models import Debit, Grant, Hold, Transfer
 from chronote_billing.ledger.service import CapSpec
 from chronote_billing.ledger.verify import verify
-
-
-def grant(db, ledger, account, amount, key, **kw):
-    kw.setdefault("source", "promotional")
-    kw.setdefault("cause_type", "admin")
-    return db.write(
-        lambda s: ledger.issue_grant(s, account_id=account, amount=amount, idempotency_key=key, **kw)
-    )
+from tests.factories import grant
 
 
 def transfers(db, ledger, account) -> int:

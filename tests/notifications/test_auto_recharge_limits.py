@@ -20,11 +20,9 @@ from chronote_billing.notifications.auto_recharge import InvalidAutoRechargeLimi
 from chronote_billing.notifications.delivery import DeliveryWorker
 from chronote_billing.notifications.models import AutoRechargePurchase, NotificationSettings, OutboxEntry
 from chronote_billing.notifications.service import JOB_AUTO_RECHARGE, NotificationService
-from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_stripe_local.testing import CARD_DECLINES_RENEWALS
-from tests.api.test_billing_api import headers, key
 from tests.conftest import snowflake
-from tests.e2e.test_billing_e2e import Billing
+from tests.factories import Billing, api_headers, api_key, billing_environment
 from tests.portal.test_portal_pages import container_of, discord, person, text_of
 
 __all__ = ["discord"]
@@ -165,10 +163,7 @@ def test_bad_limits_are_refused_and_nothing_is_written(  # type: ignore[no-untyp
 
 @pytest.fixture
 def billing(stripe_local, db, clock, make_account) -> Iterator[Billing]:  # type: ignore[no-untyped-def]
-    env = Billing(stripe_local, db, clock, make_account)
-    sync_catalog(env.service.client)
-    yield env
-    stripe_local.send_webhooks_to(None)
+    yield from billing_environment(stripe_local, db, clock, make_account)
 
 
 def buy_pack_with(billing: Billing, kind: str, card: str) -> tuple[str, object]:
@@ -253,7 +248,9 @@ def test_bad_limits_read_clearly_over_http_in_the_portal_form_and_on_the_command
     url = f"/v1/accounts/{account_id}/auto-recharge"
     body = {"enabled": True, "threshold_credits": 100, "pack_id": "credits_1000", "monthly_limit_count": 0}
     response = billing.app.put(
-        url, json=body, headers=headers(key(billing, "billing:write"), person.user_id, idem="z")
+        url,
+        json=body,
+        headers=api_headers(api_key(billing.container, "billing:write"), person.user_id, idem="z"),
     )
     assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "invalid_auto_recharge_limit"

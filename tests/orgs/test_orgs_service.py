@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 
 import pytest
@@ -20,15 +19,12 @@ from chronote_billing.orgs.service import (
 from chronote_billing.usage.schemas import UsageRequest
 from chronote_billing.usage.service import UsageDeclined
 from tests.conftest import OPERATOR, snowflake
+from tests.factories import new_key
 
 
 @pytest.fixture
 def c(db, clock) -> Container:
     return Container(db=db, clock=clock)
-
-
-def k() -> str:
-    return "k-" + secrets.token_hex(6)
 
 
 def test_roles_audit_and_member_removal_revokes_authorizations(c):
@@ -46,7 +42,7 @@ def test_roles_audit_and_member_removal_revokes_authorizations(c):
         )
     add = lambda actor, user, role: c.db.write(  # noqa: E731
         lambda s: c.orgs.add_member(
-            s, actor_user_id=actor, org_id=org.id, user_id=user, role=role, idempotency_key=k()
+            s, actor_user_id=actor, org_id=org.id, user_id=user, role=role, idempotency_key=new_key()
         )
     )
     add(owner, admin, "billing_admin")
@@ -59,7 +55,7 @@ def test_roles_audit_and_member_removal_revokes_authorizations(c):
     with pytest.raises(LastOwner):
         c.db.write(
             lambda s: c.orgs.set_role(
-                s, actor_user_id=owner, org_id=org.id, user_id=owner, role="member", idempotency_key=k()
+                s, actor_user_id=owner, org_id=org.id, user_id=owner, role="member", idempotency_key=new_key()
             )
         )
     auth = c.db.write(
@@ -73,7 +69,7 @@ def test_roles_audit_and_member_removal_revokes_authorizations(c):
             capture_sources=["desktop"],
             valid_from=None,
             valid_until=None,
-            idempotency_key=k(),
+            idempotency_key=new_key(),
         )
     )
     with pytest.raises(AuthorizationExists):
@@ -88,24 +84,32 @@ def test_roles_audit_and_member_removal_revokes_authorizations(c):
                 capture_sources=None,
                 valid_from=None,
                 valid_until=None,
-                idempotency_key=k(),
+                idempotency_key=new_key(),
             )
         )
     with pytest.raises(UnknownCaptureSource):
         c.db.write(
             lambda s: c.orgs.update_authorization(
-                s, actor_user_id=admin, authorization_id=auth.id, capture_sources=["fax"], idempotency_key=k()
+                s,
+                actor_user_id=admin,
+                authorization_id=auth.id,
+                capture_sources=["fax"],
+                idempotency_key=new_key(),
             )
         )
     updated = c.db.write(
         lambda s: c.orgs.update_authorization(
-            s, actor_user_id=owner, authorization_id=auth.id, monthly_cap_credits=450, idempotency_key=k()
+            s,
+            actor_user_id=owner,
+            authorization_id=auth.id,
+            monthly_cap_credits=450,
+            idempotency_key=new_key(),
         )
     )
     assert updated.monthly_cap_credits == 450 and updated.capture_sources == ["desktop"]
     c.db.write(
         lambda s: c.orgs.remove_member(
-            s, actor_user_id=admin, org_id=org.id, user_id=member, idempotency_key=k()
+            s, actor_user_id=admin, org_id=org.id, user_id=member, idempotency_key=new_key()
         )
     )
     assert c.db.read(lambda s: member_role(s, org.id, member)) is None
@@ -129,8 +133,8 @@ def test_roles_audit_and_member_removal_revokes_authorizations(c):
 
 def test_a_server_links_to_one_organization_and_unlinking_revokes_its_authorization(c):
     owner_a, owner_b, guild = snowflake(), snowflake(), snowflake()
-    a = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner_a, name="A", idempotency_key=k()))
-    b = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner_b, name="B", idempotency_key=k()))
+    a = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner_a, name="A", idempotency_key=new_key()))
+    b = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner_b, name="B", idempotency_key=new_key()))
     link = lambda org, actor, manages=True: c.db.write(  # noqa: E731
         lambda s: c.orgs.link_server(
             s,
@@ -138,7 +142,7 @@ def test_a_server_links_to_one_organization_and_unlinking_revokes_its_authorizat
             actor_manages_guild=manages,
             org_id=org,
             guild_id=guild,
-            idempotency_key=k(),
+            idempotency_key=new_key(),
         )
     )
     with pytest.raises(PermissionDenied):
@@ -157,12 +161,12 @@ def test_a_server_links_to_one_organization_and_unlinking_revokes_its_authorizat
             capture_sources=None,
             valid_from=None,
             valid_until=None,
-            idempotency_key=k(),
+            idempotency_key=new_key(),
         )
     )
     c.db.write(
         lambda s: c.orgs.unlink_server(
-            s, actor_user_id=owner_a, org_id=a.id, guild_id=guild, idempotency_key=k()
+            s, actor_user_id=owner_a, org_id=a.id, guild_id=guild, idempotency_key=new_key()
         )
     )
     assert c.db.read(lambda s: c.orgs.authorization_view(s, auth.id)).status == "revoked"
@@ -191,14 +195,16 @@ def _race(db: Database, clock, workers: int, fn) -> list[object]:
 @pytest.mark.postgres
 def test_twenty_members_recording_at_once_never_exceed_the_wallet_or_a_cap(c, clock):
     owner = snowflake()
-    org = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner, name="Race", idempotency_key=k()))
+    org = c.db.write(
+        lambda s: c.orgs.create_org(s, actor_user_id=owner, name="Race", idempotency_key=new_key())
+    )
     c.db.write(
         lambda s: c.ledger.issue_grant(
             s,
             account_id=org.billing_account_id,
             amount=1_000_000,
             source="purchase",
-            idempotency_key=k(),
+            idempotency_key=new_key(),
             cause_type="test",
         )
     )
@@ -207,7 +213,7 @@ def test_twenty_members_recording_at_once_never_exceed_the_wallet_or_a_cap(c, cl
     for m in members:
         c.db.write(
             lambda s, m=m: c.orgs.add_member(
-                s, actor_user_id=owner, org_id=org.id, user_id=m, role="member", idempotency_key=k()
+                s, actor_user_id=owner, org_id=org.id, user_id=m, role="member", idempotency_key=new_key()
             )
         )
         auths[m] = c.db.write(
@@ -221,7 +227,7 @@ def test_twenty_members_recording_at_once_never_exceed_the_wallet_or_a_cap(c, cl
                 capture_sources=None,
                 valid_from=None,
                 valid_until=None,
-                idempotency_key=k(),
+                idempotency_key=new_key(),
             )
         )
 
@@ -252,7 +258,9 @@ def test_twenty_members_recording_at_once_never_exceed_the_wallet_or_a_cap(c, cl
         assert usage.held + usage.used <= 70_000
     # and when they all finish, what is charged stays within the caps and the wallet
     for rec in placed:
-        c.db.write(lambda s, rec=rec: c.usage.finish_recording(s, OPERATOR, rec.id, {"mic": 29 * 60}, k()))
+        c.db.write(
+            lambda s, rec=rec: c.usage.finish_recording(s, OPERATOR, rec.id, {"mic": 29 * 60}, new_key())
+        )
     assert (
         c.db.read(lambda s: c.ledger.balance(s, org.billing_account_id)).available == 1_000_000 - 33 * 29_000
     )
@@ -263,7 +271,9 @@ def test_organizations_racing_to_link_one_server_get_one_link_and_clear_refusals
     guild = snowflake()
     owners = [snowflake() for _ in range(8)]
     orgs = [
-        c.db.write(lambda s, o=o: c.orgs.create_org(s, actor_user_id=o, name="Racer", idempotency_key=k()))
+        c.db.write(
+            lambda s, o=o: c.orgs.create_org(s, actor_user_id=o, name="Racer", idempotency_key=new_key())
+        )
         for o in owners
     ]
 
@@ -275,7 +285,7 @@ def test_organizations_racing_to_link_one_server_get_one_link_and_clear_refusals
                 actor_manages_guild=True,
                 org_id=orgs[i].id,
                 guild_id=guild,
-                idempotency_key=k(),
+                idempotency_key=new_key(),
             )
         )
 

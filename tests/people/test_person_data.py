@@ -27,9 +27,8 @@ from chronote_billing.people.models import Person, PersonErasure
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from tests.api.test_billing_api import headers, key
 from tests.conftest import OPERATOR, create_database, snowflake
-from tests.e2e.test_billing_e2e import Billing
+from tests.factories import Billing, api_headers, api_key, new_key
 from tests.portal.test_portal_auth import discord_sign_in
 from tests.portal.test_portal_pages import Person as PortalPerson
 from tests.portal.test_portal_pages import discord, oauth_settings
@@ -37,10 +36,6 @@ from tests.portal.test_portal_pages import discord, oauth_settings
 __all__ = ["discord"]
 
 NAME = "Quillon Zebedarrow"
-
-
-def k() -> str:
-    return "k-" + secrets.token_hex(6)
 
 
 @pytest.fixture
@@ -74,26 +69,28 @@ def a_life(billing: Billing) -> dict[str, str]:
     from chronote_billing.access.service import Principal
 
     me = Principal(kind="person", user_id=user)
-    view = billing.service.start_checkout(me, account_id, idempotency_key=k(), pack_id="credits_1000")
+    view = billing.service.start_checkout(me, account_id, idempotency_key=new_key(), pack_id="credits_1000")
     assert billing.harness.pay_checkout(view.url, email="q@example.com", name=NAME).status_code == 303
     billing.harness.wait_for_webhooks()
     personal = UsageRequest(context="personal", capture_source="desktop", user_id=user, requested_minutes=10)
-    rec = c.db.write(lambda s: c.usage.start_recording(s, personal, k()))
-    c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec.id, {"mic": 300}, k()))
-    org = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner, name="Acme", idempotency_key=k()))
+    rec = c.db.write(lambda s: c.usage.start_recording(s, personal, new_key()))
+    c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec.id, {"mic": 300}, new_key()))
+    org = c.db.write(
+        lambda s: c.orgs.create_org(s, actor_user_id=owner, name="Acme", idempotency_key=new_key())
+    )
     c.db.write(
         lambda s: c.ledger.issue_grant(
             s,
             account_id=org.billing_account_id,
             amount=50_000,
             source="purchase",
-            idempotency_key=k(),
+            idempotency_key=new_key(),
             cause_type="t",
         )
     )
     c.db.write(
         lambda s: c.orgs.add_member(
-            s, actor_user_id=owner, org_id=org.id, user_id=user, role="member", idempotency_key=k()
+            s, actor_user_id=owner, org_id=org.id, user_id=user, role="member", idempotency_key=new_key()
         )
     )
     grant = c.db.write(
@@ -107,12 +104,16 @@ def a_life(billing: Billing) -> dict[str, str]:
             capture_sources=None,
             valid_from=None,
             valid_until=None,
-            idempotency_key=k(),
+            idempotency_key=new_key(),
         )
     )
-    c.db.write(lambda s: c.usage.set_default_order(s, user, ["personal", grant.id], k()))
+    c.db.write(lambda s: c.usage.set_default_order(s, user, ["personal", grant.id], new_key()))
     ask = EventRequest(
-        event_id=k(), event_type="ask_question", context="personal", user_id=user, funding_source=grant.id
+        event_id=new_key(),
+        event_type="ask_question",
+        context="personal",
+        user_id=user,
+        funding_source=grant.id,
     )
     c.db.write(lambda s: c.usage.charge_event(s, ask))
     server = UsageRequest(
@@ -121,10 +122,10 @@ def a_life(billing: Billing) -> dict[str, str]:
         user_id=user,
         guild_id=guild,
         requested_minutes=5,
-        meeting_id=k(),
+        meeting_id=new_key(),
     )
-    meeting = c.db.write(lambda s: c.usage.start_recording(s, server, k()))
-    c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, meeting.id, {"voice": 120}, k()))
+    meeting = c.db.write(lambda s: c.usage.start_recording(s, server, new_key()))
+    c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, meeting.id, {"voice": 120}, new_key()))
     too_long = UsageRequest(
         context="personal",
         capture_source="desktop",
@@ -135,7 +136,7 @@ def a_life(billing: Billing) -> dict[str, str]:
     from chronote_billing.usage.service import UsageDeclined, write_or_record_decline
 
     with pytest.raises(UsageDeclined):
-        write_or_record_decline(c.db, c.usage, lambda s: c.usage.start_recording(s, too_long, k()))
+        write_or_record_decline(c.db, c.usage, lambda s: c.usage.start_recording(s, too_long, new_key()))
     c.db.write(
         lambda s: c.notifications.set_auto_recharge(
             s,
@@ -143,7 +144,7 @@ def a_life(billing: Billing) -> dict[str, str]:
             enabled=True,
             threshold_credits=10,
             pack_id="credits_1000",
-            idempotency_key=k(),
+            idempotency_key=new_key(),
             monthly_limit_count=1,
         )
     )
@@ -164,9 +165,9 @@ def every_value(db: Database) -> str:
 def test_the_export_has_everything_kept_about_the_person_and_is_theirs_only(billing: Billing) -> None:
     life = a_life(billing)
     user = life["user"]
-    reader = key(billing, "accounts:read")
+    reader = api_key(billing.container, "accounts:read")
     url = f"/v1/people/{user}/export"
-    body = billing.app.get(url, headers=headers(reader, user)).json()
+    body = billing.app.get(url, headers=api_headers(reader, user)).json()
     assert body["discord_user_id"] == user and body["name"]["display_name"] == NAME
     account = body["personal_account"]
     assert account["id"] == life["account"] and account["grants"] and account["statement"]
@@ -176,20 +177,22 @@ def test_the_export_has_everything_kept_about_the_person_and_is_theirs_only(bill
         body["organizations"][0]["org_name"] == "Acme" and body["authorizations"][0]["monthly_cap"] == 20_000
     )
     assert body["audit_entries"] and body["funding_order"] and body["checkouts"]
-    csv_body = billing.app.get(url, params={"format": "csv"}, headers=headers(reader, user))
+    csv_body = billing.app.get(url, params={"format": "csv"}, headers=api_headers(reader, user))
     assert csv_body.status_code == 200 and csv_body.headers["content-type"].startswith("text/csv")
     lines = csv_body.text.splitlines()
     assert lines[0] == "section,record,field,value" and f"name,,display_name,{NAME}" in lines
 
-    other = billing.app.get(url, headers=headers(reader, snowflake()))
+    other = billing.app.get(url, headers=api_headers(reader, snowflake()))
     assert other.status_code == 403 and other.json()["code"] == "permission_denied"
-    assert billing.app.get(url, headers=headers(reader)).status_code == 403  # no acting user
+    assert billing.app.get(url, headers=api_headers(reader)).status_code == 403  # no acting user
     assert billing.app.get(url).status_code == 401
-    assert billing.app.get(url, headers=headers(key(billing, "operator"))).status_code == 200
+    assert (
+        billing.app.get(url, headers=api_headers(api_key(billing.container, "operator"))).status_code == 200
+    )
     nobody = snowflake()
-    unknown = billing.app.get(f"/v1/people/{nobody}/export", headers=headers(reader, nobody))
+    unknown = billing.app.get(f"/v1/people/{nobody}/export", headers=api_headers(reader, nobody))
     assert unknown.status_code == 404 and unknown.json()["code"] == "unknown_person"
-    bad = billing.app.get("/v1/people/not-an-id/export", headers=headers(reader, user))
+    bad = billing.app.get("/v1/people/not-an-id/export", headers=api_headers(reader, user))
     assert bad.status_code == 422
 
 
@@ -250,11 +253,11 @@ def test_unknown_people_and_people_recording_now_are_not_erased_and_nothing_is_w
             account_id=c.accounts.get_or_create(s, "personal", user, NAME).id,
             amount=50_000,
             source="promotional",
-            idempotency_key=k(),
+            idempotency_key=new_key(),
             cause_type="t",
         )
     )
-    c.db.write(lambda s: c.usage.start_recording(s, open_rec, k()))
+    c.db.write(lambda s: c.usage.start_recording(s, open_rec, new_key()))
     before = every_value(billing.db)
     output.set_container(c)
     try:

@@ -4,7 +4,6 @@ low-balance notification."""
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,18 +15,15 @@ from chronote_billing.notifications.service import NotificationService
 from chronote_billing.runway import projection
 from chronote_billing.runway.projection import Lot
 from chronote_billing.usage.schemas import UsageRequest
-from tests.api.test_notifications_api import auth, keys
+from tests.api.test_notifications_api import keys
 from tests.conftest import OPERATOR, snowflake
+from tests.factories import api_headers, new_key
 from tests.portal.test_portal_pages import discord, person, text_of
 
 __all__ = ["discord", "keys"]
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
-
-
-def k() -> str:
-    return "k-" + secrets.token_hex(6)
 
 
 # ---------------------------------------------------------------------- the projection
@@ -93,7 +89,9 @@ def c(db, clock) -> Container:  # type: ignore[no-untyped-def]
 def spend_daily(c: Container, clock, account_id: str, days: int, credits: int) -> None:  # type: ignore[no-untyped-def]
     for _ in range(days):
         c.db.write(
-            lambda s: c.ledger.debit(s, account_id=account_id, amount=credits * 1000, idempotency_key=k())
+            lambda s: c.ledger.debit(
+                s, account_id=account_id, amount=credits * 1000, idempotency_key=new_key()
+            )
         )
         clock.advance(DAY)
 
@@ -102,13 +100,18 @@ def test_an_accounts_runway_from_its_ledger_over_the_api(c, clock, make_account,
     account_id = make_account("server")
     c.db.write(
         lambda s: c.ledger.issue_grant(
-            s, account_id=account_id, amount=500_000, source="purchase", idempotency_key=k(), cause_type="t"
+            s,
+            account_id=account_id,
+            amount=500_000,
+            source="purchase",
+            idempotency_key=new_key(),
+            cause_type="t",
         )
     )
     client = TestClient(create_app(c))
     guild = c.db.read(lambda s: c.accounts.get(s, account_id).owner_ref)
     reader = keys("accounts:read")
-    manager = auth(reader, snowflake(), **{"Chronote-Manage-Guilds": guild})
+    manager = api_headers(reader, snowflake(), **{"Chronote-Manage-Guilds": guild})
     cold = client.get(f"/v1/accounts/{account_id}/runway", headers=manager).json()
     assert cold["cold_start"] and cold["runs_out_at"] is None and cold["sentence"].startswith("Not enough")
 
@@ -123,11 +126,11 @@ def test_an_accounts_runway_from_its_ledger_over_the_api(c, clock, make_account,
     assert "credits a day" in body["sentence"]
 
     url = f"/v1/accounts/{account_id}/runway"
-    assert client.get(url, headers=auth(reader, snowflake())).status_code == 403  # another user
-    assert client.get(url, headers=auth(reader)).status_code == 403  # for nobody
+    assert client.get(url, headers=api_headers(reader, snowflake())).status_code == 403  # another user
+    assert client.get(url, headers=api_headers(reader)).status_code == 403  # for nobody
     assert client.get(url).status_code == 401
-    assert client.get(url, headers=auth(keys("holds:write"))).status_code == 403
-    assert client.get(url, headers=auth(keys("operator"))).status_code == 200
+    assert client.get(url, headers=api_headers(keys("holds:write"))).status_code == 403
+    assert client.get(url, headers=api_headers(keys("operator"))).status_code == 200
     assert (
         client.get("/v1/accounts/acct_01m92q5egskz0frejap38z336j/runway", headers=manager).status_code == 404
     )
@@ -135,20 +138,22 @@ def test_an_accounts_runway_from_its_ledger_over_the_api(c, clock, make_account,
 
 def test_an_organization_sees_when_each_authorization_reaches_its_cap(c, clock) -> None:  # type: ignore[no-untyped-def]
     owner, member = snowflake(), snowflake()
-    org = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner, name="Acme", idempotency_key=k()))
+    org = c.db.write(
+        lambda s: c.orgs.create_org(s, actor_user_id=owner, name="Acme", idempotency_key=new_key())
+    )
     c.db.write(
         lambda s: c.ledger.issue_grant(
             s,
             account_id=org.billing_account_id,
             amount=900_000,
             source="purchase",
-            idempotency_key=k(),
+            idempotency_key=new_key(),
             cause_type="t",
         )
     )
     c.db.write(
         lambda s: c.orgs.add_member(
-            s, actor_user_id=owner, org_id=org.id, user_id=member, role="member", idempotency_key=k()
+            s, actor_user_id=owner, org_id=org.id, user_id=member, role="member", idempotency_key=new_key()
         )
     )
     grant = c.db.write(
@@ -162,7 +167,7 @@ def test_an_organization_sees_when_each_authorization_reaches_its_cap(c, clock) 
             capture_sources=None,
             valid_from=None,
             valid_until=None,
-            idempotency_key=k(),
+            idempotency_key=new_key(),
         )
     )
     for _ in range(5):  # 20 minutes a day
@@ -173,8 +178,8 @@ def test_an_organization_sees_when_each_authorization_reaches_its_cap(c, clock) 
             requested_minutes=20,
             funding_source=grant.id,
         )
-        rec = c.db.write(lambda s, r=req: c.usage.start_recording(s, r, k()))
-        c.db.write(lambda s, r=rec: c.usage.finish_recording(s, OPERATOR, r.id, {"mic": 20 * 60}, k()))
+        rec = c.db.write(lambda s, r=req: c.usage.start_recording(s, r, new_key()))
+        c.db.write(lambda s, r=rec: c.usage.finish_recording(s, OPERATOR, r.id, {"mic": 20 * 60}, new_key()))
         clock.advance(DAY)
     view = c.db.read(lambda s: c.runway.runway(s, c.accounts.get(s, org.billing_account_id)))
     (outlook,) = view.authorizations
@@ -187,7 +192,12 @@ def test_the_low_balance_alert_says_when_the_credits_run_out(c, clock, make_acco
     notifications = NotificationService(clock, c.ledger, c.catalog)
     c.db.write(
         lambda s: c.ledger.issue_grant(
-            s, account_id=account_id, amount=200_000, source="purchase", idempotency_key=k(), cause_type="t"
+            s,
+            account_id=account_id,
+            amount=200_000,
+            source="purchase",
+            idempotency_key=new_key(),
+            cause_type="t",
         )
     )
     c.db.write(
@@ -235,7 +245,7 @@ def test_every_billing_page_shows_the_runway(db, clock, discord) -> None:  # typ
             account_id=account_id,
             amount=100_000,
             source="promotional",
-            idempotency_key=k(),
+            idempotency_key=new_key(),
             cause_type="t",
         )
     )

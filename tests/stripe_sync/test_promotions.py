@@ -19,7 +19,6 @@ from chronote_billing.cli import output
 from chronote_billing.cli.main import app as cli
 from chronote_billing.container import Container
 from chronote_billing.core.idempotency import IdempotencyRecord
-from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.models import StripeCheckoutSession
 from chronote_billing.stripe_sync.promotions import (
     PromotionCodeNotRedeemable,
@@ -28,9 +27,8 @@ from chronote_billing.stripe_sync.promotions import (
     products_by_group,
 )
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from tests.api.test_billing_api import headers, key
 from tests.conftest import snowflake
-from tests.e2e.test_billing_e2e import Billing
+from tests.factories import Billing, api_headers, api_key, billing_environment
 from tests.portal.test_portal_auth import discord_sign_in
 from tests.portal.test_portal_pages import Person, discord, oauth_settings
 
@@ -39,11 +37,7 @@ __all__ = ["discord"]
 
 @pytest.fixture
 def billing(stripe_local, db, clock, make_account) -> Iterator[Billing]:  # type: ignore[no-untyped-def]
-    env = Billing(stripe_local, db, clock, make_account)
-    sync_catalog(env.service.client)
-    yield env
-    stripe_local.send_webhooks_to(None)
-    assert all(status == 200 for status in env.deliveries), env.deliveries
+    yield from billing_environment(stripe_local, db, clock, make_account, webhooks_must_succeed=True)
 
 
 def coupon(billing: Billing, coupon_id: str, code: str, applies_to: tuple[str, ...] = (), **terms) -> str:  # type: ignore[no-untyped-def]
@@ -174,7 +168,7 @@ def refusals(billing: Billing) -> list[tuple[str, str, str]]:
 
 def test_every_refused_code_gets_its_own_error_and_nothing_is_written(billing: Billing) -> None:
     cases = refusals(billing)
-    writer = key(billing, "billing:write", "accounts:read")
+    writer = api_key(billing.container, "billing:write", "accounts:read")
     for code, item, expected in cases:
         account_id = billing.make_account("server")
         guild = billing.db.read(lambda s, a=account_id: s.get(BillingAccount, a).owner_ref)
@@ -183,7 +177,7 @@ def test_every_refused_code_gets_its_own_error_and_nothing_is_written(billing: B
         response = billing.app.post(
             f"/v1/accounts/{account_id}/checkout",
             json={**body, "promotion_code": code},
-            headers=headers(writer, "100000000000000042", guild, idem=f"refused-{code}"),
+            headers=api_headers(writer, "100000000000000042", guild, idem=f"refused-{code}"),
         )
         assert response.status_code == 422, (code, response.text)
         problem = response.json()

@@ -9,17 +9,13 @@ from typer.testing import CliRunner
 
 from chronote_billing.cli import output
 from chronote_billing.cli.main import app
-from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.reconcile import Reconciler
-from tests.e2e.test_billing_e2e import Billing
+from tests.factories import Billing, billing_environment
 
 
 @pytest.fixture
 def billing(stripe_local, db, clock, make_account) -> Iterator[Billing]:  # type: ignore[no-untyped-def]
-    env = Billing(stripe_local, db, clock, make_account)
-    sync_catalog(env.service.client)
-    yield env
-    stripe_local.send_webhooks_to(None)
+    yield from billing_environment(stripe_local, db, clock, make_account)
 
 
 def test_missed_webhooks_are_found_and_fixed(billing: Billing) -> None:

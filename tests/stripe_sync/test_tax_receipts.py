@@ -15,9 +15,8 @@ from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
 from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from tests.api.test_billing_api import headers, key
 from tests.conftest import snowflake
-from tests.e2e.test_billing_e2e import Billing
+from tests.factories import Billing, api_headers, api_key
 from tests.portal.test_portal_auth import discord_sign_in
 from tests.portal.test_portal_pages import Person, discord, oauth_settings
 
@@ -123,20 +122,20 @@ def test_the_invoice_list_over_http_is_for_the_accounts_own_managers(untaxed: Bi
     account_id, person = untaxed.person("personal")
     owner = person.user_id
     url = f"/v1/accounts/{account_id}/invoices"
-    reader = key(untaxed, "accounts:read")
-    assert untaxed.app.get(url, headers=headers(reader, owner)).json() == {
+    reader = api_key(untaxed.container, "accounts:read")
+    assert untaxed.app.get(url, headers=api_headers(reader, owner)).json() == {
         "object": "list",
         "account_id": account_id,
         "data": [],
     }
-    other = untaxed.app.get(url, headers=headers(reader, "100000000000000077"))
+    other = untaxed.app.get(url, headers=api_headers(reader, "100000000000000077"))
     assert other.status_code == 403 and other.json()["code"] == "permission_denied"
-    no_scope = untaxed.app.get(url, headers=headers(key(untaxed, "holds:write"), owner))
+    no_scope = untaxed.app.get(url, headers=api_headers(api_key(untaxed.container, "holds:write"), owner))
     assert no_scope.status_code == 403
     nobody = untaxed.app.get(url)
     assert nobody.status_code == 401
     missing = untaxed.app.get(
-        "/v1/accounts/acct_01m92q5egskz0frejap38z336j/invoices", headers=headers(reader, owner)
+        "/v1/accounts/acct_01m92q5egskz0frejap38z336j/invoices", headers=api_headers(reader, owner)
     )
     assert missing.status_code == 404
 

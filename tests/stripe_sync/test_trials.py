@@ -15,12 +15,10 @@ from chronote_billing.api.app import create_app
 from chronote_billing.container import Container
 from chronote_billing.plans.models import PlanTrial
 from chronote_billing.plans.trials import NoTrial, TrialAlreadyUsed
-from chronote_billing.stripe_sync.catalog_sync import sync_catalog
 from chronote_billing.stripe_sync.models import StripeCheckoutSession
 from chronote_stripe_local.server import TEST_SECRET_KEY
-from tests.api.test_billing_api import headers, key
 from tests.conftest import snowflake
-from tests.e2e.test_billing_e2e import DAY, Billing
+from tests.factories import DAY, Billing, api_headers, api_key, billing_environment
 from tests.portal.test_portal_auth import discord_sign_in
 from tests.portal.test_portal_pages import Person, discord, oauth_settings, text_of
 
@@ -29,11 +27,7 @@ __all__ = ["discord"]
 
 @pytest.fixture
 def billing(stripe_local, db, clock, make_account) -> Iterator[Billing]:  # type: ignore[no-untyped-def]
-    env = Billing(stripe_local, db, clock, make_account)
-    sync_catalog(env.service.client)
-    yield env
-    stripe_local.send_webhooks_to(None)
-    assert all(status == 200 for status in env.deliveries), env.deliveries
+    yield from billing_environment(stripe_local, db, clock, make_account, webhooks_must_succeed=True)
 
 
 def start_trial(
@@ -121,7 +115,7 @@ def test_refusals_over_http_write_nothing(billing: Billing) -> None:
         billing.service.get_subscription(used, used_id).subscription_id
     )
     billing.harness.wait_for_webhooks()
-    writer = key(billing, "billing:write", "accounts:read")
+    writer = api_key(billing.container, "billing:write", "accounts:read")
     fresh = billing.make_account("server")
     guild = billing.db.read(lambda s: s.get(BillingAccount, fresh).owner_ref)
     cases = [
@@ -134,7 +128,7 @@ def test_refusals_over_http_write_nothing(billing: Billing) -> None:
         response = billing.app.post(
             f"/v1/accounts/{account_id}/checkout",
             json=body,
-            headers=headers(writer, user, guilds, idem=f"t-{code}"),
+            headers=api_headers(writer, user, guilds, idem=f"t-{code}"),
         )
         assert (response.status_code, response.json()["code"]) == (status, code), response.text
         assert len(billing.service.client.v1.checkout.sessions.list({"limit": 100}).data) == before
@@ -151,7 +145,7 @@ def test_refusals_over_http_write_nothing(billing: Billing) -> None:
     other = billing.app.post(
         f"/v1/accounts/{used_id}/checkout",
         json={"plan": "personal_pro", "trial": True},
-        headers=headers(writer, "100000000000000099", idem="t-other"),
+        headers=api_headers(writer, "100000000000000099", idem="t-other"),
     )
     assert other.status_code == 403
     with pytest.raises(NoTrial):

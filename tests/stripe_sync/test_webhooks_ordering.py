@@ -101,9 +101,8 @@ def history(db, make_account_module, _stripe_local_server) -> dict[str, Any]:  #
 
 @pytest.fixture(scope="module")
 def make_account_module(db):  # type: ignore[no-untyped-def]
-    from conftest import snowflake
-
     from chronote_billing.accounts.service import AccountService
+    from tests.conftest import snowflake
 
     accounts = AccountService(ManualClock())
 

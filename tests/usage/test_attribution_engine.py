@@ -21,6 +21,7 @@ from chronote_billing.usage.service import (
     write_or_record_decline,
 )
 from tests.conftest import OPERATOR, snowflake
+from tests.factories import new_key
 
 MC = 1000
 
@@ -30,12 +31,10 @@ def c(db, clock) -> Container:
     return Container(db=db, clock=clock)
 
 
-def k() -> str:
-    return "k-" + secrets.token_hex(6)
-
-
 def make_org(c, owner: str, name: str = "Acme", credits: int = 1000) -> str:
-    org = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner, name=name, idempotency_key=k()))
+    org = c.db.write(
+        lambda s: c.orgs.create_org(s, actor_user_id=owner, name=name, idempotency_key=new_key())
+    )
     if credits:
         c.db.write(
             lambda s: c.ledger.issue_grant(
@@ -43,7 +42,7 @@ def make_org(c, owner: str, name: str = "Acme", credits: int = 1000) -> str:
                 account_id=org.billing_account_id,
                 amount=credits * MC,
                 source="purchase",
-                idempotency_key=k(),
+                idempotency_key=new_key(),
                 cause_type="test",
             )
         )
@@ -53,7 +52,7 @@ def make_org(c, owner: str, name: str = "Acme", credits: int = 1000) -> str:
 def add_member(c, org: str, actor: str, user: str, role: str = "member") -> None:
     c.db.write(
         lambda s: c.orgs.add_member(
-            s, actor_user_id=actor, org_id=org, user_id=user, role=role, idempotency_key=k()
+            s, actor_user_id=actor, org_id=org, user_id=user, role=role, idempotency_key=new_key()
         )
     )
 
@@ -70,7 +69,7 @@ def authorize(c, org, actor, subject, cap=None, sources=None, subject_type="memb
             capture_sources=sources,
             valid_from=None,
             valid_until=valid_until,
-            idempotency_key=k(),
+            idempotency_key=new_key(),
         )
     )
 
@@ -78,7 +77,12 @@ def authorize(c, org, actor, subject, cap=None, sources=None, subject_type="memb
 def link(c, org, actor, guild):
     return c.db.write(
         lambda s: c.orgs.link_server(
-            s, actor_user_id=actor, actor_manages_guild=True, org_id=org, guild_id=guild, idempotency_key=k()
+            s,
+            actor_user_id=actor,
+            actor_manages_guild=True,
+            org_id=org,
+            guild_id=guild,
+            idempotency_key=new_key(),
         )
     )
 
@@ -86,11 +90,11 @@ def link(c, org, actor, guild):
 def start(c, key: str | None = None, **fields):
     fields.setdefault("meeting_id", "m-" + secrets.token_hex(6))
     req = UsageRequest(**fields)
-    return write_or_record_decline(c.db, c.usage, lambda s: c.usage.start_recording(s, req, key or k()))
+    return write_or_record_decline(c.db, c.usage, lambda s: c.usage.start_recording(s, req, key or new_key()))
 
 
 def finish(c, rec_id, seconds, key=None):
-    return c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec_id, seconds, key or k()))
+    return c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec_id, seconds, key or new_key()))
 
 
 def available(c, account_id: str) -> int:
@@ -232,7 +236,7 @@ def test_personal_recording_uses_personal_wallet_first_then_authorizations_in_pr
     assert rec.authorization_id == a_auth.id
     assert rec.reason == "Acme authorization for you, 510 of 600 credits left this month"
     assert rec.attempts[0].code == "recording_too_long"
-    c.db.write(lambda s: c.usage.set_default_order(s, user, [g_auth.id, a_auth.id], k()))
+    c.db.write(lambda s: c.usage.set_default_order(s, user, [g_auth.id, a_auth.id], new_key()))
     rec = start(c, context="personal", capture_source="web", user_id=user, requested_minutes=90)
     assert rec.authorization_id == g_auth.id and rec.reason == "Globex authorization for you, no monthly cap"
     sources = c.db.read(lambda s: c.usage.funding_sources(s, user))
@@ -288,7 +292,7 @@ def test_member_cap_reached_mid_month_declines_with_reason_and_tries_the_next_so
     add_member(c, globex, owner_b, user)
     a_auth = authorize(c, acme, owner_a, user, cap=150)
     g_auth = authorize(c, globex, owner_b, user)
-    c.db.write(lambda s: c.usage.set_default_order(s, user, [a_auth.id, g_auth.id], k()))
+    c.db.write(lambda s: c.usage.set_default_order(s, user, [a_auth.id, g_auth.id], new_key()))
     first = start(c, context="personal", capture_source="desktop", user_id=user, requested_minutes=120)
     assert first.authorization_id == a_auth.id
     finish(c, first.id, {"mic": 100 * 60, "system": 101 * 60})  # wall clock 101 min: 101 credits
@@ -316,11 +320,11 @@ def test_revoked_authorization_lets_the_open_hold_finish_and_declines_new_holds(
     )
     c.db.write(
         lambda s: c.orgs.revoke_authorization(
-            s, actor_user_id=owner, authorization_id=auth.id, idempotency_key=k()
+            s, actor_user_id=owner, authorization_id=auth.id, idempotency_key=new_key()
         )
     )
     clock.advance(timedelta(minutes=80))
-    extended = c.db.write(lambda s: c.usage.extend_recording(s, OPERATOR, rec.id, 30, k()))
+    extended = c.db.write(lambda s: c.usage.extend_recording(s, OPERATOR, rec.id, 30, new_key()))
     assert extended.approved_minutes == 120 and extended.held == 120 * MC
     done = finish(c, rec.id, {"mic": 110 * 60})
     assert done.charged == 110 * MC and done.authorization_id == auth.id
@@ -502,7 +506,7 @@ def test_shared_personal_meeting_charges_nothing_and_keeps_its_payer(c):
     before = available(c, rec.payer_account_id)
     view = c.db.write(
         lambda s: c.usage.record_share(
-            s, meeting_id=rec.meeting_id, guild_id=guild, user_id=user, idempotency_key=k()
+            s, meeting_id=rec.meeting_id, guild_id=guild, user_id=user, idempotency_key=new_key()
         )
     )
     assert view.payer_account_id == rec.payer_account_id and view.shared_with_guilds == [guild]
@@ -511,7 +515,7 @@ def test_shared_personal_meeting_charges_nothing_and_keeps_its_payer(c):
     with pytest.raises(PermissionDenied):
         c.db.write(
             lambda s: c.usage.record_share(
-                s, meeting_id=rec.meeting_id, guild_id=guild, user_id=snowflake(), idempotency_key=k()
+                s, meeting_id=rec.meeting_id, guild_id=guild, user_id=snowflake(), idempotency_key=new_key()
             )
         )
 
@@ -529,7 +533,7 @@ def test_work_in_a_server_on_a_shared_meeting_is_paid_by_the_server(c):
     finish(c, rec.id, {"mic": 60})
     c.db.write(
         lambda s: c.usage.record_share(
-            s, meeting_id=rec.meeting_id, guild_id=guild, user_id=user, idempotency_key=k()
+            s, meeting_id=rec.meeting_id, guild_id=guild, user_id=user, idempotency_key=new_key()
         )
     )
     event = EventRequest(
@@ -574,10 +578,10 @@ def test_owner_reprocessing_uses_the_original_payer_while_valid_else_the_current
         meeting_id=meeting,
     )
     assert again.authorization_id == auth.id  # without the rule the personal wallet would pay
-    c.db.write(lambda s: c.usage.cancel_recording(s, OPERATOR, again.id, k()))
+    c.db.write(lambda s: c.usage.cancel_recording(s, OPERATOR, again.id, new_key()))
     c.db.write(
         lambda s: c.orgs.revoke_authorization(
-            s, actor_user_id=owner, authorization_id=auth.id, idempotency_key=k()
+            s, actor_user_id=owner, authorization_id=auth.id, idempotency_key=new_key()
         )
     )
     third = start(
@@ -595,7 +599,7 @@ def test_owner_reprocessing_uses_the_original_payer_while_valid_else_the_current
 def test_processing_failure_releases_the_hold_and_charges_nothing(c):
     user = snowflake()
     rec = start(c, context="personal", capture_source="upload", user_id=user, declared_duration_seconds=600)
-    failed = c.db.write(lambda s: c.usage.fail_recording(s, OPERATOR, rec.id, k()))
+    failed = c.db.write(lambda s: c.usage.fail_recording(s, OPERATOR, rec.id, new_key()))
     assert failed.status == "failed" and failed.charged == 0
     assert available(c, rec.payer_account_id) == 120 * MC
     assert c.db.read(lambda s: c.ledger.get_hold(s, rec.hold_id)).status == "released"
@@ -655,7 +659,7 @@ def test_a_member_never_changes_their_own_authorization(c):
                 actor_user_id=admin,
                 authorization_id=auth.id,
                 monthly_cap_credits=10_000,
-                idempotency_key=k(),
+                idempotency_key=new_key(),
             )
         )
     with pytest.raises(CannotChangeOwnAuthorization):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import secrets
 from datetime import timedelta
 
 import pytest
@@ -16,6 +15,7 @@ from chronote_billing.container import Container
 from chronote_billing.usage import reports
 from chronote_billing.usage.schemas import EventRequest, UsageRequest
 from tests.conftest import OPERATOR, snowflake
+from tests.factories import new_key
 
 
 @pytest.fixture
@@ -23,24 +23,22 @@ def c(db, clock) -> Container:
     return Container(db=db, clock=clock)
 
 
-def k() -> str:
-    return "k-" + secrets.token_hex(6)
-
-
 def test_org_usage_grouped_every_way_and_exported(c, clock, tmp_path):
     owner, alice, bob, guild = snowflake(), snowflake(), snowflake(), snowflake()
-    org = c.db.write(lambda s: c.orgs.create_org(s, actor_user_id=owner, name="Acme", idempotency_key=k()))
+    org = c.db.write(
+        lambda s: c.orgs.create_org(s, actor_user_id=owner, name="Acme", idempotency_key=new_key())
+    )
     acct = org.billing_account_id
     c.db.write(
         lambda s: c.ledger.issue_grant(
-            s, account_id=acct, amount=500_000, source="purchase", idempotency_key=k(), cause_type="t"
+            s, account_id=acct, amount=500_000, source="purchase", idempotency_key=new_key(), cause_type="t"
         )
     )
     auths = {}
     for user in (alice, bob):
         c.db.write(
             lambda s, u=user: c.orgs.add_member(
-                s, actor_user_id=owner, org_id=org.id, user_id=u, role="member", idempotency_key=k()
+                s, actor_user_id=owner, org_id=org.id, user_id=u, role="member", idempotency_key=new_key()
             )
         )
         auths[user] = c.db.write(
@@ -54,7 +52,7 @@ def test_org_usage_grouped_every_way_and_exported(c, clock, tmp_path):
                 capture_sources=None,
                 valid_from=None,
                 valid_until=None,
-                idempotency_key=k(),
+                idempotency_key=new_key(),
             )
         )
     c.db.write(
@@ -64,7 +62,7 @@ def test_org_usage_grouped_every_way_and_exported(c, clock, tmp_path):
             actor_manages_guild=True,
             org_id=org.id,
             guild_id=guild,
-            idempotency_key=k(),
+            idempotency_key=new_key(),
         )
     )
     c.db.write(
@@ -78,7 +76,7 @@ def test_org_usage_grouped_every_way_and_exported(c, clock, tmp_path):
             capture_sources=None,
             valid_from=None,
             valid_until=None,
-            idempotency_key=k(),
+            idempotency_key=new_key(),
         )
     )
 
@@ -90,15 +88,19 @@ def test_org_usage_grouped_every_way_and_exported(c, clock, tmp_path):
             requested_minutes=minutes,
             funding_source=auths[user].id,
         )
-        rec = c.db.write(lambda s: c.usage.start_recording(s, req, k()))
-        c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec.id, {"mic": minutes * 60}, k()))
+        rec = c.db.write(lambda s: c.usage.start_recording(s, req, new_key()))
+        c.db.write(lambda s: c.usage.finish_recording(s, OPERATOR, rec.id, {"mic": minutes * 60}, new_key()))
 
     record(alice, "desktop", 30)
     clock.advance(timedelta(days=1))
     record(bob, "web", 20)
     record(alice, "web", 10)
     ask = EventRequest(
-        event_id=k(), event_type="ask_question", context="personal", user_id=bob, funding_source=auths[bob].id
+        event_id=new_key(),
+        event_type="ask_question",
+        context="personal",
+        user_id=bob,
+        funding_source=auths[bob].id,
     )
     c.db.write(lambda s: c.usage.charge_event(s, ask))
 
