@@ -21,6 +21,8 @@ from chronote_billing.core.clock import as_utc, month_bounds, month_key
 from .periods import allowance_slice
 
 PAYMENT_GRACE = timedelta(days=7)
+# The priority of allowance grants: spent before packs (decision 0002).
+ALLOWANCE_PRIORITY = 10
 PAID_STATUSES = ("active", "trialing")
 
 PlanSource = Literal["paid", "complimentary", "free", "none"]

@@ -21,10 +21,14 @@ from chronote_billing.ledger.models import Grant
 from chronote_billing.ledger.service import LedgerService
 
 from .models import ComplimentaryPlan, PlanSubscription
-from .rules import DueAllowance, best_complimentary, due_allowance, next_allowance_at, plan_in_force
-
-# The priority of allowance grants: spent before packs (0002).
-ALLOWANCE_PRIORITY = 10
+from .rules import (
+    ALLOWANCE_PRIORITY,
+    DueAllowance,
+    best_complimentary,
+    due_allowance,
+    next_allowance_at,
+    plan_in_force,
+)
 
 
 def plan_subscription(session: Session, account_id: str) -> PlanSubscription | None:

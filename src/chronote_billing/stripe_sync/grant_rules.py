@@ -16,8 +16,8 @@ from chronote_billing.catalog.service import CreditPack, Plan
 from chronote_billing.core.clock import as_utc
 from chronote_billing.plans.periods import add_months, allowance_slice
 from chronote_billing.plans.proration import upgrade_credits
+from chronote_billing.plans.rules import ALLOWANCE_PRIORITY
 
-ALLOWANCE_PRIORITY = 10
 PACK_PRIORITY = 50
 
 
